@@ -94,6 +94,13 @@ class SafetensorsCheckpoint {
  public:
   static SafetensorsCheckpoint open(const std::filesystem::path& dir);
 
+  // Entries point into files_, so a copy would point into the original: movable only.
+  SafetensorsCheckpoint() = default;
+  SafetensorsCheckpoint(SafetensorsCheckpoint&&) noexcept = default;
+  SafetensorsCheckpoint& operator=(SafetensorsCheckpoint&&) noexcept = default;
+  SafetensorsCheckpoint(const SafetensorsCheckpoint&) = delete;
+  SafetensorsCheckpoint& operator=(const SafetensorsCheckpoint&) = delete;
+
   struct Entry {
     const SafetensorsFile* file;
     const TensorInfo* info;
