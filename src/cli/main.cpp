@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/generate.h"
 #include "common/error.h"
 #include "common/json.h"
 #include "common/log.h"
@@ -240,6 +241,24 @@ int main(int argc, char** argv) {
   make->add_option("--threads", ma.threads, "Threads (0: all)")->capture_default_str();
   make->add_flag("--force", ma.force, "Write into a non-empty directory");
 
+  GenerateArgs ga;
+  auto* gen = app.add_subcommand("generate", "Run a prompt through the CPU reference engine and continue it");
+  gen->add_option("--model", ga.model, "Checkpoint directory")->required();
+  gen->add_option("--prompt", ga.prompt, "Prompt text");
+  gen->add_option("--prompt-file", ga.prompt_file, "File holding the prompt text");
+  gen->add_option("--token-ids", ga.token_ids, "File of whitespace-separated prompt token ids");
+  gen->add_option("--max-new-tokens", ga.max_new_tokens, "Tokens to generate (stops early at EOS)")->capture_default_str();
+  gen->add_option("--chunk-size", ga.chunk_size, "Prefill chunk (tokens per forward pass)")->capture_default_str();
+  gen->add_option("--max-context", ga.max_context, "Refuse prompt + new tokens beyond this (0: no limit)")->capture_default_str();
+  gen->add_option("--temperature", ga.sampling.temperature, "0 = greedy")->capture_default_str();
+  gen->add_option("--top-k", ga.sampling.top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
+  gen->add_option("--top-p", ga.sampling.top_p, "Nucleus sampling mass (1 = off)")->capture_default_str();
+  gen->add_option("--seed", ga.sampling.seed, "Sampling seed")->capture_default_str();
+  gen->add_option("--dump-logits", ga.dump_logits, "Write the prompt's logits (all positions, float32) as safetensors");
+  gen->add_option("--threads", ga.threads, "CPU threads (0: all)")->capture_default_str();
+  gen->add_flag("--decompressed-decode", ga.decompressed_decode, "Decode MLA in the decompressed form (a check)");
+  gen->add_flag("--ignore-eos", ga.ignore_eos, "Do not stop at EOS");
+
   auto* presets = app.add_subcommand("presets", "List the built-in model presets");
 
   try {
@@ -256,6 +275,7 @@ int main(int argc, char** argv) {
       return run_inspect(ia);
     }
     if (*make) return run_make_checkpoint(ma);
+    if (*gen) return run_generate(ga);
     if (*presets) {
       for (const auto& n : preset_names()) std::cout << n << "\n";
       return 0;

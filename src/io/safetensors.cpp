@@ -23,6 +23,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "common/json.h"
 
 namespace hylo {
 
@@ -35,9 +36,9 @@ namespace {
 // object, shape array) and short arrays; these bounds leave room for generous metadata while keeping a
 // hostile header from costing more than a small multiple of its own size in memory.
 constexpr std::size_t kMaxJsonDepth = 16;
-constexpr std::size_t kMaxJsonKeyBytes = 64 * 1024;              // tensor names, metadata keys
-constexpr std::size_t kMaxJsonStringBytes = 16 * 1024 * 1024;    // metadata values
-constexpr std::size_t kMaxJsonArrayElements = 64 * 1024;         // shapes have <= 8, offsets 2
+constexpr std::size_t kMaxJsonKeyBytes = 64 * 1024;            // tensor names, metadata keys
+constexpr std::size_t kMaxJsonStringBytes = 16 * 1024 * 1024;  // metadata values
+constexpr std::size_t kMaxJsonArrayElements = 64 * 1024;       // shapes have <= 8, offsets 2
 constexpr std::uint64_t kMaxIndexFileBytes = kMaxSafetensorsHeaderBytes;
 
 constexpr const char* kIndexName = "model.safetensors.index.json";
@@ -47,159 +48,21 @@ constexpr const char* kSingleName = "model.safetensors";
   throw Error(ErrorKind::kSafetensors, file, key, message);
 }
 
-std::string quoted(std::string_view s) { return "'" + std::string(s) + "'"; }
+std::string squote(std::string_view s) { return "'" + std::string(s) + "'"; }
 
-// Returns the byte offset of the first byte that is not part of well-formed UTF-8 (RFC 3629: no overlong
-// forms, no surrogates, nothing above U+10FFFF), or npos if the whole string is well formed.
-std::size_t find_invalid_utf8(std::string_view s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const std::size_t n = s.size();
-  std::size_t i = 0;
-  while (i < n) {
-    const unsigned char c = p[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t len;
-    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;  // overlong
-      if (c == 0xED) hi = 0x9F;  // UTF-16 surrogates
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;  // overlong
-      if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
-    } else {
-      return i;  // continuation byte in lead position, C0/C1 overlong leads, F5..FF
-    }
-    if (n - i < len) return i;
-    if (p[i + 1] < lo || p[i + 1] > hi) return i;
-    for (std::size_t k = 2; k < len; ++k) {
-      if (p[i + k] < 0x80 || p[i + k] > 0xBF) return i;
-    }
-    i += len;
-  }
-  return std::string_view::npos;
-}
-
-// SAX handler that builds a nlohmann::json DOM while rejecting duplicate keys and enforcing the limits
-// above. Errors are thrown as Error(kSafetensors) naming `file` and, for duplicate keys, the key.
-class StrictJsonBuilder final : public nlohmann::json_sax<json> {
- public:
-  StrictJsonBuilder(std::string file, std::string what) : file_(std::move(file)), what_(std::move(what)) {}
-
-  json& root() { return root_; }
-  // Keys of the root object in document order (json objects are sorted maps, the header order is not).
-  const std::vector<std::string>& root_keys() const { return root_keys_; }
-
-  bool null() override { return add_scalar(json(nullptr)); }
-  bool boolean(bool v) override { return add_scalar(json(v)); }
-  bool number_integer(number_integer_t v) override { return add_scalar(json(v)); }
-  bool number_unsigned(number_unsigned_t v) override { return add_scalar(json(v)); }
-  bool number_float(number_float_t v, const string_t&) override { return add_scalar(json(v)); }
-  bool string(string_t& v) override {
-    if (v.size() > kMaxJsonStringBytes) {
-      fail(file_, "", what_ + " has a string of " + std::to_string(v.size()) + " bytes (limit " +
-                          std::to_string(kMaxJsonStringBytes) + ")");
-    }
-    return add_scalar(json(std::move(v)));
-  }
-  bool binary(binary_t&) override { fail(file_, "", what_ + " contains binary data"); }
-
-  bool start_object(std::size_t) override {
-    open_container(json::object());
-    return true;
-  }
-  bool key(string_t& k) override {
-    if (k.size() > kMaxJsonKeyBytes) {
-      fail(file_, k.substr(0, 64) + "...", what_ + " has a key of " + std::to_string(k.size()) +
-                                               " bytes (limit " + std::to_string(kMaxJsonKeyBytes) + ")");
-    }
-    json& object = *stack_.back();
-    if (object.contains(k)) {
-      fail(file_, k, what_ + " has the key " + quoted(k) + " twice in one object (duplicate keys are rejected)");
-    }
-    if (stack_.size() == 1) root_keys_.push_back(k);
-    // std::map nodes never move, so this slot stays valid until the value arrives.
-    pending_ = &object[std::move(k)];
-    return true;
-  }
-  bool end_object() override {
-    stack_.pop_back();
-    return true;
-  }
-  bool start_array(std::size_t) override {
-    open_container(json::array());
-    return true;
-  }
-  bool end_array() override {
-    stack_.pop_back();
-    return true;
-  }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& ex) override {
-    fail(file_, "", what_ + " is not valid JSON: " + ex.what());
-  }
-
- private:
-  // Places a value where the document says: root, next array element, or the slot a key opened.
-  json* add(json&& value) {
-    if (stack_.empty()) {
-      root_ = std::move(value);
-      return &root_;
-    }
-    json& parent = *stack_.back();
-    if (parent.is_array()) {
-      if (parent.size() >= kMaxJsonArrayElements) {
-        fail(file_, "", what_ + " has an array longer than " + std::to_string(kMaxJsonArrayElements));
-      }
-      parent.push_back(std::move(value));
-      // Safe to keep: siblings are appended only after this element (if a container) is closed.
-      return &parent.back();
-    }
-    *pending_ = std::move(value);
-    return pending_;
-  }
-  bool add_scalar(json&& value) {
-    add(std::move(value));
-    return true;
-  }
-  void open_container(json&& empty) {
-    // Checked before descending, so a header of 100k '[' stops at the limit instead of growing a stack.
-    if (stack_.size() >= kMaxJsonDepth) {
-      fail(file_, "", what_ + " nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
-    }
-    stack_.push_back(add(std::move(empty)));
-  }
-
-  std::string file_;
-  std::string what_;
-  json root_;
-  std::vector<json*> stack_;  // open containers, innermost last
-  json* pending_ = nullptr;
-  std::vector<std::string> root_keys_;
-};
-
-// Parses `text` as exactly one JSON object (strict: nothing but JSON whitespace after it; the callers trim
-// what they allow beforehand). Returns the DOM and the root keys in document order.
+// Parses `text` as exactly one JSON object with the header limits above (common/json.h does the strict
+// work: UTF-8, NUL bytes, duplicate keys, depth and size limits). Returns the DOM and the root keys in
+// document order.
 std::pair<json, std::vector<std::string>> parse_strict_object(std::string_view text, const std::string& file,
-                                                               const std::string& what) {
-  const std::size_t bad = find_invalid_utf8(text);
-  if (bad != std::string_view::npos) {
-    fail(file, "", what + " is not valid UTF-8 (bad byte at offset " + std::to_string(bad) + " of the " + what +
-                       ")");
-  }
-  if (text.empty() || text.front() != '{') {
-    const std::string found = text.empty() ? std::string("nothing") : quoted(text.substr(0, 1));
-    fail(file, "", what + " must be a JSON object starting with '{', found " + found);
-  }
-  StrictJsonBuilder builder(file, what);
-  // parse_error() throws, so a false return cannot happen; kept as a guard against a future handler change.
-  if (!json::sax_parse(text.data(), text.data() + text.size(), &builder)) fail(file, "", what + " is not valid JSON");
-  return {std::move(builder.root()), builder.root_keys()};
+                                                              const std::string& what) {
+  JsonLimits limits;
+  limits.max_depth = kMaxJsonDepth;
+  limits.max_key_bytes = kMaxJsonKeyBytes;
+  limits.max_string_bytes = kMaxJsonStringBytes;
+  limits.max_array_elements = kMaxJsonArrayElements;
+  limits.require_object = true;
+  StrictJson parsed = parse_json_strict_ordered(text, file, ErrorKind::kSafetensors, what, limits);
+  return {std::move(parsed.value), std::move(parsed.root_keys)};
 }
 
 // Reads a non-negative JSON integer (nlohmann stores non-negative literals as unsigned; "-0" arrives as a
@@ -232,12 +95,12 @@ std::string known_dtype_list() {
 
 TensorInfo parse_tensor_entry(const std::string& file, const std::string& name, const json& entry) {
   if (!entry.is_object()) {
-    fail(file, name, "tensor entry must be an object with dtype, shape and data_offsets, found " +
-                         std::string(entry.type_name()));
+    fail(file, name,
+         "tensor entry must be an object with dtype, shape and data_offsets, found " + std::string(entry.type_name()));
   }
   for (const auto& [k, _] : entry.items()) {
     if (k != "dtype" && k != "shape" && k != "data_offsets") {
-      fail(file, name, "unexpected key " + quoted(k) + " in tensor entry (allowed: dtype, shape, data_offsets)");
+      fail(file, name, "unexpected key " + squote(k) + " in tensor entry (allowed: dtype, shape, data_offsets)");
     }
   }
   for (const char* required : {"dtype", "shape", "data_offsets"}) {
@@ -258,8 +121,9 @@ TensorInfo parse_tensor_entry(const std::string& file, const std::string& name, 
   const json& shape = entry["shape"];
   if (!shape.is_array()) fail(file, name, "shape must be an array of non-negative integers, found " + shape.dump());
   if (shape.size() > static_cast<std::size_t>(kMaxTensorRank)) {
-    fail(file, name, "shape has rank " + std::to_string(shape.size()) + ", more than the maximum " +
-                         std::to_string(kMaxTensorRank));
+    fail(
+        file, name,
+        "shape has rank " + std::to_string(shape.size()) + ", more than the maximum " + std::to_string(kMaxTensorRank));
   }
   std::uint64_t numel = 1;  // rank 0 is a scalar
   for (std::size_t d = 0; d < shape.size(); ++d) {
@@ -279,8 +143,8 @@ TensorInfo parse_tensor_entry(const std::string& file, const std::string& name, 
 
   const json& offsets = entry["data_offsets"];
   if (!offsets.is_array() || offsets.size() != 2) {
-    fail(file, name, "data_offsets must be an array [begin, end] of two non-negative integers, found " +
-                         offsets.dump());
+    fail(file, name,
+         "data_offsets must be an array [begin, end] of two non-negative integers, found " + offsets.dump());
   }
   std::string why;
   if (!get_unsigned(offsets[0], info.begin, why)) fail(file, name, "data_offsets begin is a " + why);
@@ -291,14 +155,15 @@ TensorInfo parse_tensor_entry(const std::string& file, const std::string& name, 
 
   const std::uint64_t elem = dtype_size(info.dtype);
   if (numel > std::numeric_limits<std::uint64_t>::max() / elem) {
-    fail(file, name, "byte size of shape " + shape.dump() + " in " + std::string(dtype_name(info.dtype)) +
-                         " overflows 64 bits");
+    fail(file, name,
+         "byte size of shape " + shape.dump() + " in " + std::string(dtype_name(info.dtype)) + " overflows 64 bits");
   }
   const std::uint64_t expected = numel * elem;
   if (info.end - info.begin != expected) {
-    fail(file, name, "data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) + "] span " +
-                         std::to_string(info.end - info.begin) + " bytes but shape " + shape.dump() + " of " +
-                         std::string(dtype_name(info.dtype)) + " needs " + std::to_string(expected));
+    fail(file, name,
+         "data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) + "] span " +
+             std::to_string(info.end - info.begin) + " bytes but shape " + shape.dump() + " of " +
+             std::string(dtype_name(info.dtype)) + " needs " + std::to_string(expected));
   }
   return info;
 }
@@ -375,19 +240,21 @@ SafetensorsFile SafetensorsFile::parse(std::span<const std::byte> bytes, const s
   std::uint64_t n = 0;
   std::memcpy(&n, bytes.data(), 8);  // little-endian u64 (the host is little-endian, see dtype.cpp)
   if (n > kMaxSafetensorsHeaderBytes) {
-    fail(file, "", "header length " + std::to_string(n) + " exceeds the limit of " +
-                       std::to_string(kMaxSafetensorsHeaderBytes) + " bytes (corrupt or not a safetensors file)");
+    fail(file, "",
+         "header length " + std::to_string(n) + " exceeds the limit of " + std::to_string(kMaxSafetensorsHeaderBytes) +
+             " bytes (corrupt or not a safetensors file)");
   }
   // size >= 8 here, so size - 8 cannot wrap; comparing this way also cannot overflow for any n.
   if (n > size - 8) {
-    fail(file, "", "header length " + std::to_string(n) + " runs past the end of the file (" + std::to_string(size) +
-                       " bytes)");
+    fail(file, "",
+         "header length " + std::to_string(n) + " runs past the end of the file (" + std::to_string(size) + " bytes)");
   }
 
   // The reference writer pads the JSON with spaces to a multiple of 8; nothing else may follow it.
   std::string_view header(reinterpret_cast<const char*>(bytes.data() + 8), static_cast<std::size_t>(n));
   const std::size_t json_end = header.find_last_not_of(' ');
-  const std::string_view text = json_end == std::string_view::npos ? std::string_view() : header.substr(0, json_end + 1);
+  const std::string_view text =
+      json_end == std::string_view::npos ? std::string_view() : header.substr(0, json_end + 1);
   auto [root, order] = parse_strict_object(text, file, "header");
   // sax_parse tolerates trailing JSON whitespace (\t \r \n); the format allows only spaces.
   if (text.back() != '}') {
@@ -401,7 +268,7 @@ SafetensorsFile SafetensorsFile::parse(std::span<const std::byte> bytes, const s
   const std::uint64_t data_size = size - out.data_start_;
 
   for (const std::string& key : order) {
-    const json& value = root[key];
+    const json& value = root.at(key);
     if (key == "__metadata__") {
       if (!value.is_object()) {
         fail(file, key, "__metadata__ must be an object of string to string, found " + std::string(value.type_name()));
@@ -432,17 +299,20 @@ SafetensorsFile SafetensorsFile::parse(std::span<const std::byte> bytes, const s
   for (const TensorInfo* t : sorted) {
     if (t->begin != cursor) {
       if (previous == nullptr) {
-        fail(file, t->name, "first tensor in the data section starts at byte " + std::to_string(t->begin) +
-                                ", expected 0 (hole at the start)");
+        fail(file, t->name,
+             "first tensor in the data section starts at byte " + std::to_string(t->begin) +
+                 ", expected 0 (hole at the start)");
       }
       const bool hole = t->begin > cursor;
-      fail(file, t->name, "data_offsets begin " + std::to_string(t->begin) + (hole ? " leaves a hole after" : " overlaps") +
-                              " tensor " + quoted(previous->name) + ", which ends at " + std::to_string(cursor) +
-                              " (tensors must be contiguous)");
+      fail(file, t->name,
+           "data_offsets begin " + std::to_string(t->begin) + (hole ? " leaves a hole after" : " overlaps") +
+               " tensor " + squote(previous->name) + ", which ends at " + std::to_string(cursor) +
+               " (tensors must be contiguous)");
     }
     if (t->end > data_size) {
-      fail(file, t->name, "data_offsets end " + std::to_string(t->end) + " is past the end of the data section (" +
-                              std::to_string(data_size) + " bytes; file truncated?)");
+      fail(file, t->name,
+           "data_offsets end " + std::to_string(t->end) + " is past the end of the data section (" +
+               std::to_string(data_size) + " bytes; file truncated?)");
     }
     cursor = t->end;
     previous = t;
@@ -471,8 +341,9 @@ std::span<const std::byte> SafetensorsFile::bytes(const TensorInfo& info) const 
 
 void SafetensorsFile::read_f32(const TensorInfo& info, float* dst) const {
   if (!is_float_weight_dtype(info.dtype)) {
-    throw Error(ErrorKind::kCheckpoint, name_, info.name,
-                "dtype " + std::string(dtype_name(info.dtype)) + " cannot be read as a float weight (need F32, BF16 or F16)");
+    throw Error(
+        ErrorKind::kCheckpoint, name_, info.name,
+        "dtype " + std::string(dtype_name(info.dtype)) + " cannot be read as a float weight (need F32, BF16 or F16)");
   }
   const std::span<const std::byte> raw = bytes(info);
   if (raw.size() != info.numel * dtype_size(info.dtype)) {
@@ -506,7 +377,7 @@ bool is_within(const fs::path& p, const fs::path& dir) {
 // Validates one weight_map value and returns the canonical path of the shard it names.
 fs::path resolve_shard(const fs::path& canonical_dir, const std::string& index_file, const std::string& tensor,
                        const std::string& shard) {
-  const std::string where = "weight_map value " + quoted(shard);
+  const std::string where = "weight_map value " + squote(shard);
   if (shard.empty()) fail(index_file, tensor, "weight_map value is an empty file name");
   if (shard.find('\0') != std::string::npos) fail(index_file, tensor, where + " contains a NUL byte");
   const fs::path rel(shard);
@@ -518,13 +389,14 @@ fs::path resolve_shard(const fs::path& canonical_dir, const std::string& index_f
   }
   std::error_code ec;
   const fs::path resolved = fs::canonical(canonical_dir / rel, ec);
-  if (ec) fail(index_file, tensor, "shard " + quoted(shard) + " does not exist or cannot be resolved: " + ec.message());
+  if (ec) fail(index_file, tensor, "shard " + squote(shard) + " does not exist or cannot be resolved: " + ec.message());
   // Symlinks are resolved above, so this catches a link inside the directory that points outside it.
   if (!is_within(resolved, canonical_dir) || resolved == canonical_dir) {
-    fail(index_file, tensor, "shard " + quoted(shard) + " resolves to " + resolved.string() +
-                                 ", outside the model directory " + canonical_dir.string());
+    fail(index_file, tensor,
+         "shard " + squote(shard) + " resolves to " + resolved.string() + ", outside the model directory " +
+             canonical_dir.string());
   }
-  if (!fs::is_regular_file(resolved, ec)) fail(index_file, tensor, "shard " + quoted(shard) + " is not a regular file");
+  if (!fs::is_regular_file(resolved, ec)) fail(index_file, tensor, "shard " + squote(shard) + " is not a regular file");
   return resolved;
 }
 
@@ -542,8 +414,9 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const fs::path& dir) {
     const std::string index_file = index_path.string();
     const MappedFile index_map = MappedFile::open(index_path);
     if (index_map.size() > kMaxIndexFileBytes) {
-      fail(index_file, "", "index file is " + std::to_string(index_map.size()) + " bytes, over the limit of " +
-                               std::to_string(kMaxIndexFileBytes));
+      fail(index_file, "",
+           "index file is " + std::to_string(index_map.size()) + " bytes, over the limit of " +
+               std::to_string(kMaxIndexFileBytes));
     }
     std::string_view text(reinterpret_cast<const char*>(index_map.data()), static_cast<std::size_t>(index_map.size()));
     // Editors and json.dump add trailing newlines; any JSON whitespace after the object is fine here.
@@ -553,7 +426,7 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const fs::path& dir) {
 
     for (const std::string& key : order) {
       if (key != "weight_map" && key != "metadata") {
-        fail(index_file, key, "unexpected top-level key " + quoted(key) + " (allowed: metadata, weight_map)");
+        fail(index_file, key, "unexpected top-level key " + squote(key) + " (allowed: metadata, weight_map)");
       }
     }
     if (root.contains("metadata") && !root["metadata"].is_object()) {
@@ -573,7 +446,8 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const fs::path& dir) {
     std::map<std::string, std::size_t> expected;  // tensor -> index into ck.files_
     std::vector<fs::path> shard_paths;
     for (const auto& [tensor, value] : weight_map.items()) {
-      if (!value.is_string()) fail(index_file, tensor, "weight_map value must be a file name string, found " + value.dump());
+      if (!value.is_string())
+        fail(index_file, tensor, "weight_map value must be a file name string, found " + value.dump());
       const fs::path resolved = resolve_shard(canonical_dir, index_file, tensor, value.get<std::string>());
       auto [it, inserted] = shard_index.emplace(resolved, shard_paths.size());
       if (inserted) shard_paths.push_back(resolved);
@@ -588,19 +462,26 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const fs::path& dir) {
       for (const TensorInfo& t : ck.files_[f].tensors()) {
         auto [it, inserted] = actual.emplace(t.name, f);
         if (!inserted) {
-          fail(index_file, t.name, "tensor is in two shards: " + ck.files_[it->second].display_name() + " and " +
-                                       ck.files_[f].display_name());
+          fail(index_file, t.name,
+               "tensor is in two shards: " + ck.files_[it->second].display_name() + " and " +
+                   ck.files_[f].display_name());
         }
       }
     }
+    // Misplaced tensors first: that message names both shards, which is the more useful one when a shard
+    // was swapped or renamed.
     for (const auto& [tensor, f] : expected) {
       const auto it = actual.find(tensor);
-      if (it == actual.end()) {
-        fail(index_file, tensor, "index places the tensor in " + ck.files_[f].display_name() + ", which does not contain it");
+      if (it != actual.end() && it->second != f) {
+        fail(index_file, tensor,
+             "index places the tensor in " + ck.files_[f].display_name() + " but it is in " +
+                 ck.files_[it->second].display_name());
       }
-      if (it->second != f) {
-        fail(index_file, tensor, "index places the tensor in " + ck.files_[f].display_name() + " but it is in " +
-                                     ck.files_[it->second].display_name());
+    }
+    for (const auto& [tensor, f] : expected) {
+      if (!actual.contains(tensor)) {
+        fail(index_file, tensor,
+             "index places the tensor in " + ck.files_[f].display_name() + ", which does not contain it");
       }
     }
     for (const auto& [tensor, f] : actual) {
@@ -613,10 +494,9 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const fs::path& dir) {
   } else {
     const std::string expected = std::string(kIndexName) + " or " + kSingleName;
     throw Error(ErrorKind::kCheckpoint, dir.string(), "",
-                fs::is_directory(dir, ec) ? std::string("checkpoint directory contains neither ") + kIndexName + " nor " +
-                                                kSingleName
-                                          : "checkpoint directory does not exist or is not a directory (expected " +
-                                                expected + " in it)");
+                fs::is_directory(dir, ec)
+                    ? std::string("checkpoint directory contains neither ") + kIndexName + " nor " + kSingleName
+                    : "checkpoint directory does not exist or is not a directory (expected " + expected + " in it)");
   }
 
   // files_ is complete, so pointers into it (and into each file's tensor vector) stay valid from here on,

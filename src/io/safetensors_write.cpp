@@ -11,8 +11,8 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
-#include <nlohmann/json.hpp>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <utility>
@@ -38,7 +38,10 @@ constexpr const char* kSingleName = "model.safetensors";
 class TmpFile {
  public:
   explicit TmpFile(const fs::path& final_path) : final_(final_path), tmp_(final_path.string() + ".tmp") {
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    // A leftover from a crashed run is replaced, never written through: if it is a symlink, O_TRUNC would
+    // otherwise clobber whatever it points at.
+    if (::unlink(tmp_.c_str()) != 0 && errno != ENOENT) io_fail(tmp_, "cannot remove stale temporary file", errno);
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd_ < 0) io_fail(tmp_, "cannot create", errno);
   }
   TmpFile(const TmpFile&) = delete;
@@ -67,7 +70,8 @@ class TmpFile {
     if (::fsync(fd_) != 0) io_fail(tmp_, "fsync failed", errno);
     const int fd = std::exchange(fd_, -1);
     if (::close(fd) != 0) io_fail(tmp_, "close failed", errno);
-    if (std::rename(tmp_.c_str(), final_.c_str()) != 0) io_fail(final_, "cannot rename " + tmp_.string() + " to it", errno);
+    if (std::rename(tmp_.c_str(), final_.c_str()) != 0)
+      io_fail(final_, "cannot rename " + tmp_.string() + " to it", errno);
     committed_ = true;
     // Make the rename itself durable. Best effort: some filesystems refuse fsync on directories.
     const fs::path parent = final_.has_parent_path() ? final_.parent_path() : fs::path(".");

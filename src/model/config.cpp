@@ -218,11 +218,12 @@ const Names kGdnKDim = {"gdn_head_dim", "gdn_head_k_dim", "linear_key_head_dim"}
 const Names kGdnVDim = {"gdn_head_v_dim", "linear_value_head_dim"};
 const Names kGdnExpandV = {"gdn_expand_v"};
 const Names kGdnConv = {"gdn_conv_size", "linear_conv_kernel_dim"};
+const Names kGdnNormEps = {"gdn_norm_eps"};
 
 // Keys starting with gdn_ / linear_ size the GDN: an unknown one is an error, not silently ignored.
 void reject_unknown_linear_keys(const json& hybrid, const Reader& hyb) {
   std::set<std::string> known;
-  for (const auto& list : {kLinearMixerKeys, kGdnKHeads, kGdnVHeads, kGdnKDim, kGdnVDim, kGdnExpandV, kGdnConv}) {
+  for (const auto& list : {kLinearMixerKeys, kGdnKHeads, kGdnVHeads, kGdnKDim, kGdnVDim, kGdnExpandV, kGdnConv, kGdnNormEps}) {
     for (const char* n : list) known.insert(n);
   }
   known.insert("gdn_layers");
@@ -433,6 +434,7 @@ ModelConfig parse_model_config(const json& config, const json& hybrid, const std
     const auto expand_v = hyb.get_int(kGdnExpandV, 1, 16, 2);
     g.head_v_dim = hyb.get_int(kGdnVDim, 1, kMaxHeadDim, g.head_k_dim * expand_v);
     g.conv_size = hyb.get_int(kGdnConv, 2, 16, 4);
+    g.norm_eps = hyb.get_double(kGdnNormEps, 1e-12, 0.1, 1e-5);
   }
   return m;
 }

@@ -69,6 +69,7 @@ struct GdnConfig {
   std::int64_t head_k_dim = 0;    // dk
   std::int64_t head_v_dim = 0;    // dv
   std::int64_t conv_size = 4;
+  double norm_eps = 1e-5;         // the output RMSNorm (FLA GatedDeltaNet default)
 
   std::int64_t key_dim() const { return num_k_heads * head_k_dim; }
   std::int64_t value_dim() const { return num_v_heads * head_v_dim; }

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/error.h"
 #include "model/init.h"
 #include "model/inspect.h"
 #include "model/presets.h"

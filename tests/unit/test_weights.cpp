@@ -136,7 +136,7 @@ TEST_F(WeightsTest, MissingLayer) {
     if (s.name.rfind("model.layers.5.", 0) != 0) specs.push_back(s);
   }
   write("hylo-tiny", specs);
-  expect_reject({"model.layers.5.mamba.in_proj.weight", "model.layers.5.mlp.down_proj.weight"});
+  expect_reject({"missing (13)", "model.layers.5.input_layernorm.weight", "model.layers.5.mamba.in_proj.weight", "and 1 more"});
 }
 
 TEST_F(WeightsTest, ExtraLayer) {

@@ -1,0 +1,158 @@
+#include "cli/generate.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "model/inspect.h"
+#include "model/model_weights.h"
+#include "model/weights.h"
+#include "runtime/engine.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace hylo {
+
+std::vector<std::int32_t> read_token_ids(const std::string& path, std::int64_t vocab) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(ErrorKind::kUsage, path, "--token-ids", "cannot open the token-id file");
+  std::vector<std::int32_t> ids;
+  std::string word;
+  while (in >> word) {
+    std::int64_t v = 0;
+    bool ok = !word.empty() && word.size() <= 12;
+    for (char ch : word) {
+      if (ch < '0' || ch > '9') ok = false;
+      else v = v * 10 + (ch - '0');
+    }
+    if (!ok || v >= vocab) {
+      throw Error(ErrorKind::kUsage, path, "token " + std::to_string(ids.size()),
+                  "\"" + word.substr(0, 32) + "\" is not a token id in [0, " + std::to_string(vocab) + ")");
+    }
+    ids.push_back(static_cast<std::int32_t>(v));
+  }
+  return ids;
+}
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void dump_logits(const std::string& path, const std::vector<std::int32_t>& tokens, const std::vector<float>& logits,
+                 std::int64_t vocab) {
+  const auto T = static_cast<std::int64_t>(tokens.size());
+  std::vector<TensorSpec> specs = {{"logits", DType::kF32, {T, vocab}}, {"tokens", DType::kI32, {T}}};
+  write_safetensors(path, specs, {{"producer", "hylo generate (CPU reference engine)"}},
+                    [&](const TensorSpec& s, std::span<std::byte> out) {
+                      const void* src = s.name == "logits" ? static_cast<const void*>(logits.data())
+                                                           : static_cast<const void*>(tokens.data());
+                      std::memcpy(out.data(), src, out.size());
+                    });
+}
+
+}  // namespace
+
+int run_generate(const GenerateArgs& a) {
+  if (a.threads > 0) {
+    omp_set_num_threads(a.threads);
+    openblas_set_num_threads(a.threads);
+  }
+  validate(a.sampling);
+  if (a.max_new_tokens < 0) throw Error(ErrorKind::kUsage, "", "--max-new-tokens", "must be >= 0");
+  if (a.chunk_size < 1) throw Error(ErrorKind::kUsage, "", "--chunk-size", "must be >= 1");
+  const int sources = !a.prompt.empty() + !a.prompt_file.empty() + !a.token_ids.empty();
+  if (sources != 1) {
+    throw Error(ErrorKind::kUsage, "", "prompt", "give exactly one of --prompt, --prompt-file, --token-ids");
+  }
+  if (a.token_ids.empty()) {
+    throw Error(ErrorKind::kUsage, "", "--prompt",
+                "text prompts need the tokenizer, which is not built yet; pass token ids with --token-ids FILE");
+  }
+
+  const auto t_load = std::chrono::steady_clock::now();
+  ModelConfig cfg = load_model_config(a.model);
+  const auto ckpt = SafetensorsCheckpoint::open(a.model);
+  const auto bound = bind_weights(cfg, ckpt);
+  for (const auto& n : bound.notes) spdlog::info("{}", n);
+  const std::int64_t V = cfg.vocab_size;
+  const auto prompt = read_token_ids(a.token_ids, V);
+  if (prompt.empty()) throw Error(ErrorKind::kUsage, a.token_ids, "--token-ids", "the prompt is empty");
+  const auto P = static_cast<std::int64_t>(prompt.size());
+  if (a.max_context > 0 && P + a.max_new_tokens > a.max_context) {
+    throw Error(ErrorKind::kUsage, "", "--max-new-tokens",
+                "prompt (" + std::to_string(P) + " tokens) + max new tokens (" + std::to_string(a.max_new_tokens) +
+                    ") exceeds --max-context " + std::to_string(a.max_context));
+  }
+  EngineOptions eo;
+  eo.absorbed_decode = !a.decompressed_decode;
+  CpuEngine engine(cfg, load_model_weights(cfg, bound), eo);
+  spdlog::info("loaded {} ({} parameters) in {:.2f} s; {} threads", a.model,
+               format_count(compute_footprint(cfg, bound.options).parameters), seconds_since(t_load),
+               omp_get_max_threads());
+
+  SequenceState st = engine.new_sequence();
+  std::vector<float> logits;
+  const bool all = !a.dump_logits.empty();
+  const auto t_prefill = std::chrono::steady_clock::now();
+  std::int64_t done = 0;
+  // Prefill chunk by chunk, with progress for long prompts.
+  logits.assign(static_cast<std::size_t>((all ? P : 1) * V), 0.0f);
+  while (done < P) {
+    const std::int64_t n = std::min(a.chunk_size, P - done);
+    const bool last = done + n == P;
+    float* dst = all ? logits.data() + done * V : (last ? logits.data() : nullptr);
+    engine.forward(st, std::span<const std::int32_t>(prompt).subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n)),
+                   dst, all);
+    done += n;
+    if (P > 8 * a.chunk_size) spdlog::info("prefill {}/{} tokens ({:.1f} s)", done, P, seconds_since(t_prefill));
+  }
+  const double prefill_s = seconds_since(t_prefill);
+  if (all) dump_logits(a.dump_logits, prompt, logits, V);
+  const float* last_logits = logits.data() + (all ? (P - 1) * V : 0);
+  std::vector<float> step(last_logits, last_logits + V);
+
+  Sampler sampler(a.sampling);
+  std::vector<std::int32_t> out;
+  const auto t_decode = std::chrono::steady_clock::now();
+  for (std::int64_t i = 0; i < a.max_new_tokens; ++i) {
+    const std::int32_t tok = sampler.sample(step.data(), V);
+    out.push_back(tok);
+    const bool eos = !a.ignore_eos && std::find(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end(), tok) != cfg.eos_token_ids.end();
+    if (eos || i + 1 == a.max_new_tokens) break;
+    engine.forward(st, std::span<const std::int32_t>(&tok, 1), step.data(), false);
+  }
+  const double decode_s = seconds_since(t_decode);
+  const auto steps = static_cast<double>(std::max<std::size_t>(out.size(), 1) - 1);
+
+  std::ostringstream ids;
+  for (std::size_t i = 0; i < out.size(); ++i) ids << (i ? " " : "") << out[i];
+  std::cout << "ids: " << ids.str() << "\n";
+  std::printf("prompt tokens   %lld\n", static_cast<long long>(P));
+  std::printf("prefill         %.3f s, %.1f tokens/s (chunk %lld)\n", prefill_s, static_cast<double>(P) / prefill_s,
+              static_cast<long long>(a.chunk_size));
+  if (steps > 0) {
+    std::printf("decode          %zu tokens, %.2f ms/token, %.1f tokens/s\n", out.size(), 1e3 * decode_s / steps,
+                steps / decode_s);
+  } else {
+    std::printf("decode          %zu tokens\n", out.size());
+  }
+  std::printf("cache           MLA latents %s (fp32 here; %s in bf16), recurrent states %s\n",
+              format_bytes(st.latent_bytes()).c_str(), format_bytes(st.latent_bytes() / 2).c_str(),
+              format_bytes(st.state_bytes()).c_str());
+  if (all) std::printf("logits          %s (%lld x %lld float32)\n", a.dump_logits.c_str(), static_cast<long long>(P), static_cast<long long>(V));
+  return 0;
+}
+
+}  // namespace hylo

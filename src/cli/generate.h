@@ -1,0 +1,32 @@
+// `hylo generate`: run a prompt through the CPU reference engine and continue it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "runtime/sampler.h"
+
+namespace hylo {
+
+struct GenerateArgs {
+  std::string model;
+  std::string prompt;        // text (needs the tokenizer)
+  std::string prompt_file;   // text file (needs the tokenizer)
+  std::string token_ids;     // file of whitespace-separated token ids
+  std::int64_t max_new_tokens = 32;
+  std::int64_t chunk_size = 2048;
+  std::int64_t max_context = 0;  // 0: no limit beyond memory
+  SamplingParams sampling;
+  std::string dump_logits;   // safetensors file for the prompt's logits
+  bool decompressed_decode = false;
+  bool ignore_eos = false;
+  int threads = 0;
+};
+
+int run_generate(const GenerateArgs& args);
+
+// Reads whitespace-separated non-negative integers (each < vocab). Error(kUsage) naming the file, the
+// position and the offending text otherwise.
+std::vector<std::int32_t> read_token_ids(const std::string& path, std::int64_t vocab);
+
+}  // namespace hylo

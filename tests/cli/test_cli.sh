@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# End-to-end through the hylo binary: presets, make-checkpoint, inspect, and the error paths a user hits.
+# usage: test_cli.sh HYLO_BINARY WORK_DIR
+set -euo pipefail
+hylo="$1"
+work="$2"
+rm -rf "$work"
+mkdir -p "$work"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# expect_fail STATUS NEEDLE -- command...: the command exits STATUS and its stderr contains NEEDLE.
+expect_fail() {
+  local want="$1" needle="$2"
+  shift 3
+  local status=0
+  "$@" >"$work/out.txt" 2>"$work/err.txt" || status=$?
+  [[ $status -eq $want ]] || fail "$* exited $status, expected $want: $(cat "$work/err.txt")"
+  grep -qF -- "$needle" "$work/err.txt" || fail "$* stderr lacks '$needle': $(cat "$work/err.txt")"
+}
+
+[[ $("$hylo" presets | wc -l) -eq 10 ]] || fail "expected 10 presets"
+
+# A tiny checkpoint with the real Llama 3 tokenizer files, verified on write, described by inspect.
+tok="$(cd "$(dirname "$0")/../../.." && pwd)/shared/tokenizers/llama3"
+tok_args=()
+[[ -f "$tok/tokenizer.json" ]] && tok_args=(--tokenizer "$tok")
+"$hylo" --log-level warn make-checkpoint --preset hylo-tiny --out "$work/tiny" --seed 1 "${tok_args[@]}" >/dev/null
+for f in config.json hybrid_config.json model.safetensors; do [[ -f "$work/tiny/$f" ]] || fail "missing $f"; done
+if ((${#tok_args[@]})); then [[ -f "$work/tiny/tokenizer.json" ]] || fail "tokenizer not copied"; fi
+"$hylo" --log-level warn inspect "$work/tiny" >"$work/inspect.txt"
+grep -q "layer plan   AMGAGM" "$work/inspect.txt" || fail "plan: $(cat "$work/inspect.txt")"
+grep -q "KV cache     192 B/token" "$work/inspect.txt" || fail "kv: $(cat "$work/inspect.txt")"
+grep -q "all present with exact shapes" "$work/inspect.txt" || fail "weights: $(cat "$work/inspect.txt")"
+
+# Same seed, same bytes; bf16 output sharded.
+"$hylo" --log-level warn make-checkpoint --preset hylo-tiny --out "$work/tiny2" --seed 1 >/dev/null
+cmp -s "$work/tiny/model.safetensors" "$work/tiny2/model.safetensors" || fail "make-checkpoint is not deterministic"
+"$hylo" --log-level warn make-checkpoint --preset hylo-tiny --out "$work/tiny_bf16" --dtype bf16 --max-shard-size 10MiB >/dev/null
+[[ -f "$work/tiny_bf16/model.safetensors.index.json" ]] || fail "expected a sharded checkpoint"
+"$hylo" --log-level warn inspect "$work/tiny_bf16" | grep -q "BF16" || fail "bf16 inspect"
+
+# Published parameter count through the JSON interface.
+"$hylo" inspect --preset HyLo-Llama-4MLA12GDN --json | grep -q '"parameters": 1673797776' || fail "param count"
+"$hylo" inspect --preset HyLo-Llama-6MLA22M2 --gpu-mem 141GiB --cp 1,4 >/dev/null
+
+# Errors: clear message, non-zero status, nothing overwritten.
+expect_fail 2 'unknown preset "nope"' -- "$hylo" make-checkpoint --preset nope --out "$work/x"
+expect_fail 2 "not empty" -- "$hylo" make-checkpoint --preset hylo-tiny --out "$work/tiny"
+cmp -s "$work/tiny/model.safetensors" "$work/tiny2/model.safetensors" || fail "refused write still changed the file"
+expect_fail 2 "must be f32, bf16 or f16" -- "$hylo" make-checkpoint --preset hylo-tiny --out "$work/y" --dtype int4
+expect_fail 2 "cannot read" -- "$hylo" inspect --preset hylo-tiny --gpu-mem lots
+expect_fail 1 "config.json" -- "$hylo" inspect "$work/does-not-exist"
+cp -r "$work/tiny" "$work/broken"
+truncate -s -1 "$work/broken/model.safetensors"
+expect_fail 1 "model.safetensors" -- "$hylo" inspect "$work/broken"
+echo '{"vocab_size": 5, "vocab_size": 6}' >"$work/broken/config.json"
+expect_fail 1 "duplicate key" -- "$hylo" inspect "$work/broken"
+echo "cli tests passed"
