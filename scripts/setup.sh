@@ -25,7 +25,7 @@ pkgs=(
   libbenchmark-dev                      # micro-benchmarks
   libopenblas-dev                       # BLAS for the CPU reference engine
   python3 python3-pip python3-venv      # test oracles
-  bible-kjv-text                        # the long document of the README's main job
+  bible-kjv-text bible-kjv              # the long document of the README's main job (`bible` prints it)
 )
 
 missing=()
@@ -47,7 +47,7 @@ if ((${#missing[@]})); then
     essential=()
     for p in "${missing[@]}"; do
       case "$p" in
-        bible-kjv-text|ninja-build|python3-venv|libbenchmark-dev) ;;   # optional: things skip without them
+        bible-kjv-text|bible-kjv|ninja-build|python3-venv|libbenchmark-dev) ;;   # optional: things skip without them
         *) essential+=("$p") ;;
       esac
     done

@@ -140,8 +140,10 @@ int run_generate(const GenerateArgs& a) {
   for (std::size_t i = 0; i < out.size(); ++i) ids << (i ? " " : "") << out[i];
   std::cout << "ids: " << ids.str() << "\n";
   std::printf("prompt tokens   %lld\n", static_cast<long long>(P));
-  std::printf("prefill         %.3f s, %.1f tokens/s (chunk %lld)\n", prefill_s, static_cast<double>(P) / prefill_s,
-              static_cast<long long>(a.chunk_size));
+  const double gflop = prefill_flops(cfg, compute_footprint(cfg, bound.options), P) / 1e9;
+  std::printf("prefill         %.3f s, %.1f tokens/s, %.1f GFLOP -> %.2f GFLOP/s (chunk %lld; FLOPs: 2 P_body L + "
+              "n_MLA nH (dn+dr+dv) L^2)\n",
+              prefill_s, static_cast<double>(P) / prefill_s, gflop, gflop / prefill_s, static_cast<long long>(a.chunk_size));
   if (steps > 0) {
     std::printf("decode          %zu tokens, %.2f ms/token, %.1f tokens/s\n", out.size(), 1e3 * decode_s / steps,
                 steps / decode_s);

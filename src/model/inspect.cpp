@@ -48,6 +48,13 @@ Footprint compute_footprint(const ModelConfig& c, const WeightOptions& o) {
   return f;
 }
 
+double prefill_flops(const ModelConfig& c, const Footprint& f, std::int64_t tokens) {
+  const double L = static_cast<double>(tokens);
+  const double coef = static_cast<double>(c.count(MixerKind::kMLA)) * static_cast<double>(c.mla.num_heads) *
+                      static_cast<double>(c.mla.qk_nope_head_dim + c.mla.qk_rope_head_dim + c.mla.v_head_dim);
+  return 2.0 * static_cast<double>(f.body_parameters) * L + coef * L * L;
+}
+
 Capacity compute_capacity(const ModelConfig& c, const WeightOptions& o, const CapacityInput& in) {
   if (in.tp < 1 || in.cp < 1) throw Error(ErrorKind::kUsage, "", "--tp/--cp", "must be at least 1");
   Capacity cap;

@@ -27,6 +27,10 @@ struct Footprint {
 
 Footprint compute_footprint(const ModelConfig& config, const WeightOptions& options);
 
+// PERFORMANCE.md: prefill_flops(L) = 2 * P_body * L + n_MLA * nH * (dn + dr + dv) * L^2 (causal,
+// decompressed MLA; linear-mixer scan FLOPs and the last token's LM head left out).
+double prefill_flops(const ModelConfig& config, const Footprint& footprint, std::int64_t tokens);
+
 struct CapacityInput {
   std::uint64_t gpu_bytes = 80ull << 30;     // memory of one GPU
   std::uint64_t reserve_bytes = 6ull << 30;  // CUDA context, prefill workspace, allocator slack

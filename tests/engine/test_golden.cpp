@@ -77,8 +77,8 @@ INSTANTIATE_TEST_SUITE_P(
                       "slice-HyLo-Llama-6MLA22GDN", "slice-HyLo-Llama-14MLA14GDN", "slice-HyLo-Llama-6MLA22M2",
                       "slice-HyLo-Llama-14MLA14M2", "slice-HyLo-Qwen-7MLA21GDN", "slice-HyLo-Qwen-14MLA14GDN",
                       "slice-HyLo-Qwen-14MLA14M2"),
-    [](const auto& info) {
-      std::string n = info.param;
+    [](const auto& test_info) {
+      std::string n = test_info.param;
       for (auto& ch : n) {
         if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
       }
