@@ -74,7 +74,7 @@ if [[ "${HYLO_SETUP_NO_PIP:-0}" != 1 ]]; then
     fi
   fi
   [[ -n "$venv" ]] && py="$venv/bin/python"
-  oracles=(numpy safetensors tokenizers)
+  oracles=(numpy safetensors tokenizers jinja2)   # jinja2: renders chat templates for the tokenizer test
   need=()
   for m in "${oracles[@]}"; do "$py" -c "import $m" 2>/dev/null || need+=("$m"); done
   if command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; then

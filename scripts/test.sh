@@ -20,7 +20,7 @@ ctest --test-dir build --output-on-failure -j "$jobs"
 
 if [[ "${HYLO_NO_SANITIZE:-0}" != 1 ]]; then
   echo "== build (ASan + UBSan) =="
-  cmake -S . -B build-asan "${gen[@]}" -DHYLO_SANITIZE=ON -DHYLO_ENABLE_CUDA=OFF -DCMAKE_BUILD_TYPE=Debug >/dev/null
+  cmake -S . -B build-asan "${gen[@]}" -DHYLO_SANITIZE=ON -DHYLO_ENABLE_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
   cmake --build build-asan -j "$jobs"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs"

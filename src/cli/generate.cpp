@@ -6,7 +6,10 @@
 #include <chrono>
 #include <cstring>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <optional>
 #include <iostream>
 #include <sstream>
 
@@ -18,6 +21,7 @@
 #include "model/model_weights.h"
 #include "model/weights.h"
 #include "runtime/engine.h"
+#include "tokenizer/tokenizer.h"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -76,10 +80,6 @@ int run_generate(const GenerateArgs& a) {
   if (sources != 1) {
     throw Error(ErrorKind::kUsage, "", "prompt", "give exactly one of --prompt, --prompt-file, --token-ids");
   }
-  if (a.token_ids.empty()) {
-    throw Error(ErrorKind::kUsage, "", "--prompt",
-                "text prompts need the tokenizer, which is not built yet; pass token ids with --token-ids FILE");
-  }
 
   const auto t_load = std::chrono::steady_clock::now();
   ModelConfig cfg = load_model_config(a.model);
@@ -87,8 +87,52 @@ int run_generate(const GenerateArgs& a) {
   const auto bound = bind_weights(cfg, ckpt);
   for (const auto& n : bound.notes) spdlog::info("{}", n);
   const std::int64_t V = cfg.vocab_size;
-  const auto prompt = read_token_ids(a.token_ids, V);
-  if (prompt.empty()) throw Error(ErrorKind::kUsage, a.token_ids, "--token-ids", "the prompt is empty");
+  // Text prompts go through the checkpoint's tokenizer (or --tokenizer DIR); token-id files need none, but
+  // when a tokenizer is there the continuation is also printed as text.
+  std::optional<Tokenizer> tok;
+  const std::filesystem::path tok_dir = a.tokenizer.empty() ? std::filesystem::path(a.model) : std::filesystem::path(a.tokenizer);
+  if (!a.token_ids.empty() && a.tokenizer.empty()) {
+    if (std::filesystem::exists(tok_dir / "tokenizer.json")) tok = Tokenizer::load(tok_dir);
+  } else {
+    if (!std::filesystem::exists(tok_dir / "tokenizer.json")) {
+      throw Error(ErrorKind::kUsage, (tok_dir / "tokenizer.json").string(), "--prompt",
+                  "a text prompt needs a tokenizer: none in the model directory; pass --tokenizer DIR or use "
+                  "--token-ids FILE");
+    }
+    tok = Tokenizer::load(tok_dir);
+  }
+  if (tok) tok->check_model_vocab(V);
+  std::vector<std::int32_t> prompt;
+  if (!a.token_ids.empty()) {
+    prompt = read_token_ids(a.token_ids, V);
+  } else {
+    std::string text = a.prompt;
+    if (!a.prompt_file.empty()) {
+      std::ifstream in(a.prompt_file, std::ios::binary);
+      if (!in) throw Error(ErrorKind::kUsage, a.prompt_file, "--prompt-file", "cannot open the prompt file");
+      text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    if (text.empty()) {
+      throw Error(ErrorKind::kUsage, a.prompt_file, a.prompt_file.empty() ? "--prompt" : "--prompt-file",
+                  "the prompt is empty");
+    }
+    EncodeOptions eo;
+    eo.parse_special = !a.no_special;
+    eo.threads = a.threads;
+    eo.add_bos = tok->wants_bos();
+    if (a.chat) {
+      std::vector<ChatMessage> msgs;
+      if (!a.system.empty()) msgs.push_back({"system", a.system});
+      msgs.push_back({"user", text});
+      text = tok->apply_chat_template(msgs, /*add_generation_prompt=*/true);
+      eo.parse_special = true;  // the template's own role headers are special tokens
+    }
+    const auto t_tok = std::chrono::steady_clock::now();
+    prompt = tok->encode(text, eo);
+    spdlog::info("tokenized {} bytes into {} tokens in {:.3f} s", text.size(), prompt.size(), seconds_since(t_tok));
+  }
+  if (prompt.empty()) throw Error(ErrorKind::kUsage, a.token_ids.empty() ? a.prompt_file : a.token_ids, "prompt",
+                                  "the prompt is empty");
   const auto P = static_cast<std::int64_t>(prompt.size());
   if (a.max_context > 0 && P + a.max_new_tokens > a.max_context) {
     throw Error(ErrorKind::kUsage, "", "--max-new-tokens",
@@ -125,19 +169,30 @@ int run_generate(const GenerateArgs& a) {
 
   Sampler sampler(a.sampling);
   std::vector<std::int32_t> out;
+  // Stop tokens: the config's eos ids, plus the tokenizer's (e.g. Llama 3's <|eot_id|> in chat).
+  std::vector<std::int32_t> stop(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end());
+  if (tok) {
+    for (auto id : tok->eos_ids()) stop.push_back(id);
+  }
+  std::optional<StreamingDecoder> stream;
+  if (tok) stream.emplace(*tok, /*skip_special=*/false);
+  std::string text_out;
   const auto t_decode = std::chrono::steady_clock::now();
   for (std::int64_t i = 0; i < a.max_new_tokens; ++i) {
-    const std::int32_t tok = sampler.sample(step.data(), V);
-    out.push_back(tok);
-    const bool eos = !a.ignore_eos && std::find(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end(), tok) != cfg.eos_token_ids.end();
+    const std::int32_t next = sampler.sample(step.data(), V);
+    out.push_back(next);
+    if (stream) text_out += stream->push(next);
+    const bool eos = !a.ignore_eos && std::find(stop.begin(), stop.end(), next) != stop.end();
     if (eos || i + 1 == a.max_new_tokens) break;
-    engine.forward(st, std::span<const std::int32_t>(&tok, 1), step.data(), false);
+    engine.forward(st, std::span<const std::int32_t>(&next, 1), step.data(), false);
   }
   const double decode_s = seconds_since(t_decode);
   const auto steps = static_cast<double>(std::max<std::size_t>(out.size(), 1) - 1);
 
   std::ostringstream ids;
   for (std::size_t i = 0; i < out.size(); ++i) ids << (i ? " " : "") << out[i];
+  if (stream) text_out += stream->flush();
+  if (tok) std::cout << "text: " << text_out << "\n";
   std::cout << "ids: " << ids.str() << "\n";
   std::printf("prompt tokens   %lld\n", static_cast<long long>(P));
   const double gflop = prefill_flops(cfg, compute_footprint(cfg, bound.options), P) / 1e9;

@@ -20,6 +20,10 @@ struct GenerateArgs {
   std::string dump_logits;   // safetensors file for the prompt's logits
   bool decompressed_decode = false;
   bool ignore_eos = false;
+  bool chat = false;          // wrap the prompt as a user message in the family's chat format
+  std::string system;         // system message for --chat
+  bool no_special = false;    // special tokens in the prompt text are plain text
+  std::string tokenizer;      // tokenizer directory (default: the model directory)
   int threads = 0;
 };
 

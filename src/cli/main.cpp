@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/generate.h"
+#include "cli/tokenize.h"
 #include "common/error.h"
 #include "common/json.h"
 #include "common/log.h"
@@ -259,6 +260,12 @@ int main(int argc, char** argv) {
   gen->add_flag("--decompressed-decode", ga.decompressed_decode, "Decode MLA in the decompressed form (a check)");
   gen->add_flag("--ignore-eos", ga.ignore_eos, "Do not stop at EOS");
 
+  gen->add_flag("--chat", ga.chat, "Wrap the prompt as a user message in the model family's chat format");
+  gen->add_option("--system", ga.system, "System message for --chat");
+  gen->add_flag("--no-special", ga.no_special, "Special tokens written in the prompt text are plain text");
+  gen->add_option("--tokenizer", ga.tokenizer, "Tokenizer directory (default: the model directory)");
+
+  add_tokenize_command(app);
   auto* presets = app.add_subcommand("presets", "List the built-in model presets");
 
   try {
@@ -274,6 +281,7 @@ int main(int argc, char** argv) {
       }
       return run_inspect(ia);
     }
+    if (auto rc = run_tokenize_if_selected()) return *rc;
     if (*make) return run_make_checkpoint(ma);
     if (*gen) return run_generate(ga);
     if (*presets) {

@@ -125,8 +125,7 @@ Regex::Regex(std::string_view pattern, const std::string& file, const std::strin
   pcre2_pattern_info(code, PCRE2_INFO_MAXLOOKBEHIND, &max_lookbehind);
   // MAXLOOKBEHIND counts \b and \B; `^`, `\G`, `\A`, `\K` and multiline mode depend on where a scan starts, so
   // any of them (even a literal '^' inside a class) makes the pattern sequential-only.
-  bool position_dependent = rewritten.find("\\G") != std::string::npos ||
-                            rewritten.find("\\A") != std::string::npos ||
+  bool position_dependent = rewritten.find("\\G") != std::string::npos || rewritten.find("\\A") != std::string::npos ||
                             rewritten.find("\\K") != std::string::npos || rewritten.find("(?m") != std::string::npos;
   for (std::size_t i = 0; i < rewritten.size(); ++i) {
     if (rewritten[i] == '\\') {
@@ -164,9 +163,9 @@ bool Regex::Matcher::find(std::string_view subject, std::size_t from, std::size_
   auto* ctx = static_cast<pcre2_match_context*>(context_);
   const auto* s = reinterpret_cast<PCRE2_SPTR>(subject.data());
   // The subject was validated once up front: re-checking it on every call would be quadratic.
-  const int rc = re_.jit_ ? pcre2_jit_match(static_cast<pcre2_code*>(re_.code_), s, subject.size(), from, 0, md, ctx)
-                          : pcre2_match(static_cast<pcre2_code*>(re_.code_), s, subject.size(), from,
-                                        PCRE2_NO_UTF_CHECK, md, ctx);
+  const int rc =
+      re_.jit_ ? pcre2_jit_match(static_cast<pcre2_code*>(re_.code_), s, subject.size(), from, 0, md, ctx)
+               : pcre2_match(static_cast<pcre2_code*>(re_.code_), s, subject.size(), from, PCRE2_NO_UTF_CHECK, md, ctx);
   if (rc == PCRE2_ERROR_NOMATCH) return false;
   if (rc < 0) {
     throw Error(ErrorKind::kInternal, "", "pre_tokenizer",

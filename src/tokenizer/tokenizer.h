@@ -45,7 +45,7 @@ struct EncodeOptions {
 };
 
 struct ChatMessage {
-  std::string role;     // "system", "user", "assistant" (any role name is passed through)
+  std::string role;  // "system", "user", "assistant" (any role name is passed through)
   std::string content;
 };
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -237,6 +238,36 @@ std::size_t complete_utf8_prefix(std::string_view s) {
   return s.size();
 }
 
+namespace {
+
+// Length of the all-ASCII run starting at s[i], checked eight bytes at a time.
+std::size_t ascii_run(std::string_view s, std::size_t i) {
+  const std::size_t start = i;
+  while (i + 8 <= s.size()) {
+    std::uint64_t w;
+    std::memcpy(&w, s.data() + i, 8);
+    if (w & 0x8080808080808080ull) break;
+    i += 8;
+  }
+  while (i < s.size() && static_cast<unsigned char>(s[i]) < 0x80) ++i;
+  return i - start;
+}
+
+}  // namespace
+
+std::size_t find_invalid_utf8_fast(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    i += ascii_run(s, i);
+    if (i >= s.size()) break;
+    std::size_t subpart = 0;
+    bool truncated = false;
+    const std::size_t len = sequence_at(s, i, &subpart, &truncated);
+    if (len == 0) return i;
+    i += len;
+  }
+  return std::string_view::npos;
+}
+
 std::string replace_invalid_utf8(std::string_view s) {
   std::string out;
   out.reserve(s.size());
@@ -259,6 +290,10 @@ bool nfc_quick_yes(std::string_view in) {
   const auto& d = nfc_data();
   const auto* p = reinterpret_cast<const unsigned char*>(in.data());
   for (std::size_t i = 0; i < in.size();) {
+    if (p[i] < 0x80) {
+      i += ascii_run(in, i);
+      continue;
+    }
     if (p[i] < 0xCC) {  // below U+0300: every such code point is stable
       i += p[i] < 0x80 ? 1 : 2;
       continue;
@@ -286,7 +321,7 @@ void nfc_append(std::string_view in, std::string& out) {
   const auto& d = nfc_data();
   const auto* p = reinterpret_cast<const unsigned char*>(in.data());
   std::u32string buf;
-  std::size_t last_stable_in = 0;   // where the last stable code point starts in `in`
+  std::size_t last_stable_in = 0;            // where the last stable code point starts in `in`
   std::size_t last_stable_out = out.size();  // and where its copy starts in `out`
   std::size_t i = 0;
   while (i < in.size()) {

@@ -50,6 +50,10 @@ void append_utf8(std::string& out, char32_t c);
 // streaming decoder to hold back an incomplete tail.
 std::size_t complete_utf8_prefix(std::string_view s);
 
+// Offset of the first byte that is not well-formed UTF-8 (as hylo::find_invalid_utf8), or npos; skips ASCII
+// eight bytes at a time.
+std::size_t find_invalid_utf8_fast(std::string_view s);
+
 // Replaces every ill-formed subsequence by U+FFFD, one per maximal subpart (Unicode 15 section 3.9, the
 // practice of Python's errors="replace" and Rust's String::from_utf8_lossy).
 std::string replace_invalid_utf8(std::string_view s);

@@ -55,4 +55,21 @@ truncate -s -1 "$work/broken/model.safetensors"
 expect_fail 1 "model.safetensors" -- "$hylo" inspect "$work/broken"
 echo '{"vocab_size": 5, "vocab_size": 6}' >"$work/broken/config.json"
 expect_fail 1 "duplicate key" -- "$hylo" inspect "$work/broken"
+
+# generate: text prompts through the checkpoint's tokenizer; bad requests refused with the flag named.
+if ((${#tok_args[@]})); then
+  "$hylo" --log-level warn generate --model "$work/tiny" --prompt "In the beginning" --max-new-tokens 3 >"$work/gen.txt"
+  grep -q "^text: " "$work/gen.txt" || fail "generate text: $(cat "$work/gen.txt")"
+  [[ $(grep "^ids: " "$work/gen.txt" | wc -w) -eq 4 ]] || fail "generate ids: $(cat "$work/gen.txt")"
+  "$hylo" --log-level warn generate --model "$work/tiny" --prompt "Hi" --chat --max-new-tokens 1 >/dev/null
+  expect_fail 2 "--temperature" -- "$hylo" generate --model "$work/tiny" --prompt "x" --temperature nan
+  expect_fail 2 "--top-p" -- "$hylo" generate --model "$work/tiny" --prompt "x" --temperature 1 --top-p 0
+  printf '\xff\xfe bad' >"$work/bad.txt"
+  expect_fail 2 "UTF-8" -- "$hylo" generate --model "$work/tiny" --prompt-file "$work/bad.txt"
+  : >"$work/empty.txt"
+  expect_fail 2 "empty" -- "$hylo" generate --model "$work/tiny" --prompt-file "$work/empty.txt"
+  expect_fail 2 "max-context" -- "$hylo" generate --model "$work/tiny" --prompt "a b c d" --max-new-tokens 10 --max-context 8
+fi
+expect_fail 2 "needs a tokenizer" -- "$hylo" generate --model "$work/tiny2" --prompt "x"
+expect_fail 2 "exactly one of" -- "$hylo" generate --model "$work/tiny2"
 echo "cli tests passed"
