@@ -1,5 +1,7 @@
 #include "kernels/mla_decode.h"
 
+#include "kernels/cpu_tiles.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -15,59 +17,14 @@ namespace {
 // transpose costs ~1/(T*nH) of the score FLOPs. Scores and P.V run on the same kR x kW register tiles as
 // attention_cpu.cpp (each output element one fixed-order fp32 sum; see there); the P.V value rows are the
 // cached latents c_j themselves.
-constexpr std::int64_t kBk = 64;  // multiple of kW
-constexpr std::int64_t kR = 4;
-constexpr std::int64_t kW = 8;
+using cpu_tiles::kBk;
+using cpu_tiles::kR;
+using cpu_tiles::kW;
+using cpu_tiles::pv_tile;
+using cpu_tiles::score_tile;
 constexpr std::int64_t kMinSplit = 256;  // below this the per-split merge and packing overheads dominate
 constexpr std::int64_t kMaxSplits = 128;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// s[r][0..kBk) = sum_d q[r][d] kt[d][0..kBk) for the kR rows at q (row stride dk); s row stride kBk.
-// The unroll pragmas make the kR x kW accumulator a set of registers (8 SSE / 4 AVX vectors at 4 x 8): without
-// them GCC keeps it on the stack and the loop runs load-add-store at a third of the speed.
-void score_tile(std::int64_t dk, const float* __restrict q, const float* __restrict kt, float* __restrict s) {
-  for (std::int64_t j0 = 0; j0 < kBk; j0 += kW) {
-    float a[kR][kW] = {};
-    for (std::int64_t d = 0; d < dk; ++d) {
-      const float* kd = kt + d * kBk + j0;
-#pragma GCC unroll 16
-      for (std::int64_t r = 0; r < kR; ++r) {
-        const float qd = q[r * dk + d];
-#pragma GCC unroll 16
-        for (std::int64_t j = 0; j < kW; ++j) a[r][j] += qd * kd[j];
-      }
-    }
-    for (std::int64_t r = 0; r < kR; ++r)
-      for (std::int64_t j = 0; j < kW; ++j) s[r * kBk + j0 + j] = a[r][j];
-  }
-}
-
-// acc[r][c0..c0+w) = alpha[r] acc[r][..] + sum_{jj<n} prob[r][jj] v_jj[c0..c0+w) for kR rows; value row jj at
-// v + jj * v_stride. Full tiles (w == kW) are register tiles like score_tile; the d_v % kW tail is generic.
-template <bool kFull>
-void pv_tile(std::int64_t n, const float* __restrict prob, const float* __restrict v, std::int64_t v_stride,
-             std::int64_t c0, std::int64_t w, const float* __restrict alpha, float* __restrict acc,
-             std::int64_t acc_stride) {
-  float a[kR][kW] = {};
-  for (std::int64_t jj = 0; jj < n; ++jj) {
-    const float* vr = v + jj * v_stride + c0;
-#pragma GCC unroll 16
-    for (std::int64_t r = 0; r < kR; ++r) {
-      const float pr = prob[r * kBk + jj];
-      if constexpr (kFull) {
-#pragma GCC unroll 16
-        for (std::int64_t c = 0; c < kW; ++c) a[r][c] += pr * vr[c];
-      } else {
-        for (std::int64_t c = 0; c < w; ++c) a[r][c] += pr * vr[c];
-      }
-    }
-  }
-  const std::int64_t width = kFull ? kW : w;
-  for (std::int64_t r = 0; r < kR; ++r) {
-    float* ar = acc + r * acc_stride + c0;
-    for (std::int64_t c = 0; c < width; ++c) ar[c] = alpha[r] * ar[c] + a[r][c];
-  }
-}
 
 }  // namespace
 

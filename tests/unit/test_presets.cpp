@@ -26,7 +26,8 @@ TEST(Presets, AllTenPresent) {
   EXPECT_THROW(load_preset("HyLo-Llama-99MLA"), Error);
 }
 
-// MODEL.md section 6. The Qwen counts include the 256 optional parameters per MLA layer (q/k norms).
+// MODEL.md section 6. The Qwen counts include the 256 optional parameters per MLA layer (generated as
+// kv_a_layernorm [r = 256]; q_norm + k_norm [128 + 128] would count the same).
 TEST(Presets, PublishedParameterCounts) {
   EXPECT_EQ(footprint_of("HyLo-Llama-4MLA12GDN").parameters, 1'673'797'776ull);
   EXPECT_EQ(footprint_of("HyLo-Llama-6MLA22GDN").parameters, 4'267'821'452ull);
