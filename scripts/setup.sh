@@ -28,8 +28,12 @@ pkgs=(
   bible-kjv-text bible-kjv              # the long document of the README's main job (`bible` prints it)
 )
 
+# Tools may come from outside dpkg (the GPU machine has cmake 4 and ninja installed that way): a command on
+# PATH counts as installed.
+declare -A provides=([cmake]=cmake [ninja-build]=ninja [bible-kjv]=bible [python3]=python3)
 missing=()
 for p in "${pkgs[@]}"; do
+  if [[ -n "${provides[$p]:-}" ]] && command -v "${provides[$p]}" >/dev/null 2>&1; then continue; fi
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
     missing+=("$p")
   fi
@@ -53,6 +57,8 @@ if ((${#missing[@]})); then
     done
     if ((${#essential[@]})); then
       echo "[setup] error: could not install ${essential[*]} (no network?). Install them, then rerun." >&2
+      echo "[setup] (on a machine without network, e.g. the GPU machine, build on the CI/dev machine and carry the" >&2
+      echo "[setup]  binaries: they link PCRE2 statically and spdlog header-only; see README 'Build options')" >&2
       exit 1
     fi
     log "warning: could not install optional packages: ${missing[*]} (continuing)"
