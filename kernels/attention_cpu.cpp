@@ -26,6 +26,7 @@ constexpr std::int64_t kBq = 64;  // multiple of kR
 using cpu_tiles::kBk;
 using cpu_tiles::kR;
 using cpu_tiles::kW;
+using cpu_tiles::online_softmax_rows;
 using cpu_tiles::pv_tile;
 using cpu_tiles::score_tile;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -102,27 +103,7 @@ void attention_cpu(const AttentionParams& p) {
           score_tile(d_qk, qs.data() + i * d_qk, kt.data(), prob.data() + i * kBk);
 
         // Online softmax per row: rescale the running sum and accumulator to the new running max.
-        for (std::int64_t i = t_lo; i < nq_pad; ++i) {
-          float* pr = prob.data() + i * kBk;
-          const std::int64_t nv = valid[i];
-          if (nv == 0) {  // zero weights and alpha 1: the P.V tile leaves this row's accumulator as it is
-            std::fill(pr, pr + kBk, 0.0f);
-            alpha[i] = 1.0f;
-            continue;
-          }
-          float mx = kNegInf;
-          for (std::int64_t jj = 0; jj < nv; ++jj) mx = std::max(mx, pr[jj]);
-          const float m_new = std::max(m[i], mx);
-          alpha[i] = std::exp(m[i] - m_new);  // exp(-inf) = 0 on the row's first block
-          float sum = 0.0f;
-          for (std::int64_t jj = 0; jj < nv; ++jj) {
-            pr[jj] = std::exp(pr[jj] - m_new);
-            sum += pr[jj];
-          }
-          std::fill(pr + nv, pr + kBk, 0.0f);
-          l[i] = l[i] * alpha[i] + sum;
-          m[i] = m_new;
-        }
+        online_softmax_rows(t_lo, nq_pad, valid, prob.data(), m, l, alpha);
 
         // P.V: the block's sum per tile in registers, then one rescale-and-add into the running accumulator, so
         // fp32 rounding grows like sqrt(kBk) + sqrt(S/kBk) rather than sqrt(S).

@@ -7,7 +7,10 @@
 // bitwise the same whatever the thread count.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 
 namespace hylo::kernels::cpu_tiles {
 
@@ -59,6 +62,35 @@ inline void pv_tile(std::int64_t n, const float* __restrict prob, const float* _
   for (std::int64_t r = 0; r < kR; ++r) {
     float* ar = acc + r * acc_stride + c0;
     for (std::int64_t c = 0; c < width; ++c) ar[c] = alpha[r] * ar[c] + a[r][c];
+  }
+}
+
+// Online softmax over one key block for rows [lo, hi): prob[row][0..kBk) holds the block's scaled scores, of
+// which the first valid[row] count. Rescales the running max m and sum l, turns the scores into
+// exp(score - new max) (zero past valid[row]), and sets alpha[row], the factor the caller applies to the row's
+// running accumulator. A row that sees no key of this block gets zero weights and alpha 1 (accumulator kept).
+inline void online_softmax_rows(std::int64_t lo, std::int64_t hi, const std::int64_t* valid, float* prob, float* m,
+                                float* l, float* alpha) {
+  for (std::int64_t row = lo; row < hi; ++row) {
+    float* pr = prob + row * kBk;
+    const std::int64_t nv = valid[row];
+    if (nv == 0) {
+      std::fill(pr, pr + kBk, 0.0f);
+      alpha[row] = 1.0f;
+      continue;
+    }
+    float mx = -std::numeric_limits<float>::infinity();
+    for (std::int64_t jj = 0; jj < nv; ++jj) mx = std::max(mx, pr[jj]);
+    const float m_new = std::max(m[row], mx);
+    alpha[row] = std::exp(m[row] - m_new);  // exp(-inf) = 0 on the row's first block
+    float sum = 0.0f;
+    for (std::int64_t jj = 0; jj < nv; ++jj) {
+      pr[jj] = std::exp(pr[jj] - m_new);
+      sum += pr[jj];
+    }
+    std::fill(pr + nv, pr + kBk, 0.0f);
+    l[row] = l[row] * alpha[row] + sum;
+    m[row] = m_new;
   }
 }
 

@@ -20,6 +20,7 @@ namespace {
 using cpu_tiles::kBk;
 using cpu_tiles::kR;
 using cpu_tiles::kW;
+using cpu_tiles::online_softmax_rows;
 using cpu_tiles::pv_tile;
 using cpu_tiles::score_tile;
 constexpr std::int64_t kMinSplit = 256;  // below this the per-split merge and packing overheads dominate
@@ -99,27 +100,7 @@ void mla_decode_cpu(const MlaDecodeParams& p) {
           score_tile(dk, qcat.data() + row * dk, kt.data(), prob.data() + row * kBk);
 
         // Online softmax per row: rescale the running sum and accumulator to the new running max.
-        for (std::int64_t row = t_lo; row < rows_pad; ++row) {
-          float* pr = prob.data() + row * kBk;
-          const std::int64_t nv = valid[row];
-          if (nv == 0) {  // zero weights and alpha 1: the P.V tile leaves this row's accumulator as it is
-            std::fill(pr, pr + kBk, 0.0f);
-            alpha[row] = 1.0f;
-            continue;
-          }
-          float mx = kNegInf;
-          for (std::int64_t jj = 0; jj < nv; ++jj) mx = std::max(mx, pr[jj]);
-          const float m_new = std::max(m[row], mx);
-          alpha[row] = std::exp(m[row] - m_new);  // 0 on the row's first block
-          float sum = 0.0f;
-          for (std::int64_t jj = 0; jj < nv; ++jj) {
-            pr[jj] = std::exp(pr[jj] - m_new);
-            sum += pr[jj];
-          }
-          std::fill(pr + nv, pr + kBk, 0.0f);
-          l[row] = l[row] * alpha[row] + sum;
-          m[row] = m_new;
-        }
+        online_softmax_rows(t_lo, rows_pad, valid.data(), prob.data(), m.data(), l.data(), alpha.data());
 
         // P.V over the latents: the block's sum per tile in registers, then one rescale-and-add into the running
         // accumulator (fp32 rounding grows like sqrt(kBk) + sqrt(split/kBk) rather than sqrt(split)).
