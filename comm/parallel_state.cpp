@@ -199,6 +199,18 @@ int SequencePartition::chunk_owner(int index) const {
   return num_chunks_ - 1 - index;
 }
 
+int SequencePartition::chunk_slot(int index) const {
+  const int owner = chunk_owner(index);  // range-checks index
+  return (split_ == SeqSplit::kZigzag && index != owner) ? 1 : 0;
+}
+
+int decode_owner(std::int64_t position, int cp) {
+  if (position < 0 || cp < 1) {
+    throw std::invalid_argument("decode_owner: position " + std::to_string(position) + ", cp " + std::to_string(cp));
+  }
+  return static_cast<int>(position % cp);
+}
+
 std::vector<TokenRange> SequencePartition::ranges(int cp_rank) const {
   if (cp_rank < 0 || cp_rank >= cp_) {
     throw std::out_of_range("cp rank " + std::to_string(cp_rank) + " outside [0, " + std::to_string(cp_) + ")");

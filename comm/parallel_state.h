@@ -146,6 +146,10 @@ class SequencePartition {
   int num_chunks() const { return num_chunks_; }
   TokenRange chunk(int index) const;  // in sequence order; throws std::out_of_range
   int chunk_owner(int index) const;   // the CP rank owning chunk `index`
+  // Where chunk `index` sits among its owner's ranges(): ranges(chunk_owner(i))[chunk_slot(i)] == chunk(i).
+  int chunk_slot(int index) const;
+  // Ranges per rank: 2 (zigzag) or 1 (contiguous), the same on every rank whatever the length.
+  int slots() const { return split_ == SeqSplit::kZigzag ? 2 : 1; }
 
   // The ranges CP rank `cp_rank` owns, in sequence order (see the class comment).
   std::vector<TokenRange> ranges(int cp_rank) const;
@@ -159,5 +163,9 @@ class SequencePartition {
   int cp_;
   int num_chunks_;
 };
+
+// Context-parallel decode: the CP rank that stores the latent of the token at `position` (round-robin over the
+// ranks, so the shards of a long continuation stay within one token of each other).
+int decode_owner(std::int64_t position, int cp);
 
 }  // namespace hylo::comm

@@ -54,4 +54,12 @@ void mamba2_scan_recurrent_cpu(const Mamba2ScanParams& p);
 // (the L x L block is formed one row at a time, so chunk_size = T does not cost O(T^2) memory).
 void mamba2_scan_chunked_cpu(const Mamba2ScanParams& p, std::int64_t chunk_size);
 
+// Context-parallel correction (PARALLEL.md 2.2 step 3): a chunk was scanned from a zero state; its true
+// incoming state is state_in [n_heads, P, N]. Because the recurrence is linear in the state, the outputs
+// differ exactly by the incoming state's decayed read-out, which this adds to p.y:
+//   y_t[h, i] += exp(sum_{s <= t} dt_s A_h) * sum_n state_in[h, i, n] C_t[h, n]
+// Reads T, sizes, C, dt, dt_bias, A_log and y; ignores x, B, D, p.state and log_decay_total. O(T nh P N), no
+// scratch; OpenMP over heads (thread-count independent, like the scans).
+void mamba2_state_correction_cpu(const Mamba2ScanParams& p, const float* state_in);
+
 }  // namespace hylo::kernels

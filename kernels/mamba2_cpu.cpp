@@ -168,4 +168,27 @@ void mamba2_scan_chunked_cpu(const Mamba2ScanParams& p, std::int64_t chunk_size)
   }
 }
 
+void mamba2_state_correction_cpu(const Mamba2ScanParams& p, const float* state_in) {
+  const std::int64_t T = p.T, nh = p.n_heads, P = p.head_dim, N = p.d_state;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t h = 0; h < nh; ++h) {
+    const HeadConsts hc = head_consts(p, h);
+    const float* S = state_in + h * P * N;
+    double cum = 0.0;
+    for (std::int64_t t = 0; t < T; ++t) {
+      cum += softplus(static_cast<double>(p.dt[t * nh + h]) + hc.dt_bias) * hc.A;
+      const float decay = static_cast<float>(std::exp(cum));
+      if (decay == 0.0f) break;  // the incoming state has decayed away for this and every later token
+      const float* C = p.C + (t * nh + h) * N;
+      float* y = p.y + (t * nh + h) * P;
+      for (std::int64_t i = 0; i < P; ++i) {
+        const float* row = S + i * N;
+        float acc = 0.0f;
+        for (std::int64_t n = 0; n < N; ++n) acc += row[n] * C[n];
+        y[i] += decay * acc;
+      }
+    }
+  }
+}
+
 }  // namespace hylo::kernels

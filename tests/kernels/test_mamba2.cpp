@@ -416,6 +416,32 @@ TEST(Mamba2Scan, LogDecayTotalComposesStatesAcrossChunks) {
   }
 }
 
+// The correction half of context parallelism: a chunk scanned from zero, plus
+// mamba2_state_correction_cpu with the true incoming state, gives the outputs of the scan that started from
+// that state (the reference over the whole sequence).
+TEST(Mamba2Scan, StateCorrectionRestoresOutputsOfZeroStartChunk) {
+  for (const int64_t split : {int64_t{1}, int64_t{200}, int64_t{499}}) {
+    const Problem pr({4, 2, 8, 16}, 500, 7100, /*zero_D=*/true);
+    const RefResult ref = reference(pr);
+    Outputs first(pr, split);
+    mamba2_scan_chunked_cpu(params_for(pr, 0, split, first.state.data(), first.y.data(), nullptr), 64);
+    Guarded zero(pr.sh.nh * pr.sh.P * pr.sh.N), y2((pr.T - split) * pr.sh.nh * pr.sh.P);
+    std::fill(zero.data(), zero.data() + zero.size(), 0.0f);
+    const auto p2 = params_for(pr, split, pr.T - split, zero.data(), y2.data(), nullptr);
+    mamba2_scan_chunked_cpu(p2, 64);
+    const int64_t off = split * pr.sh.nh * pr.sh.P;
+    const std::vector<double> ref2(ref.y.begin() + off, ref.y.end());
+    const double before = rel_l2(y2.data(), ref2);
+    mamba2_state_correction_cpu(p2, first.state.data());
+    const double after = rel_l2(y2.data(), ref2);
+    std::printf("  split %lld: rel-L2 of the second chunk's y %.2e before, %.2e after the correction\n",
+                static_cast<long long>(split), before, after);
+    EXPECT_GT(before, 1e-3);  // the incoming state matters in this problem
+    EXPECT_LE(after, kTol);
+    EXPECT_TRUE(y2.guards_intact());
+  }
+}
+
 // The thread count must not change a single bit (each head is one thread's sequential work).
 TEST(Mamba2Scan, DeterministicAcrossThreadCounts) {
 #ifndef _OPENMP

@@ -213,9 +213,36 @@ void check_partition(SeqSplit split, std::int64_t length, int cp) {
   }
   ASSERT_THROW(p.owner(length), std::out_of_range);
   ASSERT_THROW(p.owner(-1), std::out_of_range);
+  // chunk_slot: every chunk is found at its slot among its owner's ranges, and every slot is used once.
+  std::vector<std::vector<int>> used(static_cast<std::size_t>(p.cp()), std::vector<int>(static_cast<std::size_t>(p.slots()), 0));
+  for (int c = 0; c < p.num_chunks(); ++c) {
+    const int o = p.chunk_owner(c), s = p.chunk_slot(c);
+    ASSERT_EQ(static_cast<int>(p.ranges(o).size()), p.slots());
+    ASSERT_EQ(p.ranges(o)[static_cast<std::size_t>(s)], p.chunk(c)) << "chunk " << c;
+    ++used[static_cast<std::size_t>(o)][static_cast<std::size_t>(s)];
+  }
+  for (const auto& u : used) {
+    for (int n : u) ASSERT_EQ(n, 1);
+  }
 }
 
 }  // namespace
+
+TEST(SequencePartition, DecodeOwnerIsRoundRobin) {
+  for (int cp = 1; cp <= 8; ++cp) {
+    std::vector<int> count(static_cast<std::size_t>(cp), 0);
+    for (std::int64_t pos = 1000; pos < 1000 + 5 * cp + 3; ++pos) {
+      const int o = decode_owner(pos, cp);
+      ASSERT_GE(o, 0);
+      ASSERT_LT(o, cp);
+      ++count[static_cast<std::size_t>(o)];
+      const auto [lo, hi] = std::minmax_element(count.begin(), count.end());
+      ASSERT_LE(*hi - *lo, 1) << "shards drift apart at position " << pos;
+    }
+  }
+  EXPECT_THROW(decode_owner(-1, 2), std::invalid_argument);
+  EXPECT_THROW(decode_owner(0, 0), std::invalid_argument);
+}
 
 TEST(SequencePartition, CoversEveryTokenOnce) {
   int cases = 0;
