@@ -538,7 +538,8 @@ void CpuEngine::mla(const LayerWeights& lw, LayerState& s, const Batch& b, const
   const float* kv_b = w.kv_b.ptr();  // [nKV * (dn + dv), r]
   Buf o(static_cast<std::size_t>(T * nH * dv), 0.0f);
 
-  if (T == 1 && (options_.absorbed_decode || b.pass == Pass::kCpDecode)) {
+  // (A CP prefill rank may hold a single token; it still takes the ring below, like every other rank.)
+  if (b.pass == Pass::kCpDecode || (b.pass == Pass::kLocal && T == 1 && options_.absorbed_decode)) {
     // q_lat[h] = W_UK[h]^T q_nope[h]; o[h] = W_UV[h] (softmax-weighted latents).
     Buf q_lat(static_cast<std::size_t>(nH * r), 0.0f), q_pe(static_cast<std::size_t>(nH * dr));
     Buf part(static_cast<std::size_t>(nH * (r + 1)), 0.0f);  // [o_lat (nH r) | lse (nH)]

@@ -3,9 +3,14 @@
 
 #include <cstdint>
 #include <random>
+#include <utility>
 #include <vector>
 
 namespace hylo {
+
+namespace comm {
+class Communicator;
+}
 
 struct SamplingParams {
   float temperature = 0.0f;  // 0: greedy (argmax, lowest id on ties)
@@ -20,12 +25,26 @@ void validate(const SamplingParams& params);
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
+  const SamplingParams& params() const { return params_; }
   std::int32_t sample(const float* logits, std::int64_t vocab);
+  // The same draw restricted to `candidates` (logit, id), any order, distinct ids: equal to sample() over the
+  // full logits whenever the candidates contain the top_k best (ties by lower id) — how a vocab-parallel
+  // sampler passes only each rank's local top-k. Temperature > 0 only.
+  std::int32_t sample_candidates(std::vector<std::pair<float, std::int32_t>> candidates);
 
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;
-  std::vector<std::pair<float, std::int32_t>> scratch_;
 };
+
+// Sampling over a vocabulary split among the ranks of `tp` (PARALLEL.md 1): rank j holds logits for ids
+// [vocab_begin, vocab_begin + vocab_local). Every rank gets the token sample() would draw from the full logits
+// (same RNG stream, so every rank's sampler must be seeded alike):
+//   greedy     each rank's argmax (value, id) all-gathered: 8 bytes per rank;
+//   top-k      each rank's local top-k candidates all-gathered: 8 k bytes per rank;
+//   otherwise  (pure temperature / top-p) the full row is all-gathered, as the nucleus needs the global order.
+// tp null or size 1: plain sample().
+std::int32_t sample_sharded(Sampler& sampler, const float* logits, std::int64_t vocab_begin, std::int64_t vocab_local,
+                            std::int64_t vocab, comm::Communicator* tp);
 
 }  // namespace hylo

@@ -25,6 +25,7 @@
 #include "comm/parallel_state.h"
 #include "comm/ring.h"
 #include "comm/stats.h"
+#include "mpi_gtest_main.h"
 
 using namespace hylo::comm;
 
@@ -534,60 +535,4 @@ TEST(Harness, InjectedFailureOnLastRank) {
 
 // ---- main: one MPI session, rank 0 reports, every rank agrees on the outcome ----
 
-namespace {
-
-// On ranks other than 0, prints failed assertions only, tagged with the rank. The test's name is kept from
-// OnTestStart: GoogleTest holds its UnitTest mutex while calling OnTestPartResult, so asking it for the
-// current test there (current_test_info) deadlocks.
-class FailurePrinter : public testing::EmptyTestEventListener {
- public:
-  explicit FailurePrinter(int rank) : rank_(rank) {}
-  void OnTestStart(const testing::TestInfo& info) override {
-    test_ = std::string(info.test_suite_name()) + "." + info.name();
-  }
-  void OnTestPartResult(const testing::TestPartResult& result) override {
-    if (!result.failed()) return;
-    std::fprintf(stderr, "[rank %d] FAILED %s at %s:%d\n%s\n", rank_, test_.c_str(),
-                 result.file_name() ? result.file_name() : "?", result.line_number(), result.message());
-  }
-
- private:
-  int rank_;
-  std::string test_;
-};
-
-}  // namespace
-
-int main(int argc, char** argv) {
-  MpiSession session(&argc, &argv);
-  testing::InitGoogleTest(&argc, argv);
-  const int rank = session.world_rank();
-  if (rank != 0) {
-    testing::TestEventListeners& listeners = testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new FailurePrinter(rank));
-  }
-  int failed = 0;
-  try {
-    failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
-  } catch (const std::exception& e) {
-    // A throw escaping a test means the ranks may be out of step: end the whole job now.
-    MpiSession::abort(2, std::string("uncaught exception in the MPI test: ") + e.what());
-  }
-  // Agree on the outcome: each rank's flag, gathered everywhere.
-  MpiCommunicator world = MpiCommunicator::world("harness", std::make_shared<CommStats>());
-  std::vector<int> flags(static_cast<std::size_t>(world.size()));
-  world.allgather(&failed, flags.data(), sizeof failed);
-  std::string failing;
-  for (std::size_t r = 0; r < flags.size(); ++r) {
-    if (flags[r] != 0) failing += (failing.empty() ? "" : ", ") + std::to_string(r);
-  }
-  if (rank == 0) {
-    if (failing.empty()) {
-      std::printf("comm_mpi: all tests passed on all %d ranks\n", world.size());
-    } else {
-      std::printf("comm_mpi: tests FAILED on ranks %s\n", failing.c_str());
-    }
-  }
-  return failing.empty() ? 0 : 1;
-}
+int main(int argc, char** argv) { return hylo::testing_mpi::run_all(argc, argv, "comm_mpi"); }
