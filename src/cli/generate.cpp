@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <cstdio>
 #include <filesystem>
@@ -20,6 +21,9 @@
 #include "model/inspect.h"
 #include "model/model_weights.h"
 #include "model/weights.h"
+#include "comm/mpi_communicator.h"
+#include "comm/parallel_state.h"
+#include "comm/stats.h"
 #include "runtime/engine.h"
 #include "tokenizer/tokenizer.h"
 
@@ -68,28 +72,26 @@ void dump_logits(const std::string& path, const std::vector<std::int32_t>& token
 
 }  // namespace
 
-int run_generate(const GenerateArgs& a) {
-  if (a.threads > 0) {
-    omp_set_num_threads(a.threads);
-    openblas_set_num_threads(a.threads);
-  }
-  validate(a.sampling);
-  if (a.max_new_tokens < 0) throw Error(ErrorKind::kUsage, "", "--max-new-tokens", "must be >= 0");
-  if (a.chunk_size < 1) throw Error(ErrorKind::kUsage, "", "--chunk-size", "must be >= 1");
-  const int sources = !a.prompt.empty() + !a.prompt_file.empty() + !a.token_ids.empty();
-  if (sources != 1) {
-    throw Error(ErrorKind::kUsage, "", "prompt", "give exactly one of --prompt, --prompt-file, --token-ids");
-  }
+namespace {
 
-  const auto t_load = std::chrono::steady_clock::now();
-  ModelConfig cfg = load_model_config(a.model);
-  const auto ckpt = SafetensorsCheckpoint::open(a.model);
-  const auto bound = bind_weights(cfg, ckpt);
-  for (const auto& n : bound.notes) spdlog::info("{}", n);
+// Cores per rank when --threads is not given: the node's cores divided among the ranks on it.
+int default_threads(bool distributed) {
+  if (!distributed) return 0;
+  int local = 1;
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"}) {
+    if (const char* v = std::getenv(var)) {
+      local = std::max(1, std::atoi(v));
+      break;
+    }
+  }
+  return std::max(1, omp_get_num_procs() / local);
+}
+
+// The prompt's token ids (and the tokenizer when there is one). Rank 0 only in a distributed run.
+std::vector<std::int32_t> read_prompt(const GenerateArgs& a, const ModelConfig& cfg, std::optional<Tokenizer>& tok) {
   const std::int64_t V = cfg.vocab_size;
   // Text prompts go through the checkpoint's tokenizer (or --tokenizer DIR); token-id files need none, but
   // when a tokenizer is there the continuation is also printed as text.
-  std::optional<Tokenizer> tok;
   const std::filesystem::path tok_dir = a.tokenizer.empty() ? std::filesystem::path(a.model) : std::filesystem::path(a.tokenizer);
   if (!a.token_ids.empty() && a.tokenizer.empty()) {
     if (std::filesystem::exists(tok_dir / "tokenizer.json")) tok = Tokenizer::load(tok_dir);
@@ -133,53 +135,141 @@ int run_generate(const GenerateArgs& a) {
   }
   if (prompt.empty()) throw Error(ErrorKind::kUsage, a.token_ids.empty() ? a.prompt_file : a.token_ids, "prompt",
                                   "the prompt is empty");
+  return prompt;
+}
+
+// One rank's (or the only process's) generate. world == nullptr: single process.
+int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
+  const bool distributed = world != nullptr;
+  const bool root = !distributed || world->rank() == 0;
+  if (a.threads == 0) a.threads = default_threads(distributed);
+  if (a.threads > 0) {
+    omp_set_num_threads(a.threads);
+    openblas_set_num_threads(a.threads);
+  }
+  validate(a.sampling);
+  if (a.max_new_tokens < 0) throw Error(ErrorKind::kUsage, "", "--max-new-tokens", "must be >= 0");
+  if (a.chunk_size < 1) throw Error(ErrorKind::kUsage, "", "--chunk-size", "must be >= 1");
+  const int sources = !a.prompt.empty() + !a.prompt_file.empty() + !a.token_ids.empty();
+  if (sources != 1) {
+    throw Error(ErrorKind::kUsage, "", "prompt", "give exactly one of --prompt, --prompt-file, --token-ids");
+  }
+
+  // The layout and its communicators.
+  std::optional<comm::ParallelComms> pc;
+  const comm::SeqSplit split = a.cp_split == "contiguous" ? comm::SeqSplit::kContiguous : comm::SeqSplit::kZigzag;
+  if (distributed) {
+    const int n = world->size();
+    const int tp = a.tp > 0 ? a.tp : 1, dp = a.dp > 0 ? a.dp : 1;
+    const int cp = a.cp > 0 ? a.cp : std::max(1, n / (tp * dp));
+    if (static_cast<std::int64_t>(tp) * cp * dp != n) {
+      throw Error(ErrorKind::kUsage, "", "--tp/--cp/--dp",
+                  "the job has " + std::to_string(n) + " ranks but dp " + std::to_string(dp) + " x cp " +
+                      std::to_string(cp) + " x tp " + std::to_string(tp) + " = " + std::to_string(tp * cp * dp) +
+                      "; start dp x cp x tp ranks (hylo-launch --tp/--cp does this)");
+    }
+    if (dp != 1) {
+      throw Error(ErrorKind::kUsage, "", "--dp",
+                  "generate serves one prompt, so data-parallel replicas (dp " + std::to_string(dp) +
+                      ") would only repeat it; use --dp 1 and give the ranks to --cp or --tp");
+    }
+    if (!a.dump_logits.empty() && n > 1) {
+      throw Error(ErrorKind::kUsage, a.dump_logits, "--dump-logits", "needs a single-process run (--tp 1 --cp 1)");
+    }
+    pc.emplace(comm::make_parallel_comms(comm::ParallelState(n, world->rank(), comm::Layout{dp, cp, tp}), *world));
+    if (root) spdlog::info("layout: {} ({} split), {} threads per rank", pc->state.describe(), comm::to_string(split), a.threads);
+  }
+
+  const auto t_load = std::chrono::steady_clock::now();
+  ModelConfig cfg = load_model_config(a.model);
+  const std::int64_t V = cfg.vocab_size;
+  // Rank 0 reads and tokenizes the input; the token ids are broadcast.
+  std::optional<Tokenizer> tok;
+  std::vector<std::int32_t> prompt;
+  if (root) prompt = read_prompt(a, cfg, tok);
+  if (distributed) {
+    comm::CommLabel label("input");
+    std::int64_t n = static_cast<std::int64_t>(prompt.size());
+    world->broadcast(&n, sizeof n, 0);
+    prompt.resize(static_cast<std::size_t>(n));
+    world->broadcast(prompt.data(), n * static_cast<std::int64_t>(sizeof(std::int32_t)), 0);
+  }
   const auto P = static_cast<std::int64_t>(prompt.size());
   if (a.max_context > 0 && P + a.max_new_tokens > a.max_context) {
     throw Error(ErrorKind::kUsage, "", "--max-new-tokens",
                 "prompt (" + std::to_string(P) + " tokens) + max new tokens (" + std::to_string(a.max_new_tokens) +
                     ") exceeds --max-context " + std::to_string(a.max_context));
   }
+  const auto ckpt = SafetensorsCheckpoint::open(a.model);
+  const auto bound = bind_weights(cfg, ckpt);
+  if (root) {
+    for (const auto& n : bound.notes) spdlog::info("{}", n);
+  }
   EngineOptions eo;
   eo.absorbed_decode = !a.decompressed_decode;
-  CpuEngine engine(cfg, load_model_weights(cfg, bound), eo);
-  spdlog::info("loaded {} ({} parameters) in {:.2f} s; {} threads", a.model,
-               format_count(compute_footprint(cfg, bound.options).parameters), seconds_since(t_load),
-               omp_get_max_threads());
+  EngineParallel par;
+  if (pc) par = EngineParallel{&pc->tp, &pc->cp, split};
+  CpuEngine engine(cfg, load_model_weights(cfg, bound), eo, par);
+  if (root) {
+    spdlog::info("loaded {} ({} parameters) in {:.2f} s; {} threads", a.model,
+                 format_count(compute_footprint(cfg, bound.options).parameters), seconds_since(t_load),
+                 omp_get_max_threads());
+  }
+  comm::CommStats::global()->reset();  // the summary counts the run, not the setup
 
   SequenceState st = engine.new_sequence();
   std::vector<float> logits;
+  const std::int64_t Vl = engine.vocab_local();
   const bool all = !a.dump_logits.empty();
   const auto t_prefill = std::chrono::steady_clock::now();
-  std::int64_t done = 0;
-  // Prefill chunk by chunk, with progress for long prompts.
-  logits.assign(static_cast<std::size_t>((all ? P : 1) * V), 0.0f);
-  while (done < P) {
-    const std::int64_t n = std::min(a.chunk_size, P - done);
-    const bool last = done + n == P;
-    float* dst = all ? logits.data() + done * V : (last ? logits.data() : nullptr);
-    engine.forward(st, std::span<const std::int32_t>(prompt).subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n)),
-                   dst, all);
-    done += n;
-    if (P > 8 * a.chunk_size) spdlog::info("prefill {}/{} tokens ({:.1f} s)", done, P, seconds_since(t_prefill));
+  if (engine.cp_size() > 1) {
+    // One context-parallel pass over the whole prompt (each rank holds ~P / CP tokens of it).
+    engine.prefill(st, prompt, 0, logits, false);
+  } else {
+    std::int64_t done = 0;
+    // Prefill chunk by chunk, with progress for long prompts.
+    logits.assign(static_cast<std::size_t>((all ? P : 1) * Vl), 0.0f);
+    while (done < P) {
+      const std::int64_t n = std::min(a.chunk_size, P - done);
+      const bool last = done + n == P;
+      float* dst = all ? logits.data() + done * Vl : (last ? logits.data() : nullptr);
+      engine.forward(st, std::span<const std::int32_t>(prompt).subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n)),
+                     dst, all);
+      done += n;
+      if (root && P > 8 * a.chunk_size) spdlog::info("prefill {}/{} tokens ({:.1f} s)", done, P, seconds_since(t_prefill));
+    }
   }
   const double prefill_s = seconds_since(t_prefill);
   if (all) dump_logits(a.dump_logits, prompt, logits, V);
-  const float* last_logits = logits.data() + (all ? (P - 1) * V : 0);
-  std::vector<float> step(last_logits, last_logits + V);
+  const float* last_logits = logits.data() + (all ? (P - 1) * Vl : 0);
+  std::vector<float> step(last_logits, last_logits + Vl);
 
   Sampler sampler(a.sampling);
+  comm::Communicator* tp_comm = pc && engine.tp_size() > 1 ? &pc->tp : nullptr;
   std::vector<std::int32_t> out;
   // Stop tokens: the config's eos ids, plus the tokenizer's (e.g. Llama 3's <|eot_id|> in chat).
   std::vector<std::int32_t> stop(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end());
   if (tok) {
     for (auto id : tok->eos_ids()) stop.push_back(id);
   }
+  if (distributed) {
+    comm::CommLabel label("input");
+    // Rank 0 alone has the tokenizer: every rank must stop at the same token.
+    std::int64_t n = static_cast<std::int64_t>(stop.size());
+    world->broadcast(&n, sizeof n, 0);
+    stop.resize(static_cast<std::size_t>(n));
+    world->broadcast(stop.data(), n * static_cast<std::int64_t>(sizeof(std::int32_t)), 0);
+  }
   std::optional<StreamingDecoder> stream;
   if (tok) stream.emplace(*tok, /*skip_special=*/false);
   std::string text_out;
   const auto t_decode = std::chrono::steady_clock::now();
   for (std::int64_t i = 0; i < a.max_new_tokens; ++i) {
-    const std::int32_t next = sampler.sample(step.data(), V);
+    std::int32_t next = 0;
+    {
+      comm::CommLabel label("sample");
+      next = sample_sharded(sampler, step.data(), engine.vocab_begin(), Vl, V, tp_comm);
+    }
     out.push_back(next);
     if (stream) text_out += stream->push(next);
     const bool eos = !a.ignore_eos && std::find(stop.begin(), stop.end(), next) != stop.end();
@@ -188,6 +278,7 @@ int run_generate(const GenerateArgs& a) {
   }
   const double decode_s = seconds_since(t_decode);
   const auto steps = static_cast<double>(std::max<std::size_t>(out.size(), 1) - 1);
+  if (!root) return 0;
 
   std::ostringstream ids;
   for (std::size_t i = 0; i < out.size(); ++i) ids << (i ? " " : "") << out[i];
@@ -196,20 +287,70 @@ int run_generate(const GenerateArgs& a) {
   std::cout << "ids: " << ids.str() << "\n";
   std::printf("prompt tokens   %lld\n", static_cast<long long>(P));
   const double gflop = prefill_flops(cfg, compute_footprint(cfg, bound.options), P) / 1e9;
-  std::printf("prefill         %.3f s, %.1f tokens/s, %.1f GFLOP -> %.2f GFLOP/s (chunk %lld; FLOPs: 2 P_body L + "
+  std::printf("prefill         %.3f s, %.1f tokens/s, %.1f GFLOP -> %.2f GFLOP/s (%s; FLOPs: 2 P_body L + "
               "n_MLA nH (dn+dr+dv) L^2)\n",
-              prefill_s, static_cast<double>(P) / prefill_s, gflop, gflop / prefill_s, static_cast<long long>(a.chunk_size));
+              prefill_s, static_cast<double>(P) / prefill_s, gflop, gflop / prefill_s,
+              engine.cp_size() > 1 ? "one context-parallel pass"
+                                   : ("chunk " + std::to_string(a.chunk_size)).c_str());
   if (steps > 0) {
     std::printf("decode          %zu tokens, %.2f ms/token, %.1f tokens/s\n", out.size(), 1e3 * decode_s / steps,
                 steps / decode_s);
   } else {
     std::printf("decode          %zu tokens\n", out.size());
   }
-  std::printf("cache           MLA latents %s (fp32 here; %s in bf16), recurrent states %s\n",
+  std::printf("cache           MLA latents %s (fp32 here; %s in bf16), recurrent states %s%s\n",
               format_bytes(st.latent_bytes()).c_str(), format_bytes(st.latent_bytes() / 2).c_str(),
-              format_bytes(st.state_bytes()).c_str());
+              format_bytes(st.state_bytes()).c_str(), distributed ? " (rank 0's share)" : "");
   if (all) std::printf("logits          %s (%lld x %lld float32)\n", a.dump_logits.c_str(), static_cast<long long>(P), static_cast<long long>(V));
+  if (distributed) {
+    std::printf("layout          %s, %s split\n", pc->state.describe().c_str(), std::string(comm::to_string(split)).c_str());
+    const auto& stats = *comm::CommStats::global();
+    if (engine.cp_size() > 1 && cfg.count(MixerKind::kMLA) > 0) {
+      // The latent ring's payload per MLA layer against PARALLEL.md 2.1 (float32 on the CPU: 4 bytes a value).
+      const std::int64_t first = cfg.layers_of(MixerKind::kMLA).front();
+      const auto sent = stats.total("prefill / layer " + std::to_string(first) + " mla / cp ring", "cp", "isend").bytes_sent;
+      const double formula = static_cast<double>(engine.cp_size() - 1) / engine.cp_size() * static_cast<double>(P) *
+                             static_cast<double>(cfg.mla.latent_dim()) * 4.0;
+      std::printf("latent ring     rank 0 sent %.3f MiB per MLA layer; PARALLEL.md (CP-1)/CP L (r+dr) x 4 B = %.3f MiB "
+                  "per rank on average\n", static_cast<double>(sent) / (1 << 20), formula / (1 << 20));
+    }
+    std::cout.flush();
+    stats.print_summary(std::cout, "communication of rank 0");
+  }
   return 0;
+}
+
+}  // namespace
+
+int run_generate(const GenerateArgs& a) { return generate_impl(a, nullptr); }
+
+bool generate_wants_mpi(const GenerateArgs& a) {
+  if (a.tp > 0 || a.cp > 0 || a.dp > 0) return true;
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"}) {
+    if (std::getenv(var) != nullptr) return true;
+  }
+  return false;
+}
+
+int run_generate_mpi(const GenerateArgs& a, const std::string& log_level, int* argc, char*** argv) {
+  comm::MpiSession session(argc, argv);
+  const int rank = session.world_rank();
+  try {
+    // Rank-tagged logs; ranks other than 0 report warnings and errors only unless debugging is asked for.
+    const bool verbose = log_level == "debug" || log_level == "trace";
+    init_logging(rank == 0 || verbose ? log_level : "warn", rank);
+    comm::MpiCommunicator world = comm::MpiCommunicator::world();
+    return generate_impl(a, &world);
+  } catch (const std::exception& e) {
+    const auto* err = dynamic_cast<const Error*>(&e);
+    const int code = err != nullptr && err->kind() == ErrorKind::kUsage ? 2 : 1;
+    if (session.world_size() == 1) {
+      std::fprintf(stderr, "hylo: %s\n", e.what());
+      return code;
+    }
+    // Ends every rank (the others may be waiting in a collective for this one), naming this rank.
+    comm::MpiSession::abort(code, e.what());
+  }
 }
 
 }  // namespace hylo

@@ -24,10 +24,24 @@ struct GenerateArgs {
   std::string system;         // system message for --chat
   bool no_special = false;    // special tokens in the prompt text are plain text
   std::string tokenizer;      // tokenizer directory (default: the model directory)
-  int threads = 0;
+  int threads = 0;             // 0: all cores (distributed: the cores divided among the node's ranks)
+  // Parallel layout (PARALLEL.md): 0 = not given. Under mpirun/srun, or with any of these flags, every rank
+  // runs this same command; world = dp x cp x tp, cp defaults to world / (tp dp).
+  int tp = 0;
+  int cp = 0;
+  int dp = 0;
+  std::string cp_split = "zigzag";  // or "contiguous"
 };
 
 int run_generate(const GenerateArgs& args);
+
+// True when started as one rank of an MPI job (mpirun / srun set these), or when a layout flag is given.
+bool generate_wants_mpi(const GenerateArgs& args);
+
+// The distributed form: starts MPI, runs generate as one rank (rank 0 reads the input and prints results,
+// logs are rank-tagged), and turns an error on any rank into a message naming the rank and a job-wide abort
+// with a non-zero status.
+int run_generate_mpi(const GenerateArgs& args, const std::string& log_level, int* argc, char*** argv);
 
 // Reads whitespace-separated non-negative integers (each < vocab). Error(kUsage) naming the file, the
 // position and the offending text otherwise.

@@ -264,6 +264,11 @@ int main(int argc, char** argv) {
   gen->add_option("--system", ga.system, "System message for --chat");
   gen->add_flag("--no-special", ga.no_special, "Special tokens written in the prompt text are plain text");
   gen->add_option("--tokenizer", ga.tokenizer, "Tokenizer directory (default: the model directory)");
+  gen->add_option("--tp", ga.tp, "Tensor-parallel ranks (under mpirun; default 1)")->check(CLI::Range(1, 4096));
+  gen->add_option("--cp", ga.cp, "Context-parallel ranks (default: world / (tp * dp))")->check(CLI::Range(1, 65536));
+  gen->add_option("--dp", ga.dp, "Data-parallel replicas (generate serves one prompt: 1)")->check(CLI::Range(1, 4096));
+  gen->add_option("--cp-split", ga.cp_split, "How the prompt is cut among CP ranks")
+      ->check(CLI::IsMember({"zigzag", "contiguous"}))->capture_default_str();
 
   add_tokenize_command(app);
   auto* presets = app.add_subcommand("presets", "List the built-in model presets");
@@ -273,6 +278,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  if (*gen && generate_wants_mpi(ga)) return run_generate_mpi(ga, log_level, &argc, &argv);
   try {
     init_logging(log_level);
     if (*inspect) {

@@ -4,6 +4,12 @@
 #       the victim (rank NP-1) fails mid-collective (SIGKILL; for `throw` an exception that unwinds through
 #       MpiSession): mpirun must exit non-zero within 30 s, name the rank (and signal 9, or MPI_ABORT), and
 #       leave no process of the binary behind.
+#   test_faults.sh generate-kill MPIEXEC HYLO NP
+#       `hylo generate` with CP = NP decoding without end; rank NP-1 gets SIGKILL from outside: mpirun must exit
+#       non-zero within 30 s, name the rank, and leave no hylo process behind.
+#   test_faults.sh generate-error MPIEXEC HYLO NP
+#       rank 0 cannot read the prompt while the other ranks wait for it in a broadcast: the job must end
+#       non-zero within 30 s with rank 0's message naming itself and the file.
 #   test_faults.sh gtest-failure MPIEXEC TEST_COMM_MPI_BINARY NP
 #       a test failing on the last (silent) rank only must fail the whole job, and rank 0 must name that rank.
 set -uo pipefail
@@ -45,6 +51,54 @@ case "$mode" in
     [[ -z "$left" ]] || fail "processes of $binary left behind: $left"
     echo "ok: rank $victim failed during $op with $np ranks: mpirun exited $rc after ${elapsed_ms} ms"
     grep -E "process rank $victim|MPI_ABORT was invoked|fatal:" "$out"
+    ;;
+  generate-kill|generate-error)
+    np="$4" victim=$(( $4 - 1 ))
+    work="$(mktemp -d)"
+    trap 'rm -f "$out"; rm -rf "$work"' EXIT
+    "$binary" make-checkpoint --preset hylo-tiny --out "$work/ck" >/dev/null 2>&1 || fail "make-checkpoint failed"
+    for i in $(seq 1 3000); do echo $(( (i * 7919) % 128000 )); done >"$work/ids.txt"
+    export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+    if [[ "$mode" == generate-error ]]; then
+      start=$(date +%s%N)
+      timeout 30 "${launch[@]}" -np "$np" "$binary" generate --model "$work/ck" --token-ids "$work/missing.txt" >"$out" 2>&1
+      rc=$?
+      elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+      [[ $rc -ne 124 ]] || fail "mpirun still running after 30 s (rank 0 could not read the prompt)"
+      [[ $rc -ne 0 ]] || fail "mpirun exited 0 although rank 0 failed"
+      grep -q "rank 0 (host .*): fatal: .*missing.txt.*cannot open the token-id file" "$out" || fail "no fatal message naming rank 0 and the file"
+      echo "ok: rank 0's input error ended the $np-rank job: mpirun exited $rc after ${elapsed_ms} ms"
+      grep "fatal:" "$out"
+      exit 0
+    fi
+    "${launch[@]}" -np "$np" "$binary" generate --model "$work/ck" --token-ids "$work/ids.txt" --max-new-tokens 100000000 \
+      --ignore-eos >"$out" 2>&1 &
+    job=$!
+    # Wait until decoding runs (rank 0 logs the load; prefill of 3,000 tokens follows), then kill the victim.
+    for _ in $(seq 1 300); do grep -q "loaded" "$out" && break; sleep 0.1; done
+    grep -q "loaded" "$out" || { kill -9 "$job"; fail "the job did not start within 30 s"; }
+    sleep 2
+    pid=""
+    for p in /proc/[0-9]*; do
+      [[ "$(readlink "$p/exe" 2>/dev/null)" == "$(readlink -f "$binary")" ]] || continue
+      tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$victim" && pid="${p#/proc/}"
+    done
+    [[ -n "$pid" ]] || { kill -9 "$job"; fail "rank $victim not found"; }
+    kill -0 "$job" 2>/dev/null || fail "the job ended before the kill"
+    start=$(date +%s%N)
+    kill -9 "$pid"
+    for _ in $(seq 1 300); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
+    elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+    if kill -0 "$job" 2>/dev/null; then kill -9 "$job"; fail "mpirun still running 30 s after rank $victim was killed"; fi
+    wait "$job"
+    rc=$?
+    [[ $rc -ne 0 ]] || fail "mpirun exited 0 although rank $victim was killed"
+    grep -Eq "process rank $victim .*(signal 9|Killed)" "$out" || fail "output does not name rank $victim and signal 9"
+    sleep 1
+    left="$(leftovers)"
+    [[ -z "$left" ]] || fail "processes of $binary left behind: $left"
+    echo "ok: rank $victim of a $np-rank generate killed: mpirun exited $rc after ${elapsed_ms} ms"
+    grep -E "process rank $victim" "$out"
     ;;
   gtest-failure)
     np="$4"
