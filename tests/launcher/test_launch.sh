@@ -135,4 +135,13 @@ kill -TERM "$pid"
 status=0; wait "$pid" || status=$?
 [[ $status -eq 42 ]] || fail "SIGTERM forwarding: $status, expected the child's 42"
 expect_fail 1 "cannot start $work/no-mpirun" -- "$launch" --mpirun "$work/no-mpirun" --hylo "$hylo" -- presets
+# A real distributed generate through the launcher: TP 2 x CP 2 over 4 ranks gives the single process's tokens.
+for i in $(seq 1 700); do echo $(( (i * 104729) % 128000 )); done >"$work/ids.txt"
+gen=(generate --model "$work/tiny" --token-ids "$work/ids.txt" --max-new-tokens 8 --ignore-eos)
+want="$(OMP_NUM_THREADS=1 "$hylo" "${gen[@]}" 2>/dev/null | grep '^ids:')"
+got="$("$launch" --hylo "$hylo" --tp 2 --cp 2 --oversubscribe --env OMP_NUM_THREADS=1 -- "${gen[@]}" 2>"$work/err.txt" | grep '^ids:')" ||
+  fail "distributed generate failed: $(cat "$work/err.txt")"
+[[ -n "$want" && "$got" == "$want" ]] || fail "TP 2 x CP 2 tokens differ
+   got: $got
+  want: $want"
 echo "launcher tests passed"
