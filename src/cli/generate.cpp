@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <functional>
+#include <memory>
 #include <cstring>
 #include <cstdio>
 #include <filesystem>
@@ -25,6 +27,9 @@
 #include "comm/parallel_state.h"
 #include "comm/stats.h"
 #include "runtime/engine.h"
+#if HYLO_WITH_CUDA
+#include "runtime/cuda_engine.h"
+#endif
 #include "tokenizer/tokenizer.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -155,6 +160,21 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
     throw Error(ErrorKind::kUsage, "", "prompt", "give exactly one of --prompt, --prompt-file, --token-ids");
   }
 
+  if (a.device != "cpu" && a.device != "cuda") {
+    throw Error(ErrorKind::kUsage, "", "--device", "must be cpu or cuda, got \"" + a.device + "\"");
+  }
+  const bool gpu = a.device == "cuda";
+#if !HYLO_WITH_CUDA
+  if (gpu) throw Error(ErrorKind::kUsage, "", "--device", "this hylo was built without CUDA (no nvcc at build time)");
+#endif
+  if (gpu && distributed && world->size() > 1) {
+    throw Error(ErrorKind::kUsage, "", "--device",
+                "multi-GPU runs (TP/CP over NCCL) are not implemented yet; use one rank with --device cuda, or the CPU "
+                "backend for --tp/--cp");
+  }
+  if (gpu && !a.dump_logits.empty()) {
+    throw Error(ErrorKind::kUsage, a.dump_logits, "--dump-logits", "is a CPU-engine check; use --device cpu");
+  }
   // The layout and its communicators.
   std::optional<comm::ParallelComms> pc;
   const comm::SeqSplit split = a.cp_split == "contiguous" ? comm::SeqSplit::kContiguous : comm::SeqSplit::kZigzag;
@@ -205,39 +225,75 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
   if (root) {
     for (const auto& n : bound.notes) spdlog::info("{}", n);
   }
-  EngineOptions eo;
-  eo.absorbed_decode = !a.decompressed_decode;
-  EngineParallel par;
-  if (pc) par = EngineParallel{&pc->tp, &pc->cp, split};
-  CpuEngine engine(cfg, load_model_weights(cfg, bound), eo, par);
-  if (root) {
-    spdlog::info("loaded {} ({} parameters) in {:.2f} s; {} threads", a.model,
-                 format_count(compute_footprint(cfg, bound.options).parameters), seconds_since(t_load),
-                 omp_get_max_threads());
-  }
-  comm::CommStats::global()->reset();  // the summary counts the run, not the setup
-
-  SequenceState st = engine.new_sequence();
+  // The engine: prefill(prompt) fills `logits` with the last token's (this rank's vocab slice); step(token)
+  // runs one decode step into `step`.
+  std::optional<CpuEngine> cpu_engine;
+#if HYLO_WITH_CUDA
+  std::optional<CudaEngine> cuda_engine;
+#endif
   std::vector<float> logits;
-  const std::int64_t Vl = engine.vocab_local();
+  std::function<void(std::int32_t, float*)> step_fn;
+  std::int64_t vocab_begin = 0, Vl = V, tp_size = 1, cp_size = 1;
   const bool all = !a.dump_logits.empty();
-  const auto t_prefill = std::chrono::steady_clock::now();
-  if (engine.cp_size() > 1) {
-    // One context-parallel pass over the whole prompt (each rank holds ~P / CP tokens of it).
-    engine.prefill(st, prompt, 0, logits, false);
+  std::string cache_line;
+  std::chrono::steady_clock::time_point t_prefill;
+  if (gpu) {
+#if HYLO_WITH_CUDA
+    CudaEngineOptions co;
+    co.prefill_chunk = a.chunk_size;
+    const std::int64_t capacity = a.capacity > 0 ? a.capacity : P + std::max<std::int64_t>(a.max_new_tokens, 1);
+    cuda_engine.emplace(cfg, load_model_weights(cfg, bound), capacity, co);
+    spdlog::info("loaded {} ({} parameters) on {} in {:.2f} s; GPU memory {}", a.model,
+                 format_count(compute_footprint(cfg, bound.options).parameters), cuda_engine->device_name(),
+                 seconds_since(t_load), cuda_engine->plan().describe());
+    comm::CommStats::global()->reset();
+    t_prefill = std::chrono::steady_clock::now();
+    logits.assign(static_cast<std::size_t>(V), 0.0f);
+    cuda_engine->forward(prompt, logits.data(), false);
+    step_fn = [&](std::int32_t t, float* out) { cuda_engine->forward(std::span<const std::int32_t>(&t, 1), out, false); };
+    cache_line = "MLA latent cache " + format_bytes(cuda_engine->plan().latent_cache) + " (bf16, planned for " +
+                 std::to_string(cuda_engine->capacity()) + " tokens), recurrent states " +
+                 format_bytes(cuda_engine->plan().states);
+#endif
   } else {
-    std::int64_t done = 0;
-    // Prefill chunk by chunk, with progress for long prompts.
-    logits.assign(static_cast<std::size_t>((all ? P : 1) * Vl), 0.0f);
-    while (done < P) {
-      const std::int64_t n = std::min(a.chunk_size, P - done);
-      const bool last = done + n == P;
-      float* dst = all ? logits.data() + done * Vl : (last ? logits.data() : nullptr);
-      engine.forward(st, std::span<const std::int32_t>(prompt).subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n)),
-                     dst, all);
-      done += n;
-      if (root && P > 8 * a.chunk_size) spdlog::info("prefill {}/{} tokens ({:.1f} s)", done, P, seconds_since(t_prefill));
+    EngineOptions eo;
+    eo.absorbed_decode = !a.decompressed_decode;
+    EngineParallel par;
+    if (pc) par = EngineParallel{&pc->tp, &pc->cp, split};
+    cpu_engine.emplace(cfg, load_model_weights(cfg, bound), eo, par);
+    CpuEngine& engine = *cpu_engine;
+    if (root) {
+      spdlog::info("loaded {} ({} parameters) in {:.2f} s; {} threads", a.model,
+                   format_count(compute_footprint(cfg, bound.options).parameters), seconds_since(t_load),
+                   omp_get_max_threads());
     }
+    comm::CommStats::global()->reset();  // the summary counts the run, not the setup
+    auto st = std::make_shared<SequenceState>(engine.new_sequence());
+    Vl = engine.vocab_local();
+    vocab_begin = engine.vocab_begin();
+    tp_size = engine.tp_size();
+    cp_size = engine.cp_size();
+    t_prefill = std::chrono::steady_clock::now();
+    if (engine.cp_size() > 1) {
+      // One context-parallel pass over the whole prompt (each rank holds ~P / CP tokens of it).
+      engine.prefill(*st, prompt, 0, logits, false);
+    } else {
+      std::int64_t done = 0;
+      // Prefill chunk by chunk, with progress for long prompts.
+      logits.assign(static_cast<std::size_t>((all ? P : 1) * Vl), 0.0f);
+      while (done < P) {
+        const std::int64_t n = std::min(a.chunk_size, P - done);
+        const bool last = done + n == P;
+        float* dst = all ? logits.data() + done * Vl : (last ? logits.data() : nullptr);
+        engine.forward(*st, std::span<const std::int32_t>(prompt).subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n)),
+                       dst, all);
+        done += n;
+        if (root && P > 8 * a.chunk_size) spdlog::info("prefill {}/{} tokens ({:.1f} s)", done, P, seconds_since(t_prefill));
+      }
+    }
+    step_fn = [&engine, st](std::int32_t t, float* out) { engine.forward(*st, std::span<const std::int32_t>(&t, 1), out, false); };
+    cache_line = "MLA latents " + format_bytes(st->latent_bytes()) + " (fp32 here; " + format_bytes(st->latent_bytes() / 2) +
+                 " in bf16), recurrent states " + format_bytes(st->state_bytes()) + (distributed ? " (rank 0's share)" : "");
   }
   const double prefill_s = seconds_since(t_prefill);
   if (all) dump_logits(a.dump_logits, prompt, logits, V);
@@ -245,7 +301,7 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
   std::vector<float> step(last_logits, last_logits + Vl);
 
   Sampler sampler(a.sampling);
-  comm::Communicator* tp_comm = pc && engine.tp_size() > 1 ? &pc->tp : nullptr;
+  comm::Communicator* tp_comm = pc && tp_size > 1 ? &pc->tp : nullptr;
   std::vector<std::int32_t> out;
   // Stop tokens: the config's eos ids, plus the tokenizer's (e.g. Llama 3's <|eot_id|> in chat).
   std::vector<std::int32_t> stop(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end());
@@ -268,13 +324,13 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
     std::int32_t next = 0;
     {
       comm::CommLabel label("sample");
-      next = sample_sharded(sampler, step.data(), engine.vocab_begin(), Vl, V, tp_comm);
+      next = sample_sharded(sampler, step.data(), vocab_begin, Vl, V, tp_comm);
     }
     out.push_back(next);
     if (stream) text_out += stream->push(next);
     const bool eos = !a.ignore_eos && std::find(stop.begin(), stop.end(), next) != stop.end();
     if (eos || i + 1 == a.max_new_tokens) break;
-    engine.forward(st, std::span<const std::int32_t>(&next, 1), step.data(), false);
+    step_fn(next, step.data());
   }
   const double decode_s = seconds_since(t_decode);
   const auto steps = static_cast<double>(std::max<std::size_t>(out.size(), 1) - 1);
@@ -290,26 +346,24 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
   std::printf("prefill         %.3f s, %.1f tokens/s, %.1f GFLOP -> %.2f GFLOP/s (%s; FLOPs: 2 P_body L + "
               "n_MLA nH (dn+dr+dv) L^2)\n",
               prefill_s, static_cast<double>(P) / prefill_s, gflop, gflop / prefill_s,
-              engine.cp_size() > 1 ? "one context-parallel pass"
-                                   : ("chunk " + std::to_string(a.chunk_size)).c_str());
+              cp_size > 1 ? "one context-parallel pass" : ("chunk " + std::to_string(a.chunk_size)).c_str());
   if (steps > 0) {
     std::printf("decode          %zu tokens, %.2f ms/token, %.1f tokens/s\n", out.size(), 1e3 * decode_s / steps,
                 steps / decode_s);
   } else {
     std::printf("decode          %zu tokens\n", out.size());
   }
-  std::printf("cache           MLA latents %s (fp32 here; %s in bf16), recurrent states %s%s\n",
-              format_bytes(st.latent_bytes()).c_str(), format_bytes(st.latent_bytes() / 2).c_str(),
-              format_bytes(st.state_bytes()).c_str(), distributed ? " (rank 0's share)" : "");
+  std::printf("cache           %s\n", cache_line.c_str());
+  std::printf("device          %s\n", gpu ? "cuda (one GPU, bf16)" : "cpu (float32 reference engine)");
   if (all) std::printf("logits          %s (%lld x %lld float32)\n", a.dump_logits.c_str(), static_cast<long long>(P), static_cast<long long>(V));
   if (distributed) {
     std::printf("layout          %s, %s split\n", pc->state.describe().c_str(), std::string(comm::to_string(split)).c_str());
     const auto& stats = *comm::CommStats::global();
-    if (engine.cp_size() > 1 && cfg.count(MixerKind::kMLA) > 0) {
+    if (cp_size > 1 && cfg.count(MixerKind::kMLA) > 0) {
       // The latent ring's payload per MLA layer against PARALLEL.md 2.1 (float32 on the CPU: 4 bytes a value).
       const std::int64_t first = cfg.layers_of(MixerKind::kMLA).front();
       const auto sent = stats.total("prefill / layer " + std::to_string(first) + " mla / cp ring", "cp", "isend").bytes_sent;
-      const double formula = static_cast<double>(engine.cp_size() - 1) / engine.cp_size() * static_cast<double>(P) *
+      const double formula = static_cast<double>(cp_size - 1) / static_cast<double>(cp_size) * static_cast<double>(P) *
                              static_cast<double>(cfg.mla.latent_dim()) * 4.0;
       std::printf("latent ring     rank 0 sent %.3f MiB per MLA layer; PARALLEL.md (CP-1)/CP L (r+dr) x 4 B = %.3f MiB "
                   "per rank on average\n", static_cast<double>(sent) / (1 << 20), formula / (1 << 20));

@@ -31,6 +31,8 @@ struct GenerateArgs {
   int cp = 0;
   int dp = 0;
   std::string cp_split = "zigzag";  // or "contiguous"
+  std::string device = "cpu";       // "cpu" (the reference engine) or "cuda" (one GPU; builds with CUDA only)
+  std::int64_t capacity = 0;        // cuda: tokens the sequence may hold (0: prompt + max new tokens)
 };
 
 int run_generate(const GenerateArgs& args);

@@ -267,6 +267,10 @@ int main(int argc, char** argv) {
   gen->add_option("--tp", ga.tp, "Tensor-parallel ranks (under mpirun; default 1)")->check(CLI::Range(1, 4096));
   gen->add_option("--cp", ga.cp, "Context-parallel ranks (default: world / (tp * dp))")->check(CLI::Range(1, 65536));
   gen->add_option("--dp", ga.dp, "Data-parallel replicas (generate serves one prompt: 1)")->check(CLI::Range(1, 4096));
+  gen->add_option("--device", ga.device, "cpu (float32 reference) or cuda (one GPU, bf16)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  gen->add_option("--capacity", ga.capacity, "cuda: tokens the sequence may hold (0: prompt + max new tokens)")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 40));
   gen->add_option("--cp-split", ga.cp_split, "How the prompt is cut among CP ranks")
       ->check(CLI::IsMember({"zigzag", "contiguous"}))->capture_default_str();
 

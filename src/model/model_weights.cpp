@@ -4,6 +4,7 @@
 #include <map>
 
 #include "common/error.h"
+#include "io/dtype.h"
 #include "model/init.h"
 
 namespace hylo {
@@ -12,19 +13,34 @@ namespace {
 std::uint64_t tensor_bytes(const HostTensor& t) { return t.data.size() * sizeof(float); }
 }  // namespace
 
-std::uint64_t ModelWeights::bytes() const {
-  std::uint64_t b = tensor_bytes(embed) + tensor_bytes(final_norm) + tensor_bytes(lm_head);
-  for (const auto& l : layers) {
-    for (const HostTensor* t : {&l.input_norm, &l.post_norm, &l.gate, &l.up, &l.down, &l.mla.q_a, &l.mla.q_a_norm,
-                                &l.mla.q_b, &l.mla.kv_a, &l.mla.kv_a_norm, &l.mla.kv_b, &l.mla.q_norm, &l.mla.k_norm,
-                                &l.mla.out, &l.mamba.in_proj, &l.mamba.conv_w, &l.mamba.conv_b, &l.mamba.dt_bias,
-                                &l.mamba.A_log, &l.mamba.D, &l.mamba.norm, &l.mamba.out, &l.gdn.q, &l.gdn.k, &l.gdn.v,
-                                &l.gdn.g, &l.gdn.a, &l.gdn.b, &l.gdn.q_conv, &l.gdn.k_conv, &l.gdn.v_conv,
-                                &l.gdn.A_log, &l.gdn.dt_bias, &l.gdn.o_norm, &l.gdn.o}) {
-      b += tensor_bytes(*t);
+void ModelWeights::for_each(const std::function<void(HostTensor&)>& fn) {
+  for (HostTensor* t : {&embed, &final_norm, &lm_head}) fn(*t);
+  for (auto& l : layers) {
+    for (HostTensor* t : {&l.input_norm, &l.post_norm, &l.gate, &l.up, &l.down, &l.mla.q_a, &l.mla.q_a_norm,
+                          &l.mla.q_b, &l.mla.kv_a, &l.mla.kv_a_norm, &l.mla.kv_b, &l.mla.q_norm, &l.mla.k_norm,
+                          &l.mla.out, &l.mamba.in_proj, &l.mamba.conv_w, &l.mamba.conv_b, &l.mamba.dt_bias,
+                          &l.mamba.A_log, &l.mamba.D, &l.mamba.norm, &l.mamba.out, &l.gdn.q, &l.gdn.k, &l.gdn.v,
+                          &l.gdn.g, &l.gdn.a, &l.gdn.b, &l.gdn.q_conv, &l.gdn.k_conv, &l.gdn.v_conv,
+                          &l.gdn.A_log, &l.gdn.dt_bias, &l.gdn.o_norm, &l.gdn.o}) {
+      fn(*t);
     }
   }
+}
+
+void ModelWeights::for_each(const std::function<void(const HostTensor&)>& fn) const {
+  const_cast<ModelWeights*>(this)->for_each([&](HostTensor& t) { fn(t); });
+}
+
+std::uint64_t ModelWeights::bytes() const {
+  std::uint64_t b = 0;
+  for_each([&](const HostTensor& t) { b += tensor_bytes(t); });
   return b;
+}
+
+void round_weights_to_bf16(ModelWeights& w) {
+  w.for_each([](HostTensor& t) {
+    for (float& v : t.data) v = bf16_to_f32(f32_to_bf16(v));
+  });
 }
 
 ModelWeights build_model_weights(const ModelConfig& c, const std::vector<WeightSpec>& specs, const WeightFill& fill) {

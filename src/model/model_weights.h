@@ -41,7 +41,14 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   const HostTensor& head() const { return lm_head.empty() ? embed : lm_head; }
   std::uint64_t bytes() const;
+  // Every tensor (empty ones included), in a fixed order.
+  void for_each(const std::function<void(HostTensor&)>& fn);
+  void for_each(const std::function<void(const HostTensor&)>& fn) const;
 };
+
+// Rounds every value to the nearest bf16 (ties to even), in place: the weights a bf16 checkpoint of this model
+// holds. The CUDA engine's oracle runs on these, so that a comparison measures the engine, not the checkpoint.
+void round_weights_to_bf16(ModelWeights& weights);
 
 // Builds the weights of `specs` (canonical names) with `fill` writing each tensor's numel() floats.
 // Tensors are filled in parallel; an exception from `fill` is rethrown.

@@ -21,6 +21,7 @@
 #include "kernels/norm.h"
 #include "kernels/rope.h"
 #include "model/tp_shard.h"
+#include "runtime/mla_rope.h"
 
 namespace hylo {
 
@@ -142,33 +143,12 @@ CpuEngine::CpuEngine(ModelConfig config, ModelWeights weights, EngineOptions opt
   local_.vocab_size = config_.vocab_size / tp_size_;
   vocab_begin_ = local_.vocab_size * tp_rank_;
   weights_ = shard_model_weights(std::move(weights), config_, tp_rank_, tp_size_);
+  check_mla_supported(config_, weights_);
   if (config_.count(MixerKind::kMLA) > 0) {
-    const auto& a = config_.mla;
-    for (const auto& l : weights_.layers) {
-      if (l.kind == MixerKind::kMLA && (!l.mla.q_norm.empty() || !l.mla.k_norm.empty())) {
-        // Per-head k_norm acts on [k_nope | k_pe] before RoPE, which the latent cache (roped k_pe, no k_nope)
-        // cannot reproduce exactly, and it rules out the absorbed decode. Not supported yet: say so.
-        throw Error(ErrorKind::kCheckpoint, config_.name, "mla.q_norm",
-                    "MLA q_norm/k_norm checkpoints load but the engine does not run them yet (the released Qwen "
-                    "layouts' 256 extra parameters per MLA layer are taken as kv_a_layernorm, which it runs)");
-      }
-    }
-    k::YarnParams y;
-    y.enabled = a.yarn.enabled;
-    y.factor = a.yarn.factor;
-    y.original_max_position_embeddings = a.yarn.original_max_position_embeddings;
-    y.beta_fast = a.yarn.beta_fast;
-    y.beta_slow = a.yarn.beta_slow;
-    y.mscale = a.yarn.mscale;
-    if (a.yarn.mscale_all_dim) {
-      y.has_mscale_all_dim = true;
-      y.mscale_all_dim = *a.yarn.mscale_all_dim;
-    }
-    inv_freq_.resize(static_cast<std::size_t>(a.qk_rope_head_dim / 2));
-    k::rope_frequencies(a.qk_rope_head_dim, a.rope_theta, y, inv_freq_.data(), &rope_factor_);
-    double scale = 1.0 / std::sqrt(static_cast<double>(a.qk_nope_head_dim + a.qk_rope_head_dim));
-    scale *= k::yarn_softmax_scale_multiplier(y);
-    softmax_scale_ = static_cast<float>(scale);
+    MlaRope rope = mla_rope(config_.mla);
+    inv_freq_ = std::move(rope.inv_freq);
+    rope_factor_ = rope.factor;
+    softmax_scale_ = rope.softmax_scale;
   }
 }
 

@@ -1,0 +1,64 @@
+// CUDA twin of kernels/conv1d_cpu.cpp. Kernel 1: one thread per (token, channel), K taps read from the virtual
+// sequence [state ; x] (consecutive threads take consecutive channels: coalesced), accumulated in the CPU
+// twin's order (bias, then taps j = 0..K-1). Kernel 2, launched after it on the same stream so that every read
+// of the old state is done: one thread per channel shifts the state in place. New row i is virtual row T + i;
+// it comes from old state row T + i when T + i < K-1 (only for T < K-1), else from x. Rows are written in
+// increasing i, and the source row T + i > i is rewritten only at the later step T + i, after it was read.
+#include <algorithm>
+
+#include "kernels/conv1d_cuda.h"
+#include "kernels/cuda_check.h"
+#include "kernels/cuda_common.cuh"
+
+namespace hylo::kernels {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr std::int64_t kMaxBlocksX = std::int64_t{1} << 16;
+constexpr std::int64_t kMaxBlocksY = 65535;
+
+__global__ void causal_conv1d_kernel(CausalConv1dCudaParams p, std::int64_t xs) {
+  const std::int64_t C = p.channels, K = p.kernel, keep = K - 1;
+  const std::int64_t c_stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t t = blockIdx.y; t < p.T; t += gridDim.y) {
+    for (std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < C; c += c_stride) {
+      float acc = p.bias ? p.bias[c] : 0.0f;
+      for (std::int64_t j = 0; j < K; ++j) {
+        const std::int64_t i = t + j;  // row of [state ; x]
+        const float v = i < keep ? p.state[i * C + c] : p.x[(i - keep) * xs + c];
+        acc += p.w[c * K + j] * v;
+      }
+      if (p.silu) acc = acc / (1.0f + expf(-acc));
+      p.y[t * C + c] = acc;
+    }
+  }
+}
+
+__global__ void conv_state_update_kernel(CausalConv1dCudaParams p, std::int64_t xs) {
+  const std::int64_t C = p.channels, keep = p.kernel - 1;
+  const std::int64_t c_stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < C; c += c_stride) {
+    for (std::int64_t i = 0; i < keep; ++i) {
+      const std::int64_t src = p.T + i;  // row of [state ; x]
+      p.state[i * C + c] = src < keep ? p.state[src * C + c] : p.x[(src - keep) * xs + c];
+    }
+  }
+}
+
+}  // namespace
+
+void causal_conv1d_cuda(const CausalConv1dCudaParams& p, cudaStream_t stream) {
+  if (p.T <= 0 || p.channels <= 0 || p.kernel <= 0) return;
+  const std::int64_t xs = p.x_stride ? p.x_stride : p.channels;
+  const auto cblocks = static_cast<unsigned>(std::min(cuda::ceil_div(p.channels, kThreads), kMaxBlocksX));
+  const dim3 grid(cblocks, static_cast<unsigned>(std::min(p.T, kMaxBlocksY)));
+  causal_conv1d_kernel<<<grid, kThreads, 0, stream>>>(p, xs);
+  HYLO_CUDA_LAUNCH_CHECK();
+  if (p.kernel > 1) {
+    conv_state_update_kernel<<<cblocks, kThreads, 0, stream>>>(p, xs);
+    HYLO_CUDA_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace hylo::kernels

@@ -1,0 +1,39 @@
+// The glue of MLA on the GPU (MODEL.md 3.6-3.7) around the GEMMs, attention and the absorbed decode kernel:
+//   mla_assemble_kv_cuda  decompressed prefill: per-head K = [k_nope | shared roped k_pe], V, both bf16, from
+//                         the kv_b_proj output (bf16 [n, nKV, dn + dv]) and the cached latents' k_pe;
+//   mla_absorb_q_cuda     absorbed decode: q_lat[h] = W_UK[g(h)]^T q_nope[h] (fp32), q_pe[h] copied;
+//   mla_expand_o_cuda     absorbed decode: o[h] = W_UV[g(h)] o_lat[h], written bf16 for out_proj.
+// kv_b is the checkpoint's kv_b_proj [nKV (dn + dv), r] in bf16: rows [g (dn+dv), g (dn+dv) + dn) are W_UK of
+// group g, the next dv rows W_UV. Query head h uses group h / (nH / nKV).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace hylo::kernels {
+
+struct MlaShape {
+  std::int64_t n_heads = 0;     // nH
+  std::int64_t n_kv_heads = 0;  // nKV (groups of kv_b_proj)
+  std::int64_t r = 0;           // kv_lora_rank
+  std::int64_t dn = 0;          // qk_nope_head_dim
+  std::int64_t dr = 0;          // qk_rope_head_dim
+  std::int64_t dv = 0;          // v_head_dim
+};
+
+// n tokens: kv [n, nKV, dn + dv] bf16, cache [n, r + dr] bf16 (k_pe = columns r..r+dr) -> K [n, nKV, dn + dr],
+// V [n, nKV, dv] (bf16, contiguous).
+void mla_assemble_kv_cuda(const MlaShape& s, std::int64_t n, const __nv_bfloat16* kv, const __nv_bfloat16* cache,
+                          __nv_bfloat16* K, __nv_bfloat16* V, cudaStream_t stream);
+
+// T tokens: q fp32 [T, nH, dn + dr] -> q_lat fp32 [T, nH, r], q_pe fp32 [T, nH, dr].
+void mla_absorb_q_cuda(const MlaShape& s, std::int64_t T, const float* q, const __nv_bfloat16* kv_b, float* q_lat,
+                       float* q_pe, cudaStream_t stream);
+
+// T tokens: o_lat fp32 [T, nH, r] -> o bf16 [T, nH dv].
+void mla_expand_o_cuda(const MlaShape& s, std::int64_t T, const float* o_lat, const __nv_bfloat16* kv_b,
+                       __nv_bfloat16* o, cudaStream_t stream);
+
+}  // namespace hylo::kernels

@@ -1,0 +1,50 @@
+// CUDA twin of kernels/mla_decode.h: absorbed MLA decode attention, all heads over one bf16 latent cache
+// (K = [c | k_pe], V = c), split over the sequence (split-K, FlashDecoding style) so that one sequence fills the
+// GPU. Same semantics as mla_decode_cpu (queries at positions S-T .. S-T+T-1, causal among themselves; S == 0
+// gives o_lat = 0, lse = -inf).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace hylo::kernels {
+
+struct MlaDecodeCudaParams {
+  std::int64_t T = 0;                    // query tokens (usually 1), at positions S-T .. S-1, causal among themselves
+  std::int64_t S = 0;                    // cached tokens including the T new ones
+  std::int64_t n_heads = 0;              // nH
+  std::int64_t kv_lora_rank = 0;         // r, 1..512
+  std::int64_t rope_dim = 0;             // dr, 0..128
+  const float* q_lat = nullptr;          // [T, n_heads, r]  = W_UK[h]^T q_nope[h] (rounded to bf16 for the products)
+  const float* q_pe = nullptr;           // [T, n_heads, dr] roped
+  const __nv_bfloat16* cache = nullptr;  // [S, r + dr] per token [c | roped k_pe], row stride cache_row_stride
+  std::int64_t cache_row_stride = 0;     // elements between tokens (0: r + dr)
+  float* o_lat = nullptr;                // [T, n_heads, r]  sum_t softmax_t * c_t
+  float* lse = nullptr;                  // [T, n_heads]     natural-log sum exp of scaled scores; may be null
+  float scale = 1.0f;                    // 1/sqrt(dn + dr) times any mscale adjustment (caller decides)
+  // Tokens per split (0: mla_decode_cuda_default_split(S)). A split is one block's range of tokens; partials are
+  // merged in split order, so the result depends on S and this value only (deterministic, bitwise repeatable).
+  std::int64_t split_tokens = 0;
+  // Scratch for the partials, at least mla_decode_cuda_workspace_bytes(*this) bytes, 16-byte aligned, not
+  // shared with a concurrent call. Contents on entry do not matter.
+  void* workspace = nullptr;
+  std::int64_t workspace_bytes = 0;
+};
+
+// Default split: a multiple of 64 tokens, at least 256, at most 256 splits (1M tokens: 256 splits of 4096, about
+// two blocks per SM on 132 SMs; partials then cost ~3% of the cache bytes at 32 heads, r = 512).
+std::int64_t mla_decode_cuda_default_split(std::int64_t S);
+
+// Bytes of workspace a call with these T, S, n_heads, kv_lora_rank and split_tokens needs:
+// n_split * T * n_heads * (r + 1) floats, n_split = ceil(S / split).
+std::int64_t mla_decode_cuda_workspace_bytes(const MlaDecodeCudaParams& p);
+
+// Two kernels on `stream`: (1) one block per (split, group of up to 32 query rows) streams its tokens through
+// shared memory in tiles of 64 (cp.async pipeline), scores and P.V on bf16 tensor cores (mma.sync, fp32
+// accumulate, online softmax in fp32), and writes a normalized partial (o, lse); (2) an exact merge of the
+// partials in split order. Throws std::invalid_argument for unsupported sizes or a missing/small workspace.
+void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream);
+
+}  // namespace hylo::kernels

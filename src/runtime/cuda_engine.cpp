@@ -1,0 +1,648 @@
+#include "runtime/cuda_engine.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "common/error.h"
+#include "kernels/activation_cuda.h"
+#include "kernels/attention_cuda.h"
+#include "kernels/conv1d_cuda.h"
+#include "kernels/cuda_check.h"
+#include "kernels/device_buffer.h"
+#include "kernels/gdn_cuda.h"
+#include "kernels/gemm_cuda.h"
+#include "kernels/mamba2_cuda.h"
+#include "kernels/mla_cuda.h"
+#include "kernels/mla_decode_cuda.h"
+#include "kernels/norm_cuda.h"
+#include "kernels/rope.h"
+#include "kernels/rope_cuda.h"
+#include "model/inspect.h"
+#include "runtime/mla_rope.h"
+
+namespace hylo {
+
+namespace k = kernels;
+using bf16 = __nv_bfloat16;
+template <class T>
+using DBuf = k::DeviceBuffer<T>;
+
+namespace {
+
+std::vector<bf16> to_bf16(const std::vector<float>& v) {
+  std::vector<bf16> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = __float2bfloat16_rn(v[i]);
+  return out;
+}
+
+DBuf<bf16> upload_bf16(const HostTensor& t) { return DBuf<bf16>(to_bf16(t.data)); }
+DBuf<float> upload_f32(const HostTensor& t) { return DBuf<float>(t.data); }
+
+struct DevMla {
+  DBuf<bf16> q_a, q_b, kv_a, kv_b, out;
+  DBuf<float> q_a_norm, kv_a_norm;
+};
+struct DevMamba {
+  DBuf<bf16> in_proj, out;
+  DBuf<float> conv_w, conv_b, dt_bias, A_log, D, norm;
+};
+struct DevGdn {
+  DBuf<bf16> q, k, v, g, a, b, o;
+  DBuf<float> q_conv, k_conv, v_conv, A_log, dt_bias, o_norm;
+};
+struct DevLayer {
+  MixerKind kind = MixerKind::kMLA;
+  DBuf<float> input_norm, post_norm;
+  DBuf<bf16> gate, up, down;
+  DevMla mla;
+  DevMamba mamba;
+  DevGdn gdn;
+};
+struct DevState {
+  DBuf<bf16> latents;  // [capacity, r + dr]
+  DBuf<float> conv, ssm, conv_q, conv_k, conv_v, gdn;
+};
+
+std::uint64_t mat_bytes(std::int64_t rows, std::int64_t cols) { return static_cast<std::uint64_t>(rows * cols) * 2; }
+
+}  // namespace
+
+struct CudaEngine::Impl {
+  cudaStream_t stream = nullptr;
+  k::CublasLt lt;
+  DBuf<bf16> embed, head;  // head empty when tied
+  DBuf<float> final_norm;
+  std::vector<DevLayer> layers;
+  std::vector<DevState> states;
+  DBuf<double> inv_freq;
+  double rope_factor = 1.0;
+  float softmax_scale = 1.0f;
+  // Workspace (sized for the prefill chunk C).
+  DBuf<std::int32_t> ids;
+  DBuf<float> x, f1, f2, f3, f4, f5, f6, f7, f8, lse, lse_b, ob, logits;
+  DBuf<bf16> h, b1, b2, kvb, K, V;
+  DBuf<float> dec_part;  // mla decode workspace
+};
+
+std::string CudaMemoryPlan::describe() const {
+  return "weights " + format_bytes(weights) + " + latent cache " + format_bytes(latent_cache) + " + states " +
+         format_bytes(states) + " + workspace " + format_bytes(workspace) + " = " + format_bytes(total());
+}
+
+CudaMemoryPlan plan_cuda_memory(const ModelConfig& c, const CudaEngineOptions& o, std::int64_t capacity) {
+  CudaMemoryPlan p;
+  const std::int64_t H = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
+  p.weights = mat_bytes(V, H) * (c.tie_word_embeddings ? 1 : 2);
+  std::int64_t widest = std::max<std::int64_t>(I, H);  // widest per-token activation of any layer
+  for (const auto kind : c.layers) {
+    p.weights += 3 * mat_bytes(I, H);
+    switch (kind) {
+      case MixerKind::kMLA: {
+        const auto& a = c.mla;
+        const std::int64_t dqk = a.qk_nope_head_dim + a.qk_rope_head_dim;
+        p.weights += mat_bytes(a.q_lora_rank, H) + mat_bytes(a.num_heads * dqk, a.q_lora_rank) +
+                     mat_bytes(a.latent_dim(), H) +
+                     mat_bytes(a.num_kv_heads * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank) +
+                     mat_bytes(H, a.num_heads * a.v_head_dim);
+        p.latent_cache += static_cast<std::uint64_t>(capacity * a.latent_dim()) * 2;
+        widest = std::max({widest, a.num_heads * dqk, a.num_heads * a.v_head_dim, a.q_lora_rank, a.num_heads * a.kv_lora_rank});
+        break;
+      }
+      case MixerKind::kMamba2: {
+        const auto& m = c.mamba2;
+        p.weights += mat_bytes(m.in_proj_rows(), H) + mat_bytes(H, m.d_inner) +
+                     static_cast<std::uint64_t>(m.conv_channels() * (m.d_conv + 1) + 4 * m.num_heads + m.d_inner) * 4;
+        p.states += static_cast<std::uint64_t>((m.d_conv - 1) * m.conv_channels() + m.num_heads * m.head_dim * m.d_state) * 4;
+        widest = std::max(widest, m.in_proj_rows());
+        break;
+      }
+      case MixerKind::kGDN: {
+        const auto& g = c.gdn;
+        p.weights += 2 * mat_bytes(g.key_dim(), H) + 2 * mat_bytes(g.value_dim(), H) + 2 * mat_bytes(g.num_v_heads, H) +
+                     mat_bytes(H, g.value_dim());
+        p.states += static_cast<std::uint64_t>((g.conv_size - 1) * (2 * g.key_dim() + g.value_dim()) +
+                                               g.num_v_heads * g.head_k_dim * g.head_v_dim) * 4;
+        widest = std::max(widest, g.value_dim());
+        break;
+      }
+    }
+  }
+  const std::int64_t C = o.prefill_chunk;
+  // Eight fp32 and two bf16 scratch rows of the widest activation per token, the residual and LM-head logits
+  // of one row; K/V of one attention block.
+  p.workspace = static_cast<std::uint64_t>(C) * static_cast<std::uint64_t>(widest) * (8 * 4 + 2 * 2) +
+                static_cast<std::uint64_t>(C * H) * (4 + 2) + static_cast<std::uint64_t>(V) * 4;
+  if (c.count(MixerKind::kMLA) > 0) {
+    const auto& a = c.mla;
+    const std::int64_t B = std::min(o.attention_block, std::max<std::int64_t>(capacity, 1));
+    p.workspace += static_cast<std::uint64_t>(B * a.num_kv_heads) *
+                   static_cast<std::uint64_t>(2 * (a.qk_nope_head_dim + a.v_head_dim) + a.qk_nope_head_dim + a.qk_rope_head_dim) * 2;
+  }
+  return p;
+}
+
+CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& w, std::int64_t capacity, CudaEngineOptions options)
+    : config_(std::move(config)), options_(options), capacity_(capacity) {
+  if (capacity < 1) throw Error(ErrorKind::kUsage, "", "capacity", "the sequence capacity must be at least 1 token");
+  if (options_.prefill_chunk < 1 || options_.attention_block < 1) {
+    throw Error(ErrorKind::kUsage, "", "cuda engine options", "chunk and block sizes must be at least 1");
+  }
+  HYLO_CUDA_CHECK(cudaSetDevice(options_.device));
+  plan_ = plan_cuda_memory(config_, options_, capacity_);
+  std::size_t free_b = 0, total_b = 0;
+  HYLO_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  const std::uint64_t margin = std::uint64_t{512} << 20;  // cuBLASLt workspace, CUDA context growth
+  if (plan_.total() + margin > free_b) {
+    const std::uint64_t fixed = plan_.weights + plan_.states + plan_.workspace + margin;
+    std::string fix = "shorten the prompt or the continuation";
+    if (fixed < free_b && plan_.latent_cache > 0) {
+      const auto cp = static_cast<std::uint64_t>(std::ceil(static_cast<double>(plan_.latent_cache) / static_cast<double>(free_b - fixed)));
+      fix = "context parallelism over " + std::to_string(cp) + " GPUs (--cp " + std::to_string(cp) + ") would fit it";
+    }
+    throw Error(ErrorKind::kUsage, "", "memory",
+                std::to_string(capacity_) + " tokens need " + plan_.describe() + " (+ " + format_bytes(margin) +
+                    " margin) but the GPU has " + format_bytes(free_b) + " free of " + format_bytes(total_b) + "; " + fix);
+  }
+  check_mla_supported(config_, w);
+  impl_ = std::make_unique<Impl>();
+  auto& m = *impl_;
+  HYLO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+  m.embed = upload_bf16(w.embed);
+  if (!w.lm_head.empty()) m.head = upload_bf16(w.lm_head);
+  m.final_norm = upload_f32(w.final_norm);
+  m.layers.resize(w.layers.size());
+  m.states.resize(w.layers.size());
+  for (std::size_t i = 0; i < w.layers.size(); ++i) {
+    const auto& s = w.layers[i];
+    auto& d = m.layers[i];
+    d.kind = s.kind;
+    d.input_norm = upload_f32(s.input_norm);
+    d.post_norm = upload_f32(s.post_norm);
+    d.gate = upload_bf16(s.gate);
+    d.up = upload_bf16(s.up);
+    d.down = upload_bf16(s.down);
+    auto& st = m.states[i];
+    switch (s.kind) {
+      case MixerKind::kMLA:
+        d.mla.q_a = upload_bf16(s.mla.q_a);
+        d.mla.q_b = upload_bf16(s.mla.q_b);
+        d.mla.kv_a = upload_bf16(s.mla.kv_a);
+        d.mla.kv_b = upload_bf16(s.mla.kv_b);
+        d.mla.out = upload_bf16(s.mla.out);
+        if (!s.mla.q_a_norm.empty()) d.mla.q_a_norm = upload_f32(s.mla.q_a_norm);
+        if (!s.mla.kv_a_norm.empty()) d.mla.kv_a_norm = upload_f32(s.mla.kv_a_norm);
+        st.latents.resize(capacity_ * config_.mla.latent_dim());
+        break;
+      case MixerKind::kMamba2: {
+        const auto& c = config_.mamba2;
+        d.mamba.in_proj = upload_bf16(s.mamba.in_proj);
+        d.mamba.out = upload_bf16(s.mamba.out);
+        d.mamba.conv_w = upload_f32(s.mamba.conv_w);
+        d.mamba.conv_b = upload_f32(s.mamba.conv_b);
+        d.mamba.dt_bias = upload_f32(s.mamba.dt_bias);
+        d.mamba.A_log = upload_f32(s.mamba.A_log);
+        d.mamba.D = upload_f32(s.mamba.D);
+        d.mamba.norm = upload_f32(s.mamba.norm);
+        st.conv.resize((c.d_conv - 1) * c.conv_channels());
+        st.ssm.resize(c.num_heads * c.head_dim * c.d_state);
+        break;
+      }
+      case MixerKind::kGDN: {
+        const auto& c = config_.gdn;
+        d.gdn.q = upload_bf16(s.gdn.q);
+        d.gdn.k = upload_bf16(s.gdn.k);
+        d.gdn.v = upload_bf16(s.gdn.v);
+        d.gdn.g = upload_bf16(s.gdn.g);
+        d.gdn.a = upload_bf16(s.gdn.a);
+        d.gdn.b = upload_bf16(s.gdn.b);
+        d.gdn.o = upload_bf16(s.gdn.o);
+        d.gdn.q_conv = upload_f32(s.gdn.q_conv);
+        d.gdn.k_conv = upload_f32(s.gdn.k_conv);
+        d.gdn.v_conv = upload_f32(s.gdn.v_conv);
+        d.gdn.A_log = upload_f32(s.gdn.A_log);
+        d.gdn.dt_bias = upload_f32(s.gdn.dt_bias);
+        d.gdn.o_norm = upload_f32(s.gdn.o_norm);
+        st.conv_q.resize((c.conv_size - 1) * c.key_dim());
+        st.conv_k.resize((c.conv_size - 1) * c.key_dim());
+        st.conv_v.resize((c.conv_size - 1) * c.value_dim());
+        st.gdn.resize(c.num_v_heads * c.head_k_dim * c.head_v_dim);
+        break;
+      }
+    }
+  }
+  if (config_.count(MixerKind::kMLA) > 0) {
+    const MlaRope rope = mla_rope(config_.mla);
+    m.inv_freq.upload(rope.inv_freq);
+    m.rope_factor = rope.factor;
+    m.softmax_scale = rope.softmax_scale;
+  }
+  // Workspace for a chunk of C tokens.
+  const std::int64_t C = std::min(options_.prefill_chunk, capacity_), H = config_.hidden_size;
+  std::int64_t widest = std::max(config_.intermediate_size, H);
+  std::int64_t wide_b = widest;
+  if (config_.count(MixerKind::kMLA) > 0) {
+    const auto& a = config_.mla;
+    widest = std::max({widest, a.num_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim), a.num_heads * a.v_head_dim,
+                       a.q_lora_rank, a.latent_dim(), a.num_heads * a.kv_lora_rank});
+    wide_b = std::max({wide_b, a.num_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim), a.num_heads * a.v_head_dim, a.q_lora_rank});
+    const std::int64_t B = std::min(options_.attention_block, capacity_);
+    m.kvb.resize(B * a.num_kv_heads * (a.qk_nope_head_dim + a.v_head_dim));
+    m.K.resize(B * a.num_kv_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim));
+    m.V.resize(B * a.num_kv_heads * a.v_head_dim);
+    m.lse.resize(C * a.num_heads);
+    m.lse_b.resize(C * a.num_heads);
+    m.ob.resize(C * a.num_heads * a.v_head_dim);
+    k::MlaDecodeCudaParams dp;
+    dp.T = 1;
+    dp.S = capacity_;
+    dp.n_heads = a.num_heads;
+    dp.kv_lora_rank = a.kv_lora_rank;
+    dp.rope_dim = a.qk_rope_head_dim;
+    // Every S up to the capacity: the default split keeps at most 256 splits.
+    const std::int64_t bytes = std::max<std::int64_t>(k::mla_decode_cuda_workspace_bytes(dp), 256 * a.num_heads * (a.kv_lora_rank + 1) * 4);
+    m.dec_part.resize(bytes / 4 + 4);
+  }
+  if (config_.count(MixerKind::kMamba2) > 0) {
+    widest = std::max(widest, config_.mamba2.in_proj_rows());
+    wide_b = std::max(wide_b, config_.mamba2.d_inner);
+  }
+  if (config_.count(MixerKind::kGDN) > 0) {
+    widest = std::max(widest, config_.gdn.value_dim());
+    wide_b = std::max(wide_b, config_.gdn.value_dim());
+  }
+  m.ids.resize(C);
+  m.x.resize(C * H);
+  m.h.resize(C * H);
+  for (auto* f : {&m.f1, &m.f2, &m.f3, &m.f4, &m.f5, &m.f6, &m.f7, &m.f8}) f->resize(C * widest);
+  m.b1.resize(C * wide_b);
+  m.b2.resize(C * wide_b);
+  m.logits.resize(config_.vocab_size);
+  reset();
+}
+
+CudaEngine::~CudaEngine() {
+  if (impl_ && impl_->stream) cudaStreamDestroy(impl_->stream);
+}
+
+std::string CudaEngine::device_name() const {
+  cudaDeviceProp p{};
+  HYLO_CUDA_CHECK(cudaGetDeviceProperties(&p, options_.device));
+  return p.name;
+}
+
+void CudaEngine::reset() {
+  for (auto& s : impl_->states) {
+    for (auto* b : {&s.conv, &s.ssm, &s.conv_q, &s.conv_k, &s.conv_v, &s.gdn}) b->zero();
+    s.latents.zero();
+  }
+  length_ = 0;
+  HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+void CudaEngine::forward(std::span<const std::int32_t> tokens, float* logits, bool all_logits) {
+  const auto T = static_cast<std::int64_t>(tokens.size());
+  if (T == 0) return;
+  if (length_ + T > capacity_) {
+    throw Error(ErrorKind::kUsage, "", "capacity",
+                std::to_string(length_) + " + " + std::to_string(T) + " tokens exceed the sequence capacity " +
+                    std::to_string(capacity_) + " the engine was planned for");
+  }
+  for (std::int64_t t = 0; t < T; ++t) {
+    const auto id = tokens[static_cast<std::size_t>(t)];
+    if (id < 0 || id >= config_.vocab_size) {
+      throw Error(ErrorKind::kUsage, "", "token", "token id " + std::to_string(id) + " at position " +
+                                                       std::to_string(length_ + t) + " is outside the vocabulary [0, " +
+                                                       std::to_string(config_.vocab_size) + ")");
+    }
+  }
+  const std::int64_t C = std::min(options_.prefill_chunk, capacity_), V = config_.vocab_size;
+  for (std::int64_t b = 0; b < T; b += C) {
+    const std::int64_t n = std::min(C, T - b);
+    const bool last = b + n == T;
+    float* dst = logits == nullptr ? nullptr : (all_logits ? logits + b * V : (last ? logits : nullptr));
+    forward_chunk(tokens.subspan(static_cast<std::size_t>(b), static_cast<std::size_t>(n)), dst, all_logits);
+  }
+}
+
+void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logits, bool all_logits) {
+  auto& m = *impl_;
+  cudaStream_t st = m.stream;
+  const auto T = static_cast<std::int64_t>(tokens.size());
+  const std::int64_t H = config_.hidden_size, V = config_.vocab_size, pos0 = length_;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  HYLO_CUDA_CHECK(cudaMemcpyAsync(m.ids.get(), tokens.data(), sizeof(std::int32_t) * static_cast<std::size_t>(T),
+                                  cudaMemcpyHostToDevice, st));
+
+  auto linear = [&](const bf16* x, std::int64_t rows, const DBuf<bf16>& w, std::int64_t out, std::int64_t in, void* y,
+                    bool y_bf16, bool accumulate, std::int64_t x_stride = 0, std::int64_t y_stride = 0) {
+    k::LinearCudaParams p;
+    p.rows = rows;
+    p.out = out;
+    p.in = in;
+    p.x = x;
+    p.x_stride = x_stride;
+    p.w = w.get();
+    p.y = y;
+    p.y_stride = y_stride;
+    p.y_bf16 = y_bf16;
+    p.accumulate = accumulate;
+    m.lt.linear(p, st);
+  };
+  auto rmsnorm = [&](const float* x, std::int64_t rows, std::int64_t dim, const DBuf<float>& w, void* y, bool y_bf16,
+                     std::int64_t x_stride = 0, std::int64_t y_stride = 0) {
+    k::RmsNormCudaParams p;
+    p.rows = rows;
+    p.dim = dim;
+    p.x = x;
+    p.x_stride = x_stride;
+    p.w = w.get();
+    p.y = y;
+    p.y_stride = y_stride;
+    p.y_bf16 = y_bf16;
+    p.eps = eps;
+    k::rmsnorm_cuda(p, st);
+  };
+  auto copy_cols = [&](const float* src, std::int64_t rows, std::int64_t stride, std::int64_t col, std::int64_t width,
+                       float* dst) {
+    HYLO_CUDA_CHECK(cudaMemcpy2DAsync(dst, sizeof(float) * width, src + col, sizeof(float) * stride, sizeof(float) * width,
+                                      static_cast<std::size_t>(rows), cudaMemcpyDeviceToDevice, st));
+  };
+
+  {
+    k::EmbeddingCudaParams p;
+    p.T = T;
+    p.hidden = H;
+    p.ids = m.ids.get();
+    p.table = m.embed.get();
+    p.vocab_begin = 0;
+    p.vocab_local = V;
+    p.out = m.x.get();
+    k::embedding_cuda(p, st);
+  }
+  for (std::size_t li = 0; li < m.layers.size(); ++li) {
+    auto& L = m.layers[li];
+    auto& S = m.states[li];
+    rmsnorm(m.x.get(), T, H, L.input_norm, m.h.get(), true);
+    switch (L.kind) {
+      case MixerKind::kMLA: {
+        const auto& a = config_.mla;
+        const std::int64_t r = a.kv_lora_rank, dr = a.qk_rope_head_dim, dn = a.qk_nope_head_dim, dv = a.v_head_dim;
+        const std::int64_t nH = a.num_heads, nKV = a.num_kv_heads, dqk = dn + dr, lat = r + dr, ql = a.q_lora_rank;
+        const k::MlaShape shape{nH, nKV, r, dn, dr, dv};
+        float* qa = m.f1.get();
+        float* q = m.f2.get();
+        float* ckv = m.f3.get();
+        linear(m.h.get(), T, L.mla.q_a, ql, H, qa, false, false);
+        if (L.mla.q_a_norm.size() > 0) {
+          rmsnorm(qa, T, ql, L.mla.q_a_norm, m.b1.get(), true);
+        } else {
+          k::convert_bf16_cuda(qa, m.b1.get(), T * ql, st);
+        }
+        linear(m.b1.get(), T, L.mla.q_b, nH * dqk, ql, q, false, false);
+        linear(m.h.get(), T, L.mla.kv_a, lat, H, ckv, false, false);
+        if (L.mla.kv_a_norm.size() > 0) rmsnorm(ckv, T, r, L.mla.kv_a_norm, ckv, false, lat, lat);
+        {
+          k::RopeCudaParams rq{T, nH, dr, q + dn, nH * dqk, dqk, pos0, m.inv_freq.get(), m.rope_factor};
+          k::rope_interleaved_cuda(rq, st);
+          k::RopeCudaParams rk{T, 1, dr, ckv + r, lat, 0, pos0, m.inv_freq.get(), m.rope_factor};
+          k::rope_interleaved_cuda(rk, st);
+        }
+        bf16* cache = S.latents.get();
+        k::convert_bf16_cuda(ckv, cache + pos0 * lat, T * lat, st);
+        const std::int64_t Sk = pos0 + T;
+        if (T == 1) {
+          // Absorbed decode over the whole latent cache.
+          float* q_lat = m.f4.get();
+          float* q_pe = m.f5.get();
+          float* o_lat = m.f6.get();
+          k::mla_absorb_q_cuda(shape, 1, q, L.mla.kv_b.get(), q_lat, q_pe, st);
+          k::MlaDecodeCudaParams p;
+          p.T = 1;
+          p.S = Sk;
+          p.n_heads = nH;
+          p.kv_lora_rank = r;
+          p.rope_dim = dr;
+          p.q_lat = q_lat;
+          p.q_pe = q_pe;
+          p.cache = cache;
+          p.o_lat = o_lat;
+          p.lse = nullptr;
+          p.scale = m.softmax_scale;
+          p.workspace = m.dec_part.get();
+          p.workspace_bytes = static_cast<std::int64_t>(m.dec_part.bytes());
+          k::mla_decode_cuda(p, st);
+          k::mla_expand_o_cuda(shape, 1, o_lat, L.mla.kv_b.get(), m.b2.get(), st);
+        } else {
+          // Decompressed prefill over blocks of cached latents, partials merged by LSE.
+          k::convert_bf16_cuda(q, m.b1.get(), T * nH * dqk, st);
+          float* o = m.f4.get();
+          const std::int64_t B = std::min(options_.attention_block, capacity_);
+          bool first = true;
+          for (std::int64_t b0 = 0; b0 < Sk; b0 += B) {
+            if (pos0 + T - 1 < b0) break;
+            const std::int64_t n = std::min(B, Sk - b0);
+            linear(cache + b0 * lat, n, L.mla.kv_b, nKV * (dn + dv), r, m.kvb.get(), true, false, lat);
+            k::mla_assemble_kv_cuda(shape, n, m.kvb.get(), cache + b0 * lat, m.K.get(), m.V.get(), st);
+            k::AttentionCudaParams p;
+            p.T = T;
+            p.S = n;
+            p.n_heads = nH;
+            p.n_kv_heads = nKV;
+            p.d_qk = dqk;
+            p.d_v = dv;
+            p.q = m.b1.get();
+            p.k = m.K.get();
+            p.v = m.V.get();
+            p.o = first ? o : m.ob.get();
+            p.lse = first ? m.lse.get() : m.lse_b.get();
+            p.scale = m.softmax_scale;
+            p.causal = true;
+            p.q_offset = pos0 - b0;
+            k::attention_cuda(p, st);
+            if (!first) k::merge_attention_partials_cuda(T * nH, dv, o, m.lse.get(), m.ob.get(), m.lse_b.get(), st);
+            first = false;
+          }
+          k::convert_bf16_cuda(o, m.b2.get(), T * nH * dv, st);
+        }
+        linear(m.b2.get(), T, L.mla.out, H, nH * dv, m.x.get(), false, true);
+        break;
+      }
+      case MixerKind::kMamba2: {
+        const auto& c = config_.mamba2;
+        const std::int64_t di = c.d_inner, dxb = c.d_xb, nh = c.num_heads, P = c.head_dim, N = c.d_state;
+        const std::int64_t Cc = c.conv_channels(), rows = c.in_proj_rows();
+        float* zx = m.f1.get();
+        float* xbc = m.f2.get();
+        linear(m.h.get(), T, L.mamba.in_proj, rows, H, zx, false, false);
+        {
+          k::CausalConv1dCudaParams p;
+          p.T = T;
+          p.channels = Cc;
+          p.kernel = c.d_conv;
+          p.x = zx + di;
+          p.x_stride = rows;
+          p.w = L.mamba.conv_w.get();
+          p.bias = L.mamba.conv_b.get();
+          p.state = S.conv.get();
+          p.y = xbc;
+          p.silu = true;
+          k::causal_conv1d_cuda(p, st);
+        }
+        float* xs = m.f3.get();
+        float* Bs = m.f4.get();
+        float* Cs = m.f5.get();
+        float* dt = m.f6.get();
+        float* y = m.f7.get();
+        copy_cols(xbc, T, Cc, 0, dxb, xs);
+        copy_cols(xbc, T, Cc, dxb, dxb, Bs);
+        copy_cols(xbc, T, Cc, 2 * dxb, di, Cs);
+        copy_cols(zx, T, rows, di + Cc, nh, dt);
+        k::Mamba2ScanParams p{};
+        p.T = T;
+        p.n_heads = nh;
+        p.head_dim = P;
+        p.d_state = N;
+        p.n_groups = c.n_groups;
+        p.x = xs;
+        p.B = Bs;
+        p.C = Cs;
+        p.dt = dt;
+        p.dt_bias = L.mamba.dt_bias.get();
+        p.A_log = L.mamba.A_log.get();
+        p.D = L.mamba.D.get();
+        p.state = S.ssm.get();
+        p.y = y;
+        k::mamba2_scan_cuda(p, st);
+        k::GatedRmsNormCudaParams g;
+        g.rows = T;
+        g.dim = di;
+        g.group = P;
+        g.x = y;
+        g.z = zx;
+        g.z_stride = rows;
+        g.w = L.mamba.norm.get();
+        g.y = m.b2.get();
+        g.y_bf16 = true;
+        g.eps = 1e-5f;
+        g.order = k::GateOrder::kGateThenNorm;
+        k::gated_rmsnorm_cuda(g, st);
+        linear(m.b2.get(), T, L.mamba.out, H, di, m.x.get(), false, true);
+        break;
+      }
+      case MixerKind::kGDN: {
+        const auto& c = config_.gdn;
+        const std::int64_t Kd = c.key_dim(), Vd = c.value_dim(), Hv = c.num_v_heads;
+        float* q = m.f1.get();
+        float* kk = m.f2.get();
+        float* v = m.f3.get();
+        float* gate = m.f4.get();
+        float* a = m.f5.get();
+        float* b = a + T * Hv;
+        linear(m.h.get(), T, L.gdn.q, Kd, H, q, false, false);
+        linear(m.h.get(), T, L.gdn.k, Kd, H, kk, false, false);
+        linear(m.h.get(), T, L.gdn.v, Vd, H, v, false, false);
+        linear(m.h.get(), T, L.gdn.g, Vd, H, gate, false, false);
+        linear(m.h.get(), T, L.gdn.a, Hv, H, a, false, false);
+        linear(m.h.get(), T, L.gdn.b, Hv, H, b, false, false);
+        float* qc = m.f6.get();
+        float* kc = m.f7.get();
+        float* vc = m.f8.get();
+        auto conv = [&](const float* in, const DBuf<float>& w, DBuf<float>& state, std::int64_t ch, float* out) {
+          k::CausalConv1dCudaParams p;
+          p.T = T;
+          p.channels = ch;
+          p.kernel = c.conv_size;
+          p.x = in;
+          p.w = w.get();
+          p.state = state.get();
+          p.y = out;
+          p.silu = true;
+          k::causal_conv1d_cuda(p, st);
+        };
+        conv(q, L.gdn.q_conv, S.conv_q, Kd, qc);
+        conv(kk, L.gdn.k_conv, S.conv_k, Kd, kc);
+        conv(v, L.gdn.v_conv, S.conv_v, Vd, vc);
+        float* g = m.f2.get();  // kk is consumed by the conv
+        float* beta = g + T * Hv;
+        k::GdnPrepareParams pp{};
+        pp.T = T;
+        pp.n_k_heads = c.num_k_heads;
+        pp.n_v_heads = Hv;
+        pp.head_k_dim = c.head_k_dim;
+        pp.q = qc;
+        pp.k = kc;
+        pp.a = a;
+        pp.b = b;
+        pp.A_log = L.gdn.A_log.get();
+        pp.dt_bias = L.gdn.dt_bias.get();
+        pp.g = g;
+        pp.beta = beta;
+        k::gdn_prepare_cuda(pp, st);
+        float* o = m.f1.get();  // q is consumed by the conv
+        k::GdnScanParams sp{};
+        sp.T = T;
+        sp.n_k_heads = c.num_k_heads;
+        sp.n_v_heads = Hv;
+        sp.head_k_dim = c.head_k_dim;
+        sp.head_v_dim = c.head_v_dim;
+        sp.q = qc;
+        sp.k = kc;
+        sp.v = vc;
+        sp.g = g;
+        sp.beta = beta;
+        sp.state = S.gdn.get();
+        sp.o = o;
+        k::gdn_scan_cuda(sp, st);
+        k::GatedRmsNormCudaParams gn;
+        gn.rows = T;
+        gn.dim = Vd;
+        gn.group = c.head_v_dim;
+        gn.x = o;
+        gn.z = gate;
+        gn.w = L.gdn.o_norm.get();
+        gn.weight_per_group = true;
+        gn.y = m.b2.get();
+        gn.y_bf16 = true;
+        gn.eps = static_cast<float>(c.norm_eps);
+        gn.order = k::GateOrder::kNormThenGate;
+        k::gated_rmsnorm_cuda(gn, st);
+        linear(m.b2.get(), T, L.gdn.o, H, Vd, m.x.get(), false, true);
+        break;
+      }
+    }
+    // MLP: post-norm, gate/up, SwiGLU (bf16 out), down accumulated into the residual.
+    const std::int64_t I = config_.intermediate_size;
+    rmsnorm(m.x.get(), T, H, L.post_norm, m.h.get(), true);
+    linear(m.h.get(), T, L.gate, I, H, m.f1.get(), false, false);
+    linear(m.h.get(), T, L.up, I, H, m.f2.get(), false, false);
+    k::SwigluCudaParams sw;
+    sw.rows = T;
+    sw.dim = I;
+    sw.gate = m.f1.get();
+    sw.up = m.f2.get();
+    sw.out = m.b1.get();
+    sw.out_bf16 = true;
+    k::swiglu_cuda(sw, st);
+    linear(m.b1.get(), T, L.down, H, I, m.x.get(), false, true);
+  }
+  length_ += T;
+  if (logits != nullptr) {
+    const std::int64_t rows = all_logits ? T : 1;
+    const DBuf<bf16>& head = m.head.size() > 0 ? m.head : m.embed;
+    for (std::int64_t r0 = 0; r0 < rows; ++r0) {
+      const std::int64_t row = T - rows + r0;
+      rmsnorm(m.x.get() + row * H, 1, H, m.final_norm, m.h.get(), true);
+      linear(m.h.get(), 1, head, V, H, m.logits.get(), false, false);
+      HYLO_CUDA_CHECK(cudaMemcpyAsync(logits + r0 * V, m.logits.get(), sizeof(float) * static_cast<std::size_t>(V),
+                                      cudaMemcpyDeviceToHost, st));
+    }
+  }
+  HYLO_CUDA_CHECK(cudaStreamSynchronize(st));
+}
+
+}  // namespace hylo

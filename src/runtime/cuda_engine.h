@@ -1,0 +1,75 @@
+// The CUDA engine: the whole HyLo forward (MODEL.md) on one GPU, bf16 weights and activations into GEMMs and
+// attention, fp32 accumulation, fp32 residual stream and fp32 recurrent states. It follows CpuEngine step by
+// step (the CPU engine is its oracle: tests/gpu/test_cuda_engine.cpp) with the CUDA twins of the same ops.
+//
+// One sequence at a time. Memory is planned before anything is allocated (plan_memory): weights, the MLA
+// latent cache for `capacity` tokens (bf16), the recurrent states and a prefill workspace that depends on the
+// prefill chunk, not on the prompt. A prompt that cannot fit is refused with the numbers and the CP degree
+// that would fit.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/model_weights.h"
+
+namespace hylo {
+
+struct CudaEngineOptions {
+  int device = 0;
+  std::int64_t prefill_chunk = 8192;      // tokens per forward pass of a prefill (bounds the workspace)
+  std::int64_t attention_block = 32768;   // cached latents decompressed to K/V at a time during prefill
+  std::int64_t mamba_chunk = 256;
+  std::int64_t gdn_chunk = 64;
+};
+
+// Bytes the engine needs on the GPU, by part.
+struct CudaMemoryPlan {
+  std::uint64_t weights = 0;
+  std::uint64_t latent_cache = 0;  // capacity tokens x MLA layers x (r + dr) x 2
+  std::uint64_t states = 0;        // conv + SSM / GDN states (fp32)
+  std::uint64_t workspace = 0;     // activations of one prefill chunk, K/V blocks, logits
+  std::uint64_t total() const { return weights + latent_cache + states + workspace; }
+  std::string describe() const;
+};
+
+CudaMemoryPlan plan_cuda_memory(const ModelConfig& config, const CudaEngineOptions& options, std::int64_t capacity);
+
+class CudaEngine {
+ public:
+  // Uploads the weights (bf16 matrices, fp32 vectors). `capacity`: the most tokens (prompt + generated) the
+  // sequence will hold; refused with the numbers when the plan exceeds the device's free memory.
+  CudaEngine(ModelConfig config, const ModelWeights& weights, std::int64_t capacity, CudaEngineOptions options = {});
+  ~CudaEngine();
+  CudaEngine(const CudaEngine&) = delete;
+  CudaEngine& operator=(const CudaEngine&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  const CudaMemoryPlan& plan() const { return plan_; }
+  std::int64_t length() const { return length_; }
+  std::int64_t capacity() const { return capacity_; }
+  std::string device_name() const;
+
+  // Empties the sequence (cache and states zeroed; nothing reallocated).
+  void reset();
+
+  // Runs `tokens` at positions length(), length()+1, ... . logits (host, may be null): [T, V] when all_logits,
+  // else [V] of the last token. Prompts longer than prefill_chunk are processed chunk by chunk.
+  void forward(std::span<const std::int32_t> tokens, float* logits, bool all_logits);
+
+ private:
+  struct Impl;
+  void forward_chunk(std::span<const std::int32_t> tokens, float* logits, bool all_logits);
+  ModelConfig config_;
+  CudaEngineOptions options_;
+  CudaMemoryPlan plan_;
+  std::int64_t capacity_ = 0;
+  std::int64_t length_ = 0;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace hylo

@@ -1,0 +1,668 @@
+// GPU tests of the attention ops (kernels/attention_cuda.h, kernels/mla_decode_cuda.h) against their CPU twins
+// (attention_cpu, merge_attention_partials_cpu, mla_decode_cpu) run on the same bf16-rounded inputs.
+//
+// Thresholds (relative L2 over the whole output):
+// - attention o <= 1e-2: the GPU rounds the softmax weights P to bf16 for the P.V product (relative error up to
+//   2^-9 per weight, random in sign); everything else is fp32 on both sides. lse <= 1e-4: it comes from fp32
+//   scores of the same bf16 inputs (exact products, fp32 sums) and fp32 exponentials; only the order differs.
+// - mla_decode o_lat <= 1e-2 (bf16 P again); lse <= 1e-3: the cache is bf16 on both sides, q is fp32 on the CPU
+//   and split into two bf16 halves on the GPU (~2^-16 relative), so scores agree to ~1e-5.
+// - rows that see no key: o exactly 0 and lse exactly -inf on both sides.
+// Outputs are pre-filled with NaN so that an element the kernel forgot to write fails the test.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "gpu_test.h"
+#include "kernels/attention.h"
+#include "kernels/attention_cuda.h"
+#include "kernels/mla_decode.h"
+#include "kernels/mla_decode_cuda.h"
+
+namespace hylo {
+namespace {
+
+using namespace gpu_test;
+using kernels::DeviceBuffer;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// ------------------------------------------------------------------------------------------------------------
+// attention
+
+struct AttnCase {
+  std::int64_t T, S, H, KV, dqk, dv;
+  bool causal;
+  std::int64_t q_offset;
+};
+
+std::string describe(const AttnCase& c) {
+  return "T=" + std::to_string(c.T) + " S=" + std::to_string(c.S) + " heads=" + std::to_string(c.H) + "/" +
+         std::to_string(c.KV) + " d=" + std::to_string(c.dqk) + "/" + std::to_string(c.dv) +
+         (c.causal ? " causal q_offset=" + std::to_string(c.q_offset) : " full");
+}
+
+struct AttnData {
+  std::vector<float> q, k, v;  // bf16-rounded, contiguous
+};
+
+AttnData make_attn_data(const AttnCase& c, std::uint64_t seed) {
+  return {round_bf16(random_vector(c.T * c.H * c.dqk, seed)), round_bf16(random_vector(c.S * c.KV * c.dqk, seed + 1)),
+          round_bf16(random_vector(c.S * c.KV * c.dv, seed + 2))};
+}
+
+struct AttnOut {
+  std::vector<float> o, lse;
+};
+
+float attn_scale(const AttnCase& c) { return 1.0f / std::sqrt(static_cast<float>(c.dqk)); }
+
+AttnOut attention_ref(const AttnCase& c, const AttnData& d) {
+  AttnOut r{std::vector<float>(static_cast<std::size_t>(c.T * c.H * c.dv)),
+            std::vector<float>(static_cast<std::size_t>(c.T * c.H))};
+  kernels::AttentionParams p;
+  p.T = c.T;
+  p.S = c.S;
+  p.n_heads = c.H;
+  p.n_kv_heads = c.KV;
+  p.d_qk = c.dqk;
+  p.d_v = c.dv;
+  p.q = d.q.data();
+  p.k = d.k.data();
+  p.v = d.v.data();
+  p.o = r.o.data();
+  p.lse = r.lse.data();
+  p.scale = attn_scale(c);
+  p.causal = c.causal;
+  p.q_offset = c.q_offset;
+  kernels::attention_cpu(p);
+  return r;
+}
+
+kernels::AttentionCudaParams cuda_params(const AttnCase& c) {
+  kernels::AttentionCudaParams p;
+  p.T = c.T;
+  p.S = c.S;
+  p.n_heads = c.H;
+  p.n_kv_heads = c.KV;
+  p.d_qk = c.dqk;
+  p.d_v = c.dv;
+  p.scale = attn_scale(c);
+  p.causal = c.causal;
+  p.q_offset = c.q_offset;
+  return p;
+}
+
+// Runs attention_cuda on device copies of the (contiguous) data; o and lse start as NaN.
+AttnOut attention_gpu(const AttnCase& c, const AttnData& d) {
+  DeviceBuffer<__nv_bfloat16> dq(to_bf16(d.q)), dk(to_bf16(d.k)), dv(to_bf16(d.v));
+  DeviceBuffer<float> o(std::vector<float>(static_cast<std::size_t>(c.T * c.H * c.dv), kNaN));
+  DeviceBuffer<float> lse(std::vector<float>(static_cast<std::size_t>(c.T * c.H), kNaN));
+  kernels::AttentionCudaParams p = cuda_params(c);
+  p.q = dq.get();
+  p.k = dk.get();
+  p.v = dv.get();
+  p.o = o.get();
+  p.lse = lse.get();
+  kernels::attention_cuda(p, nullptr);
+  HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+  return {o.download(), lse.download()};
+}
+
+struct Errors {
+  double o = 0, lse = 0;
+  std::int64_t masked_rows = 0;
+};
+
+// Compares (o, lse) of `rows` rows of width dv: masked rows (ref lse -inf) must be exactly (0, -inf) on both
+// sides; the rest must be finite; returns the relative L2 errors over all of o and the finite lse.
+Errors compare(const AttnOut& got, const AttnOut& ref, std::int64_t rows, std::int64_t dv) {
+  Errors e;
+  EXPECT_EQ(count_nonfinite(got.o), 0) << "o has NaN/inf (unwritten?)";
+  std::vector<float> gl, rl;
+  std::int64_t bad_mask = 0;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float g = got.lse[static_cast<std::size_t>(r)], f = ref.lse[static_cast<std::size_t>(r)];
+    if (f == kNegInf) {
+      ++e.masked_rows;
+      if (g != kNegInf) ++bad_mask;
+      for (std::int64_t c = 0; c < dv; ++c)
+        if (got.o[static_cast<std::size_t>(r * dv + c)] != 0.0f || ref.o[static_cast<std::size_t>(r * dv + c)] != 0.0f)
+          ++bad_mask;
+    } else {
+      if (!std::isfinite(g)) ++bad_mask;
+      gl.push_back(g);
+      rl.push_back(f);
+    }
+  }
+  EXPECT_EQ(bad_mask, 0) << "masked rows must be o = 0, lse = -inf exactly (and only those)";
+  e.o = rel_l2(got.o, ref.o);
+  e.lse = gl.empty() ? 0.0 : rel_l2(gl, rl);
+  return e;
+}
+
+void check_case(const AttnCase& c, std::uint64_t seed) {
+  SCOPED_TRACE(describe(c));
+  const AttnData d = make_attn_data(c, seed);
+  const AttnOut ref = attention_ref(c, d);
+  const AttnOut got = attention_gpu(c, d);
+  const Errors e = compare(got, ref, c.T * c.H, c.dv);
+  std::printf("attention %-58s o %.2e  lse %.2e  masked rows %lld\n", describe(c).c_str(), e.o, e.lse,
+              static_cast<long long>(e.masked_rows));
+  EXPECT_LE(e.o, 1e-2);
+  EXPECT_LE(e.lse, 1e-4);
+}
+
+TEST(AttentionCuda, SizesFullAndCausal) {
+  const std::int64_t sizes[] = {1, 7, 64, 200, 1000};
+  std::uint64_t seed = 100;
+  for (std::int64_t T : sizes)
+    for (std::int64_t S : sizes) {
+      check_case({T, S, 4, 2, 48, 32, false, 0}, seed += 3);
+      check_case({T, S, 4, 2, 48, 32, true, S - T}, seed += 3);
+    }
+}
+
+TEST(AttentionCuda, HeadsAndDims) {
+  // (d_qk, d_v): the MLA test dims, every instantiated bucket (32, 64, 128, 192, 256), and dims that are not
+  // multiples of 8 (synchronous-load path, zero padding inside the 16-wide mma steps).
+  const std::int64_t dims[][2] = {{32, 32}, {48, 128},  {192, 128}, {32, 128}, {192, 32},
+                                  {64, 64}, {128, 128}, {256, 256}, {20, 100}, {200, 56}};
+  const std::int64_t heads[][2] = {{4, 2}, {8, 8}, {32, 8}};
+  std::uint64_t seed = 1000;
+  for (const auto& hd : heads)
+    for (const auto& dd : dims) {
+      check_case({200, 1000, hd[0], hd[1], dd[0], dd[1], true, 800}, seed += 3);
+      check_case({64, 200, hd[0], hd[1], dd[0], dd[1], false, 0}, seed += 3);
+    }
+}
+
+TEST(AttentionCuda, CausalOffsets) {
+  const std::int64_t shapes[][2] = {{200, 64}, {64, 200}, {7, 1000}, {1000, 7}, {130, 130}};
+  std::uint64_t seed = 5000;
+  for (const auto& ts : shapes) {
+    const std::int64_t T = ts[0], S = ts[1];
+    // 0, the prefill chunk, negative (leading rows see nothing; -70 masks more than a 64-row tile), every row
+    // masked, beyond S (every row sees every key).
+    const std::int64_t offsets[] = {0, S - T, -5, -70, -(T + 3), S + 10};
+    for (std::int64_t off : offsets) {
+      const AttnCase c{T, S, 8, 8, 48, 32, true, off};
+      SCOPED_TRACE(describe(c));
+      const AttnData d = make_attn_data(c, seed += 3);
+      const AttnOut ref = attention_ref(c, d);
+      const AttnOut got = attention_gpu(c, d);
+      const Errors e = compare(got, ref, c.T * c.H, c.dv);
+      const std::int64_t expect_masked = std::min<std::int64_t>(std::max<std::int64_t>(-off, 0), T) * c.H;
+      std::printf("attention %-58s o %.2e  lse %.2e  masked rows %lld\n", describe(c).c_str(), e.o, e.lse,
+                  static_cast<long long>(e.masked_rows));
+      EXPECT_EQ(e.masked_rows, expect_masked);
+      EXPECT_LE(e.o, 1e-2);
+      EXPECT_LE(e.lse, 1e-4);
+    }
+  }
+}
+
+// q with a padded row stride, k and v as views into one fused [S, KV, dk + dv] buffer (the decompressed MLA
+// layout): head strides and row strides set; once with every dim a multiple of 8 (asynchronous copies), once
+// with odd dims and an odd q stride (synchronous path).
+TEST(AttentionCuda, StridedViews) {
+  struct Shape {
+    std::int64_t dqk, dv, q_pad;
+  };
+  const Shape shapes[] = {{40, 24, 8}, {36, 20, 5}};
+  std::uint64_t seed = 7000;
+  for (const Shape& sh : shapes) {
+    const AttnCase c{100, 300, 8, 2, sh.dqk, sh.dv, true, 200};
+    SCOPED_TRACE(describe(c) + " q_pad=" + std::to_string(sh.q_pad));
+    const std::int64_t q_rs = c.H * c.dqk + sh.q_pad, kv_hs = c.dqk + c.dv, kv_rs = c.KV * kv_hs;
+    const auto qbuf = round_bf16(random_vector(c.T * q_rs, seed += 3));
+    const auto kvbuf = round_bf16(random_vector(c.S * kv_rs, seed += 3));
+    AttnData d;
+    for (std::int64_t t = 0; t < c.T; ++t)
+      for (std::int64_t i = 0; i < c.H * c.dqk; ++i) d.q.push_back(qbuf[static_cast<std::size_t>(t * q_rs + i)]);
+    for (std::int64_t s = 0; s < c.S; ++s)
+      for (std::int64_t h = 0; h < c.KV; ++h) {
+        const float* row = kvbuf.data() + s * kv_rs + h * kv_hs;
+        d.k.insert(d.k.end(), row, row + c.dqk);
+        d.v.insert(d.v.end(), row + c.dqk, row + kv_hs);
+      }
+    const AttnOut ref = attention_ref(c, d);
+
+    DeviceBuffer<__nv_bfloat16> dq(to_bf16(qbuf)), dkv(to_bf16(kvbuf));
+    DeviceBuffer<float> o(std::vector<float>(static_cast<std::size_t>(c.T * c.H * c.dv), kNaN));
+    DeviceBuffer<float> lse(std::vector<float>(static_cast<std::size_t>(c.T * c.H), kNaN));
+    kernels::AttentionCudaParams p = cuda_params(c);
+    p.q = dq.get();
+    p.q_row_stride = q_rs;
+    p.k = dkv.get();
+    p.k_row_stride = kv_rs;
+    p.k_head_stride = kv_hs;
+    p.v = dkv.get() + c.dqk;
+    p.v_row_stride = kv_rs;
+    p.v_head_stride = kv_hs;
+    p.o = o.get();
+    p.lse = lse.get();
+    kernels::attention_cuda(p, nullptr);
+    HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+    const AttnOut got{o.download(), lse.download()};
+    const Errors e = compare(got, ref, c.T * c.H, c.dv);
+    std::printf("attention strided %-50s o %.2e  lse %.2e\n", describe(c).c_str(), e.o, e.lse);
+    EXPECT_LE(e.o, 1e-2);
+    EXPECT_LE(e.lse, 1e-4);
+  }
+}
+
+TEST(AttentionCuda, NoKeysAndNoQueries) {
+  // S == 0: every row is (0, -inf), causal or not.
+  for (bool causal : {false, true}) {
+    const AttnCase c{70, 0, 4, 2, 32, 32, causal, 0};
+    const AttnData d = make_attn_data(c, 9000);
+    const AttnOut got = attention_gpu(c, d);
+    std::int64_t bad = 0;
+    for (float x : got.o) bad += x != 0.0f;
+    for (float x : got.lse) bad += x != kNegInf;
+    EXPECT_EQ(bad, 0) << "S = 0 must give o = 0, lse = -inf";
+  }
+  // T == 0 is a no-op (no launch, no error) even with null pointers.
+  kernels::AttentionCudaParams p = cuda_params({0, 10, 4, 2, 32, 32, true, 0});
+  EXPECT_NO_THROW(kernels::attention_cuda(p, nullptr));
+  HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+  // Unsupported sizes are refused.
+  kernels::AttentionCudaParams bad_dim = cuda_params({4, 10, 4, 2, 300, 32, false, 0});
+  EXPECT_THROW(kernels::attention_cuda(bad_dim, nullptr), std::invalid_argument);
+  kernels::AttentionCudaParams bad_heads = cuda_params({4, 10, 6, 4, 32, 32, false, 0});
+  EXPECT_THROW(kernels::attention_cuda(bad_heads, nullptr), std::invalid_argument);
+}
+
+// The context-parallel identity: attention over keys [0, S1) and over [S1, S), merged, equals attention over
+// [0, S). Causal splits put -inf on one side for some rows (both orders of the merge are exercised: b masked and
+// a masked), and q_offset < 0 makes rows masked on both sides.
+TEST(AttentionCuda, MergeOfKeySplitsEqualsOneCall) {
+  const std::int64_t T = 200, S = 1000, H = 8, KV = 2, dqk = 48, dv = 32;
+  struct Split {
+    std::int64_t q_offset, s1;
+  };
+  const Split splits[] = {{800, 700}, {800, 900}, {800, 64}, {-50, 100}, {300, 333}};
+  std::uint64_t seed = 11000;
+  for (const Split& sp : splits) {
+    const AttnCase full{T, S, H, KV, dqk, dv, true, sp.q_offset};
+    SCOPED_TRACE(describe(full) + " split at " + std::to_string(sp.s1));
+    const AttnData d = make_attn_data(full, seed += 3);
+    const AttnOut ref = attention_ref(full, d);
+    const AttnOut one = attention_gpu(full, d);
+
+    // The two key ranges as separate calls (part b: keys shifted by s1, so q_offset - s1).
+    const AttnCase ca{T, sp.s1, H, KV, dqk, dv, true, sp.q_offset};
+    const AttnCase cb{T, S - sp.s1, H, KV, dqk, dv, true, sp.q_offset - sp.s1};
+    AttnData da{d.q, {d.k.begin(), d.k.begin() + sp.s1 * KV * dqk}, {d.v.begin(), d.v.begin() + sp.s1 * KV * dv}};
+    AttnData db{d.q, {d.k.begin() + sp.s1 * KV * dqk, d.k.end()}, {d.v.begin() + sp.s1 * KV * dv, d.v.end()}};
+    const AttnOut pa = attention_gpu(ca, da), pb = attention_gpu(cb, db);
+
+    for (int order = 0; order < 2; ++order) {
+      const AttnOut& first = order == 0 ? pa : pb;
+      const AttnOut& second = order == 0 ? pb : pa;
+      DeviceBuffer<float> oa(first.o), la(first.lse), ob(second.o), lb(second.lse);
+      kernels::merge_attention_partials_cuda(T * H, dv, oa.get(), la.get(), ob.get(), lb.get(), nullptr);
+      HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+      const AttnOut merged{oa.download(), la.download()};
+      const Errors vs_cpu = compare(merged, ref, T * H, dv);
+      const Errors vs_one = compare(merged, one, T * H, dv);
+      std::printf("merge q_offset %5lld split %4lld order %d: vs CPU o %.2e lse %.2e | vs one call o %.2e lse %.2e\n",
+                  static_cast<long long>(sp.q_offset), static_cast<long long>(sp.s1), order, vs_cpu.o, vs_cpu.lse,
+                  vs_one.o, vs_one.lse);
+      EXPECT_LE(vs_cpu.o, 1e-2);
+      EXPECT_LE(vs_cpu.lse, 1e-4);
+      // Same kernel on both sides; only the bf16 rounding of P differs (other running maxima).
+      EXPECT_LE(vs_one.o, 1e-2);
+      EXPECT_LE(vs_one.lse, 1e-5);
+    }
+  }
+}
+
+// The merge alone against merge_attention_partials_cpu, with -inf on either side, both, or neither.
+TEST(AttentionCuda, MergeMatchesCpu) {
+  const std::int64_t rows = 1001, dv = 100;
+  auto oa = random_vector(rows * dv, 12000), ob = random_vector(rows * dv, 12001);
+  auto la = random_vector(rows, 12002, 3.0f), lb = random_vector(rows, 12003, 3.0f);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    if (r % 5 == 0) la[static_cast<std::size_t>(r)] = kNegInf;
+    if (r % 7 == 0) lb[static_cast<std::size_t>(r)] = kNegInf;
+    if (r % 11 == 0) lb[static_cast<std::size_t>(r)] = la[static_cast<std::size_t>(r)] + 30.0f;  // far apart
+  }
+  // A partial with lse = -inf has o = 0 (what attention produces).
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < dv; ++c) {
+      if (la[static_cast<std::size_t>(r)] == kNegInf) oa[static_cast<std::size_t>(r * dv + c)] = 0.0f;
+      if (lb[static_cast<std::size_t>(r)] == kNegInf) ob[static_cast<std::size_t>(r * dv + c)] = 0.0f;
+    }
+  std::vector<float> ro = oa, rl = la;
+  kernels::merge_attention_partials_cpu(rows, dv, ro.data(), rl.data(), ob.data(), lb.data());
+  DeviceBuffer<float> doa(oa), dla(la), dob(ob), dlb(lb);
+  kernels::merge_attention_partials_cuda(rows, dv, doa.get(), dla.get(), dob.get(), dlb.get(), nullptr);
+  HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+  const AttnOut got{doa.download(), dla.download()};
+  const Errors e = compare(got, {ro, rl}, rows, dv);
+  std::printf("merge vs merge_attention_partials_cpu: o %.2e lse %.2e, %lld rows -inf on both sides\n", e.o, e.lse,
+              static_cast<long long>(e.masked_rows));
+  EXPECT_GT(e.masked_rows, 0);
+  EXPECT_LE(e.o, 1e-6);
+  EXPECT_LE(e.lse, 1e-6);
+}
+
+// Verifies the last 64 query rows against the CPU (cheap), then times a causal prefill-sized call.
+TEST(AttentionCuda, ThroughputReport) {
+  const std::int64_t L = 16384, H = 16, KV = 8, d = 128;
+  const AttnCase c{L, L, H, KV, d, d, true, 0};
+  const AttnData data = make_attn_data(c, 13000);
+  DeviceBuffer<__nv_bfloat16> dq(to_bf16(data.q)), dk(to_bf16(data.k)), dv(to_bf16(data.v));
+  DeviceBuffer<float> o(L * H * d), lse(L * H);
+  kernels::AttentionCudaParams p = cuda_params(c);
+  p.q = dq.get();
+  p.k = dk.get();
+  p.v = dv.get();
+  p.o = o.get();
+  p.lse = lse.get();
+  kernels::attention_cuda(p, nullptr);
+  HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+  {
+    const std::int64_t tail = 64;
+    const AttnCase ct{tail, L, H, KV, d, d, true, L - tail};
+    AttnData dt{{data.q.end() - tail * H * d, data.q.end()}, data.k, data.v};
+    const AttnOut ref = attention_ref(ct, dt);
+    const auto all_o = o.download();
+    const auto all_l = lse.download();
+    const AttnOut got{{all_o.end() - tail * H * d, all_o.end()}, {all_l.end() - tail * H, all_l.end()}};
+    const Errors e = compare(got, ref, tail * H, d);
+    EXPECT_LE(e.o, 1e-2);
+    EXPECT_LE(e.lse, 1e-4);
+  }
+  cudaEvent_t t0, t1;
+  HYLO_CUDA_CHECK(cudaEventCreate(&t0));
+  HYLO_CUDA_CHECK(cudaEventCreate(&t1));
+  constexpr int kReps = 10;
+  HYLO_CUDA_CHECK(cudaEventRecord(t0));
+  for (int i = 0; i < kReps; ++i) kernels::attention_cuda(p, nullptr);
+  HYLO_CUDA_CHECK(cudaEventRecord(t1));
+  HYLO_CUDA_CHECK(cudaEventSynchronize(t1));
+  float ms = 0;
+  HYLO_CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+  ms /= kReps;
+  cudaDeviceProp prop{};
+  HYLO_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  // FLOPs counted as in docs PERFORMANCE.md: 4 * L^2 * heads * d / 2 for causal.
+  const double flops = 4.0 * static_cast<double>(L) * L * H * d / 2.0;
+  std::printf("attention causal L=%lld heads %lld/%lld d %lld on %s: %.3f ms, %.1f TFLOP/s (4 L^2 H d / 2)\n",
+              static_cast<long long>(L), static_cast<long long>(H), static_cast<long long>(KV),
+              static_cast<long long>(d), prop.name, ms, flops / (ms * 1e-3) / 1e12);
+  HYLO_CUDA_CHECK(cudaEventDestroy(t0));
+  HYLO_CUDA_CHECK(cudaEventDestroy(t1));
+  EXPECT_GT(ms, 0.0f);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// MLA decode
+
+struct MlaCase {
+  std::int64_t S, H, r, dr, T, split;  // split 0: the default
+};
+
+std::string describe(const MlaCase& c) {
+  return "S=" + std::to_string(c.S) + " nH=" + std::to_string(c.H) + " r=" + std::to_string(c.r) +
+         " dr=" + std::to_string(c.dr) + " T=" + std::to_string(c.T) +
+         (c.split > 0 ? " split=" + std::to_string(c.split) : "");
+}
+
+struct MlaQueries {
+  std::vector<float> q_lat, q_pe;  // fp32 (not rounded: the op takes fp32 queries)
+};
+
+MlaQueries make_queries(const MlaCase& c, std::uint64_t seed) {
+  return {random_vector(c.T * c.H * c.r, seed), random_vector(c.T * c.H * c.dr, seed + 1)};
+}
+
+float mla_scale(const MlaCase& c) { return 1.0f / std::sqrt(static_cast<float>(c.r + c.dr)); }
+
+AttnOut mla_ref(const MlaCase& c, const MlaQueries& q, const std::vector<float>& cache) {
+  AttnOut r{std::vector<float>(static_cast<std::size_t>(c.T * c.H * c.r)),
+            std::vector<float>(static_cast<std::size_t>(c.T * c.H))};
+  kernels::MlaDecodeParams p;
+  p.T = c.T;
+  p.S = c.S;
+  p.n_heads = c.H;
+  p.kv_lora_rank = c.r;
+  p.rope_dim = c.dr;
+  p.q_lat = q.q_lat.data();
+  p.q_pe = q.q_pe.data();
+  p.cache = cache.data();
+  p.o_lat = r.o.data();
+  p.lse = r.lse.data();
+  p.scale = mla_scale(c);
+  p.split_tokens = c.split;
+  kernels::mla_decode_cpu(p);
+  return r;
+}
+
+// Runs mla_decode_cuda with its own workspace (filled with 0xFF bytes: NaN, so stale contents would show).
+AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_bfloat16>& cache,
+                std::int64_t cache_row_stride = 0) {
+  DeviceBuffer<float> dql(q.q_lat), dqp(q.q_pe);
+  DeviceBuffer<float> o(std::vector<float>(static_cast<std::size_t>(c.T * c.H * c.r), kNaN));
+  DeviceBuffer<float> lse(std::vector<float>(static_cast<std::size_t>(c.T * c.H), kNaN));
+  kernels::MlaDecodeCudaParams p;
+  p.T = c.T;
+  p.S = c.S;
+  p.n_heads = c.H;
+  p.kv_lora_rank = c.r;
+  p.rope_dim = c.dr;
+  p.q_lat = dql.get();
+  p.q_pe = dqp.get();
+  p.cache = cache.get();
+  p.cache_row_stride = cache_row_stride;
+  p.o_lat = o.get();
+  p.lse = lse.get();
+  p.scale = mla_scale(c);
+  p.split_tokens = c.split;
+  const std::int64_t ws_bytes = kernels::mla_decode_cuda_workspace_bytes(p);
+  DeviceBuffer<float> ws((ws_bytes + 3) / 4);
+  if (ws.size() > 0) HYLO_CUDA_CHECK(cudaMemset(ws.get(), 0xFF, ws.bytes()));
+  p.workspace = ws.get();
+  p.workspace_bytes = static_cast<std::int64_t>(ws.bytes());
+  kernels::mla_decode_cuda(p, nullptr);
+  HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+  return {o.download(), lse.download()};
+}
+
+void check_mla(const MlaCase& c, const MlaQueries& q, const std::vector<float>& cache,
+               const DeviceBuffer<__nv_bfloat16>& dcache) {
+  SCOPED_TRACE(describe(c));
+  const AttnOut ref = mla_ref(c, q, cache);
+  const AttnOut got = mla_gpu(c, q, dcache);
+  const Errors e = compare(got, ref, c.T * c.H, c.r);
+  std::printf("mla_decode %-46s o_lat %.2e  lse %.2e\n", describe(c).c_str(), e.o, e.lse);
+  // Query t sits at S - T + t: with T > S the first T - S queries see no key at all.
+  EXPECT_EQ(e.masked_rows, std::max<std::int64_t>(c.T - c.S, 0) * c.H);
+  EXPECT_LE(e.o, 1e-2);
+  EXPECT_LE(e.lse, 1e-3);
+}
+
+TEST(MlaDecodeCuda, MatchesCpu) {
+  const std::int64_t lengths[] = {1, 100, 4097, 70000};
+  const std::int64_t ranks[][2] = {{32, 16}, {32, 64}, {256, 16}, {256, 64}, {512, 16}, {512, 64}};
+  std::uint64_t seed = 20000;
+  for (std::int64_t S : lengths)
+    for (const auto& rd : ranks) {
+      const std::int64_t r = rd[0], dr = rd[1];
+      const auto cache = round_bf16(random_vector(S * (r + dr), seed += 7));
+      const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(cache));
+      for (std::int64_t H : {4, 16})
+        for (std::int64_t T : {1, 2}) {
+          const MlaCase c{S, H, r, dr, T, 0};
+          check_mla(c, make_queries(c, seed += 7), cache, dcache);
+        }
+    }
+}
+
+// More rows than one block takes (32, or 16 at r = 512): several row groups, a partial last group.
+TEST(MlaDecodeCuda, ManyRows) {
+  const MlaCase cases[] = {
+      {4097, 32, 512, 64, 2, 0}, {4097, 32, 256, 64, 1, 0}, {3000, 16, 256, 64, 3, 0}, {999, 24, 128, 64, 3, 0}};
+  std::uint64_t seed = 30000;
+  for (const MlaCase& c : cases) {
+    const auto cache = round_bf16(random_vector(c.S * (c.r + c.dr), seed += 7));
+    const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(cache));
+    check_mla(c, make_queries(c, seed += 7), cache, dcache);
+  }
+}
+
+// Tiny and odd splits (the CPU uses the same split): partial tiles, thousands of partials, and with T > 1 a last
+// split that the first query cannot see (a -inf partial in the merge).
+TEST(MlaDecodeCuda, SmallSplitsAndMaskedPartials) {
+  const std::int64_t S = 4097, r = 256, dr = 64;
+  const auto cache = round_bf16(random_vector(S * (r + dr), 40000));
+  const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(cache));
+  std::uint64_t seed = 40001;
+  for (std::int64_t split : {1, 64, 100, 4096})
+    for (std::int64_t T : {1, 2, 3}) {
+      const MlaCase c{S, 16, r, dr, T, split};
+      check_mla(c, make_queries(c, seed += 7), cache, dcache);
+    }
+}
+
+// A cache with a row stride (the op reads only [c | k_pe] of each row): odd stride (synchronous loads) and a
+// stride that keeps 16-byte alignment.
+TEST(MlaDecodeCuda, StridedCache) {
+  std::uint64_t seed = 50000;
+  for (std::int64_t pad : {3, 8}) {
+    const MlaCase c{1000, 4, 32, 16, 2, 0};
+    SCOPED_TRACE(describe(c) + " pad=" + std::to_string(pad));
+    const std::int64_t stride = c.r + c.dr + pad;
+    const auto padded = round_bf16(random_vector(c.S * stride, seed += 7));
+    std::vector<float> cache;
+    for (std::int64_t s = 0; s < c.S; ++s)
+      cache.insert(cache.end(), padded.begin() + s * stride, padded.begin() + s * stride + c.r + c.dr);
+    const MlaQueries q = make_queries(c, seed += 7);
+    const AttnOut ref = mla_ref(c, q, cache);
+    const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(padded));
+    const AttnOut got = mla_gpu(c, q, dcache, stride);
+    const Errors e = compare(got, ref, c.T * c.H, c.r);
+    std::printf("mla_decode strided %-38s o_lat %.2e  lse %.2e\n",
+                (describe(c) + " stride " + std::to_string(stride)).c_str(), e.o, e.lse);
+    EXPECT_LE(e.o, 1e-2);
+    EXPECT_LE(e.lse, 1e-3);
+  }
+}
+
+TEST(MlaDecodeCuda, DeterministicBitwise) {
+  const MlaCase c{70000, 16, 512, 64, 2, 0};
+  const auto cache = to_bf16(random_vector(c.S * (c.r + c.dr), 60000));
+  const DeviceBuffer<__nv_bfloat16> dcache(cache);
+  const MlaQueries q = make_queries(c, 60001);
+  const AttnOut a = mla_gpu(c, q, dcache), b = mla_gpu(c, q, dcache);
+  EXPECT_EQ(count_nonfinite(a.o), 0);
+  ASSERT_EQ(a.o.size(), b.o.size());
+  EXPECT_EQ(std::memcmp(a.o.data(), b.o.data(), a.o.size() * sizeof(float)), 0) << "o_lat differs between runs";
+  EXPECT_EQ(std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)), 0) << "lse differs between runs";
+}
+
+TEST(MlaDecodeCuda, EmptyCacheAndBadArguments) {
+  // S == 0: no workspace needed, o_lat = 0, lse = -inf.
+  const MlaCase c{0, 4, 32, 16, 1, 0};
+  const DeviceBuffer<__nv_bfloat16> empty;
+  const AttnOut got = mla_gpu(c, make_queries(c, 70000), empty);
+  std::int64_t bad = 0;
+  for (float x : got.o) bad += x != 0.0f;
+  for (float x : got.lse) bad += x != kNegInf;
+  EXPECT_EQ(bad, 0) << "S = 0 must give o_lat = 0, lse = -inf";
+
+  kernels::MlaDecodeCudaParams p;
+  p.T = 1;
+  p.S = 1000;
+  p.n_heads = 4;
+  p.kv_lora_rank = 32;
+  p.rope_dim = 16;
+  const std::int64_t need = kernels::mla_decode_cuda_workspace_bytes(p);
+  const std::int64_t n_split =
+      (1000 + kernels::mla_decode_cuda_default_split(1000) - 1) / kernels::mla_decode_cuda_default_split(1000);
+  EXPECT_EQ(need, n_split * 4 * 33 * 4);
+  DeviceBuffer<float> small(need / 4 - 1);
+  p.workspace = small.get();
+  p.workspace_bytes = static_cast<std::int64_t>(small.bytes());
+  EXPECT_THROW(kernels::mla_decode_cuda(p, nullptr), std::invalid_argument);
+  p.kv_lora_rank = 513;
+  EXPECT_THROW(kernels::mla_decode_cuda(p, nullptr), std::invalid_argument);
+}
+
+// Verifies at 1M tokens (lse and o_lat against the CPU), then times the op and reports the cache bandwidth.
+TEST(MlaDecodeCuda, BandwidthReport) {
+  const std::int64_t S = std::int64_t{1} << 20;
+  cudaDeviceProp prop{};
+  HYLO_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  const MlaCase cases[] = {
+      {S, 16, 512, 64, 1, 0}, {S, 32, 512, 64, 1, 0}, {S, 16, 256, 64, 1, 0}, {S, 32, 256, 64, 1, 0}};
+  for (const MlaCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    // Cheap deterministic cache (an LCG; normal-distributed values would take seconds per case to draw).
+    std::vector<float> cache(static_cast<std::size_t>(S * (c.r + c.dr)));
+    std::uint64_t x = 88172645463325252ull;
+    for (float& v : cache) {
+      x = x * 6364136223846793005ull + 1442695040888963407ull;
+      v = static_cast<float>(static_cast<std::int64_t>(x >> 40) - (std::int64_t{1} << 23)) / (1 << 22);
+    }
+    cache = round_bf16(cache);
+    const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(cache));
+    const MlaQueries q = make_queries(c, 80000);
+    const AttnOut ref = mla_ref(c, q, cache);
+
+    DeviceBuffer<float> dql(q.q_lat), dqp(q.q_pe), o(c.T * c.H * c.r), lse(c.T * c.H);
+    kernels::MlaDecodeCudaParams p;
+    p.T = c.T;
+    p.S = c.S;
+    p.n_heads = c.H;
+    p.kv_lora_rank = c.r;
+    p.rope_dim = c.dr;
+    p.q_lat = dql.get();
+    p.q_pe = dqp.get();
+    p.cache = dcache.get();
+    p.o_lat = o.get();
+    p.lse = lse.get();
+    p.scale = mla_scale(c);
+    DeviceBuffer<float> ws((kernels::mla_decode_cuda_workspace_bytes(p) + 3) / 4);
+    p.workspace = ws.get();
+    p.workspace_bytes = static_cast<std::int64_t>(ws.bytes());
+    kernels::mla_decode_cuda(p, nullptr);
+    HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+    const Errors e = compare({o.download(), lse.download()}, ref, c.T * c.H, c.r);
+    EXPECT_LE(e.o, 1e-2);
+    EXPECT_LE(e.lse, 1e-3);
+
+    cudaEvent_t t0, t1;
+    HYLO_CUDA_CHECK(cudaEventCreate(&t0));
+    HYLO_CUDA_CHECK(cudaEventCreate(&t1));
+    constexpr int kReps = 20;
+    HYLO_CUDA_CHECK(cudaEventRecord(t0));
+    for (int i = 0; i < kReps; ++i) kernels::mla_decode_cuda(p, nullptr);
+    HYLO_CUDA_CHECK(cudaEventRecord(t1));
+    HYLO_CUDA_CHECK(cudaEventSynchronize(t1));
+    float ms = 0;
+    HYLO_CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+    ms /= kReps;
+    const double bytes = static_cast<double>(S) * (c.r + c.dr) * 2;  // cache bytes read once
+    std::printf("mla_decode %-40s on %s: o_lat %.1e lse %.1e, %.3f ms, %.0f GB/s of cache (S*(r+dr)*2 bytes)\n",
+                describe(c).c_str(), prop.name, e.o, e.lse, ms, bytes / (ms * 1e-3) / 1e9);
+    HYLO_CUDA_CHECK(cudaEventDestroy(t0));
+    HYLO_CUDA_CHECK(cudaEventDestroy(t1));
+    EXPECT_GT(ms, 0.0f);
+  }
+}
+
+}  // namespace
+}  // namespace hylo
+
+HYLO_GPU_TEST_MAIN()
