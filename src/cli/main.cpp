@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/bench.h"
 #include "cli/generate.h"
 #include "cli/tokenize.h"
 #include "common/error.h"
@@ -275,6 +276,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"zigzag", "contiguous"}))->capture_default_str();
 
   add_tokenize_command(app);
+  BenchArgs ba;
+  add_bench_command(app, ba);
   auto* presets = app.add_subcommand("presets", "List the built-in model presets");
 
   try {
@@ -294,6 +297,7 @@ int main(int argc, char** argv) {
     if (auto rc = run_tokenize_if_selected()) return *rc;
     if (*make) return run_make_checkpoint(ma);
     if (*gen) return run_generate(ga);
+    if (app.got_subcommand("bench")) return run_bench(ba);
     if (*presets) {
       for (const auto& n : preset_names()) std::cout << n << "\n";
       return 0;

@@ -87,6 +87,56 @@ struct CudaEngine::Impl {
   DBuf<float> x, f1, f2, f3, f4, f5, f6, f7, f8, lse, lse_b, ob, logits;
   DBuf<bf16> h, b1, b2, kvb, K, V;
   DBuf<float> dec_part;  // mla decode workspace
+  // Profiling: events recorded around ops while on; resolved into seconds per category after each sync.
+  bool profiling = false;
+  std::vector<std::pair<std::string, double>> op_seconds;
+  struct Mark {
+    std::size_t category;
+    cudaEvent_t start, stop;
+  };
+  std::vector<Mark> marks;
+  std::vector<cudaEvent_t> free_events;
+  cudaEvent_t event() {
+    if (free_events.empty()) {
+      cudaEvent_t e;
+      HYLO_CUDA_CHECK(cudaEventCreate(&e));
+      return e;
+    }
+    cudaEvent_t e = free_events.back();
+    free_events.pop_back();
+    return e;
+  }
+  std::size_t category(const char* name) {
+    for (std::size_t i = 0; i < op_seconds.size(); ++i) {
+      if (op_seconds[i].first == name) return i;
+    }
+    op_seconds.emplace_back(name, 0.0);
+    return op_seconds.size() - 1;
+  }
+  // Runs fn, timed under `name` when profiling.
+  template <class F>
+  void timed(const char* name, F&& fn) {
+    if (!profiling) {
+      fn();
+      return;
+    }
+    Mark m{category(name), event(), event()};
+    HYLO_CUDA_CHECK(cudaEventRecord(m.start, stream));
+    fn();
+    HYLO_CUDA_CHECK(cudaEventRecord(m.stop, stream));
+    marks.push_back(m);
+  }
+  // After a stream sync: adds the recorded intervals and recycles the events.
+  void collect() {
+    for (const Mark& m : marks) {
+      float ms = 0;
+      HYLO_CUDA_CHECK(cudaEventElapsedTime(&ms, m.start, m.stop));
+      op_seconds[m.category].second += ms * 1e-3;
+      free_events.push_back(m.start);
+      free_events.push_back(m.stop);
+    }
+    marks.clear();
+  }
 };
 
 std::string CudaMemoryPlan::describe() const {
@@ -286,8 +336,21 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& w, std::int64_t c
 }
 
 CudaEngine::~CudaEngine() {
-  if (impl_ && impl_->stream) cudaStreamDestroy(impl_->stream);
+  if (!impl_) return;
+  for (auto e : impl_->free_events) cudaEventDestroy(e);
+  for (const auto& m : impl_->marks) {
+    cudaEventDestroy(m.start);
+    cudaEventDestroy(m.stop);
+  }
+  if (impl_->stream) cudaStreamDestroy(impl_->stream);
 }
+
+void CudaEngine::set_profiling(bool on) {
+  impl_->profiling = on;
+  impl_->op_seconds.clear();
+}
+
+std::vector<std::pair<std::string, double>> CudaEngine::op_seconds() const { return impl_->op_seconds; }
 
 std::string CudaEngine::device_name() const {
   cudaDeviceProp p{};
@@ -351,7 +414,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
     p.y_stride = y_stride;
     p.y_bf16 = y_bf16;
     p.accumulate = accumulate;
-    m.lt.linear(p, st);
+    m.timed("gemm", [&] { m.lt.linear(p, st); });
   };
   auto rmsnorm = [&](const float* x, std::int64_t rows, std::int64_t dim, const DBuf<float>& w, void* y, bool y_bf16,
                      std::int64_t x_stride = 0, std::int64_t y_stride = 0) {
@@ -365,7 +428,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
     p.y_stride = y_stride;
     p.y_bf16 = y_bf16;
     p.eps = eps;
-    k::rmsnorm_cuda(p, st);
+    m.timed("norm + elementwise", [&] { k::rmsnorm_cuda(p, st); });
   };
   auto copy_cols = [&](const float* src, std::int64_t rows, std::int64_t stride, std::int64_t col, std::int64_t width,
                        float* dst) {
@@ -420,7 +483,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
           float* q_lat = m.f4.get();
           float* q_pe = m.f5.get();
           float* o_lat = m.f6.get();
-          k::mla_absorb_q_cuda(shape, 1, q, L.mla.kv_b.get(), q_lat, q_pe, st);
+          m.timed("mla decode", [&] { k::mla_absorb_q_cuda(shape, 1, q, L.mla.kv_b.get(), q_lat, q_pe, st); });
           k::MlaDecodeCudaParams p;
           p.T = 1;
           p.S = Sk;
@@ -435,8 +498,10 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
           p.scale = m.softmax_scale;
           p.workspace = m.dec_part.get();
           p.workspace_bytes = static_cast<std::int64_t>(m.dec_part.bytes());
-          k::mla_decode_cuda(p, st);
-          k::mla_expand_o_cuda(shape, 1, o_lat, L.mla.kv_b.get(), m.b2.get(), st);
+          m.timed("mla decode", [&] {
+            k::mla_decode_cuda(p, st);
+            k::mla_expand_o_cuda(shape, 1, o_lat, L.mla.kv_b.get(), m.b2.get(), st);
+          });
         } else {
           // Decompressed prefill over blocks of cached latents, partials merged by LSE.
           k::convert_bf16_cuda(q, m.b1.get(), T * nH * dqk, st);
@@ -447,7 +512,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
             if (pos0 + T - 1 < b0) break;
             const std::int64_t n = std::min(B, Sk - b0);
             linear(cache + b0 * lat, n, L.mla.kv_b, nKV * (dn + dv), r, m.kvb.get(), true, false, lat);
-            k::mla_assemble_kv_cuda(shape, n, m.kvb.get(), cache + b0 * lat, m.K.get(), m.V.get(), st);
+            m.timed("attention", [&] { k::mla_assemble_kv_cuda(shape, n, m.kvb.get(), cache + b0 * lat, m.K.get(), m.V.get(), st); });
             k::AttentionCudaParams p;
             p.T = T;
             p.S = n;
@@ -463,8 +528,10 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
             p.scale = m.softmax_scale;
             p.causal = true;
             p.q_offset = pos0 - b0;
-            k::attention_cuda(p, st);
-            if (!first) k::merge_attention_partials_cuda(T * nH, dv, o, m.lse.get(), m.ob.get(), m.lse_b.get(), st);
+            m.timed("attention", [&] {
+              k::attention_cuda(p, st);
+              if (!first) k::merge_attention_partials_cuda(T * nH, dv, o, m.lse.get(), m.ob.get(), m.lse_b.get(), st);
+            });
             first = false;
           }
           k::convert_bf16_cuda(o, m.b2.get(), T * nH * dv, st);
@@ -491,7 +558,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
           p.state = S.conv.get();
           p.y = xbc;
           p.silu = true;
-          k::causal_conv1d_cuda(p, st);
+          m.timed("conv", [&] { k::causal_conv1d_cuda(p, st); });
         }
         float* xs = m.f3.get();
         float* Bs = m.f4.get();
@@ -517,7 +584,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
         p.D = L.mamba.D.get();
         p.state = S.ssm.get();
         p.y = y;
-        k::mamba2_scan_cuda(p, st);
+        m.timed("mamba2 scan", [&] { k::mamba2_scan_cuda(p, st); });
         k::GatedRmsNormCudaParams g;
         g.rows = T;
         g.dim = di;
@@ -530,7 +597,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
         g.y_bf16 = true;
         g.eps = 1e-5f;
         g.order = k::GateOrder::kGateThenNorm;
-        k::gated_rmsnorm_cuda(g, st);
+        m.timed("norm + elementwise", [&] { k::gated_rmsnorm_cuda(g, st); });
         linear(m.b2.get(), T, L.mamba.out, H, di, m.x.get(), false, true);
         break;
       }
@@ -562,7 +629,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
           p.state = state.get();
           p.y = out;
           p.silu = true;
-          k::causal_conv1d_cuda(p, st);
+          m.timed("conv", [&] { k::causal_conv1d_cuda(p, st); });
         };
         conv(q, L.gdn.q_conv, S.conv_q, Kd, qc);
         conv(kk, L.gdn.k_conv, S.conv_k, Kd, kc);
@@ -582,7 +649,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
         pp.dt_bias = L.gdn.dt_bias.get();
         pp.g = g;
         pp.beta = beta;
-        k::gdn_prepare_cuda(pp, st);
+        m.timed("gdn scan", [&] { k::gdn_prepare_cuda(pp, st); });
         float* o = m.f1.get();  // q is consumed by the conv
         k::GdnScanParams sp{};
         sp.T = T;
@@ -597,7 +664,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
         sp.beta = beta;
         sp.state = S.gdn.get();
         sp.o = o;
-        k::gdn_scan_cuda(sp, st);
+        m.timed("gdn scan", [&] { k::gdn_scan_cuda(sp, st); });
         k::GatedRmsNormCudaParams gn;
         gn.rows = T;
         gn.dim = Vd;
@@ -610,7 +677,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
         gn.y_bf16 = true;
         gn.eps = static_cast<float>(c.norm_eps);
         gn.order = k::GateOrder::kNormThenGate;
-        k::gated_rmsnorm_cuda(gn, st);
+        m.timed("norm + elementwise", [&] { k::gated_rmsnorm_cuda(gn, st); });
         linear(m.b2.get(), T, L.gdn.o, H, Vd, m.x.get(), false, true);
         break;
       }
@@ -627,7 +694,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
     sw.up = m.f2.get();
     sw.out = m.b1.get();
     sw.out_bf16 = true;
-    k::swiglu_cuda(sw, st);
+    m.timed("norm + elementwise", [&] { k::swiglu_cuda(sw, st); });
     linear(m.b1.get(), T, L.down, H, I, m.x.get(), false, true);
   }
   length_ += T;
@@ -643,6 +710,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
     }
   }
   HYLO_CUDA_CHECK(cudaStreamSynchronize(st));
+  m.collect();
 }
 
 }  // namespace hylo

@@ -61,6 +61,11 @@ class CudaEngine {
   // else [V] of the last token. Prompts longer than prefill_chunk are processed chunk by chunk.
   void forward(std::span<const std::int32_t> tokens, float* logits, bool all_logits);
 
+  // Per-op GPU time (CUDA events around every op, summed by category: gemm, attention, mla decode, mamba2 scan,
+  // gdn scan, conv, norm + elementwise; the LM head counts as gemm). Off by default; reset when turned on.
+  void set_profiling(bool on);
+  std::vector<std::pair<std::string, double>> op_seconds() const;
+
  private:
   struct Impl;
   void forward_chunk(std::span<const std::int32_t> tokens, float* logits, bool all_logits);

@@ -1,0 +1,305 @@
+#include "cli/bench.h"
+
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <optional>
+#include <random>
+
+#include "common/error.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "model/inspect.h"
+#include "model/model_weights.h"
+#include "model/presets.h"
+#include "model/weights.h"
+#include "runtime/engine.h"
+#include "runtime/sampler.h"
+#if HYLO_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "runtime/cuda_engine.h"
+#endif
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace hylo {
+
+std::int64_t parse_token_count(const std::string& text) {
+  std::int64_t mult = 1;
+  std::string digits = text;
+  if (!digits.empty() && (digits.back() == 'K' || digits.back() == 'k')) {
+    mult = 1024;
+    digits.pop_back();
+  } else if (!digits.empty() && (digits.back() == 'M' || digits.back() == 'm')) {
+    mult = 1024 * 1024;
+    digits.pop_back();
+  }
+  std::int64_t v = 0;
+  bool ok = !digits.empty() && digits.size() <= 9;
+  for (char c : digits) {
+    if (c < '0' || c > '9') ok = false;
+    else v = v * 10 + (c - '0');
+  }
+  if (!ok || v == 0) {
+    throw Error(ErrorKind::kUsage, "", "--prefill", "\"" + text + "\" is not a token count (examples: 8K, 1M, 1500)");
+  }
+  return v * mult;
+}
+
+void add_bench_command(CLI::App& app, BenchArgs& a) {
+  auto* b = app.add_subcommand("bench", "Prefill and decode throughput (verified against the CPU reference first)");
+  b->add_option("--preset", a.preset, "Model preset with random weights")->capture_default_str();
+  b->add_option("--model", a.model, "Checkpoint directory instead of a preset");
+  b->add_option("--device", a.device, "cuda or cpu")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  b->add_option("--prefill", a.prefill, "Prompt lengths, comma-separated (8K, 128K, 1M)")->delimiter(',')->capture_default_str();
+  b->add_option("--decode-steps", a.decode_steps, "Decode steps after each prefill")->capture_default_str();
+  b->add_option("--chunk-size", a.chunk_size, "Prefill chunk (tokens per pass)")->capture_default_str();
+  b->add_option("--verify-tokens", a.verify_tokens, "Tokens of the CPU-reference check (0: skip)")->capture_default_str();
+  b->add_option("--seed", a.seed, "Weight and prompt seed")->capture_default_str();
+  b->add_option("--peak-tflops", a.peak_tflops, "Dense bf16 peak for MFU (0: from the device name)");
+  b->add_option("--hbm-tbps", a.hbm_tbps, "HBM bandwidth for the decode floor in TB/s (0: from the device name)");
+  b->add_option("--json", a.json, "Write the results as JSON");
+  b->add_flag("!--no-profile", a.profile, "Skip the per-op time split");
+  b->add_option("--threads", a.threads, "CPU threads (0: all)")->capture_default_str();
+  b->callback([] {});
+}
+
+namespace {
+
+double since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::vector<std::int32_t> random_prompt(std::int64_t n, std::int64_t vocab, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<std::int32_t> d(0, static_cast<std::int32_t>(vocab - 1));
+  std::vector<std::int32_t> p(static_cast<std::size_t>(n));
+  for (auto& t : p) t = d(rng);
+  return p;
+}
+
+double rel_l2(const std::vector<float>& got, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    const double d = static_cast<double>(got[i]) - ref[i];
+    num += d * d;
+    den += static_cast<double>(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+// Bytes one decode step must read at `context` tokens: every weight once (bf16) plus the MLA latent cache.
+double decode_bytes(const Footprint& f, std::int64_t context) {
+  return 2.0 * static_cast<double>(f.parameters) + static_cast<double>(context) * static_cast<double>(f.kv_bytes_per_token) +
+         static_cast<double>(f.recurrent_state_bytes);
+}
+
+}  // namespace
+
+int run_bench(const BenchArgs& a) {
+  if (a.threads > 0) {
+    omp_set_num_threads(a.threads);
+    openblas_set_num_threads(a.threads);
+  }
+  if (a.decode_steps < 0 || a.chunk_size < 1 || a.verify_tokens < 0) {
+    throw Error(ErrorKind::kUsage, "", "bench", "--decode-steps and --verify-tokens must be >= 0, --chunk-size >= 1");
+  }
+  std::vector<std::int64_t> lengths;
+  for (const auto& s : a.prefill) lengths.push_back(parse_token_count(s));
+  const bool gpu = a.device == "cuda";
+#if !HYLO_WITH_CUDA
+  if (gpu) throw Error(ErrorKind::kUsage, "", "--device", "this hylo was built without CUDA; use --device cpu");
+#endif
+  // The model: a preset with random weights (rounded to bf16: what a bf16 checkpoint holds), or a checkpoint.
+  const auto t_load = std::chrono::steady_clock::now();
+  ModelConfig cfg;
+  ModelWeights weights;
+  WeightOptions wopt;
+  if (!a.model.empty()) {
+    cfg = load_model_config(a.model);
+    const auto ckpt = SafetensorsCheckpoint::open(a.model);
+    const auto bound = bind_weights(cfg, ckpt);
+    wopt = bound.options;
+    weights = load_model_weights(cfg, bound);
+  } else {
+    cfg = load_preset(a.preset);
+    wopt = options_from_config(cfg);
+    weights = random_model_weights(cfg, a.seed);
+  }
+  // The verification's yardstick: how far bf16 rounding of the weights alone moves this model's logits in the
+  // CPU engine (random initialisations can be badly conditioned; see docs/PERFORMANCE.md). Kept fp32 until then.
+  std::optional<ModelWeights> exact;
+  if (gpu && a.verify_tokens > 0) exact.emplace(weights);
+  round_weights_to_bf16(weights);
+  const Footprint fp = compute_footprint(cfg, wopt);
+  const std::string name = a.model.empty() ? a.preset : a.model;
+  spdlog::info("{}: {} parameters, weights ready in {:.1f} s", name, format_count(fp.parameters), since(t_load));
+  const std::int64_t V = cfg.vocab_size;
+  const std::int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  nlohmann::ordered_json out;
+  out["model"] = name;
+  out["parameters"] = fp.parameters;
+  out["device"] = a.device;
+  out["decode_steps"] = a.decode_steps;
+  out["chunk_size"] = a.chunk_size;
+  out["runs"] = nlohmann::json::array();
+
+#if HYLO_WITH_CUDA
+  std::optional<CudaEngine> engine;
+  std::string device_name = "cpu";
+  double peak = a.peak_tflops, hbm = a.hbm_tbps;
+  if (gpu) {
+    CudaEngineOptions o;
+    o.prefill_chunk = a.chunk_size;
+    engine.emplace(cfg, weights, longest + a.decode_steps + 1, o);
+    device_name = engine->device_name();
+    const bool h200 = device_name.find("H200") != std::string::npos;
+    const bool h100 = device_name.find("H100") != std::string::npos;
+    if (peak == 0 && (h100 || h200)) peak = 989.0;
+    if (hbm == 0) hbm = h200 ? 4.8 : (h100 ? 3.35 : 0.0);
+    spdlog::info("{}: GPU memory planned {}", device_name, engine->plan().describe());
+    out["gpu"] = device_name;
+    out["gpu_memory_planned_bytes"] = engine->plan().total();
+    std::size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) out["gpu_memory_used_bytes"] = total_b - free_b;
+    // Verify first: the same weights through the CPU reference on a short prompt (prefill + 2 decode steps).
+    if (a.verify_tokens > 0) {
+      const auto t_v = std::chrono::steady_clock::now();
+      const auto prompt = random_prompt(a.verify_tokens, V, a.seed + 1);
+      std::vector<float> lx;
+      {
+        CpuEngine fp32(cfg, std::move(*exact));
+        exact.reset();
+        SequenceState sx = fp32.new_sequence();
+        fp32.prefill(sx, prompt, 0, lx, false);
+      }
+      CpuEngine cpu(cfg, weights);
+      SequenceState st = cpu.new_sequence();
+      std::vector<float> ref, got(static_cast<std::size_t>(V));
+      cpu.prefill(st, prompt, 0, ref, false);
+      const double floor = rel_l2(ref, lx);
+      const double bound = std::max(2e-2, 1.25 * floor);
+      engine->forward(prompt, got.data(), false);
+      double worst = rel_l2(got, ref);
+      for (int i = 0; i < 2; ++i) {
+        const std::int32_t t = static_cast<std::int32_t>(Sampler(SamplingParams{}).sample(ref.data(), V));
+        cpu.forward(st, std::span<const std::int32_t>(&t, 1), ref.data(), false);
+        engine->forward(std::span<const std::int32_t>(&t, 1), got.data(), false);
+        worst = std::max(worst, rel_l2(got, ref));
+      }
+      std::printf("verify          %lld-token prefill + 2 decode steps vs the CPU reference on the same bf16 weights: "
+                  "logits rel L2 %.2e; bf16-weight floor of this model %.2e -> limit %.2e (%.1f s)\n",
+                  static_cast<long long>(a.verify_tokens), worst, floor, bound, since(t_v));
+      out["verify_rel_l2"] = worst;
+      out["verify_floor"] = floor;
+      if (!(worst <= bound)) {
+        throw Error(ErrorKind::kInternal, name, "bench",
+                    "the CUDA engine disagrees with the CPU reference (logits rel L2 " + std::to_string(worst) + " > " +
+                        std::to_string(bound) + "): not timing a wrong answer");
+      }
+      engine->reset();
+    }
+  }
+#else
+  std::string device_name = "cpu";
+  double peak = a.peak_tflops, hbm = a.hbm_tbps;
+#endif
+  std::optional<CpuEngine> cpu_engine;
+  if (!gpu) cpu_engine.emplace(cfg, weights);
+
+  std::printf("%-9s %10s %12s %10s %8s %12s %12s %10s\n", "prompt", "TTFT s", "prefill t/s", "TFLOP/s", "MFU",
+              "decode ms/t", "decode GB/s", "vs floor");
+  for (const std::int64_t L : lengths) {
+    const auto prompt = random_prompt(L, V, a.seed + 2 + static_cast<std::uint64_t>(L));
+    std::vector<float> logits(static_cast<std::size_t>(V));
+    double prefill_s = 0, decode_s = 0;
+    std::vector<std::pair<std::string, double>> split;
+#if HYLO_WITH_CUDA
+    if (gpu) {
+      engine->reset();
+      engine->set_profiling(a.profile);
+      const auto t0 = std::chrono::steady_clock::now();
+      engine->forward(prompt, logits.data(), false);
+      prefill_s = since(t0);
+      split = engine->op_seconds();
+      engine->set_profiling(false);
+      const auto t1 = std::chrono::steady_clock::now();
+      Sampler s(SamplingParams{});
+      for (std::int64_t i = 0; i < a.decode_steps; ++i) {
+        const std::int32_t t = s.sample(logits.data(), V);
+        engine->forward(std::span<const std::int32_t>(&t, 1), logits.data(), false);
+      }
+      decode_s = since(t1);
+    }
+#endif
+    if (!gpu) {
+      SequenceState st = cpu_engine->new_sequence();
+      std::vector<float> lg;
+      const auto t0 = std::chrono::steady_clock::now();
+      cpu_engine->prefill(st, prompt, a.chunk_size, lg, false);
+      prefill_s = since(t0);
+      const auto t1 = std::chrono::steady_clock::now();
+      Sampler s(SamplingParams{});
+      for (std::int64_t i = 0; i < a.decode_steps; ++i) {
+        const std::int32_t t = s.sample(lg.data(), V);
+        cpu_engine->forward(st, std::span<const std::int32_t>(&t, 1), lg.data(), false);
+      }
+      decode_s = since(t1);
+    }
+    const double flops = prefill_flops(cfg, fp, L);
+    const double tflops = flops / prefill_s / 1e12;
+    const double mfu = peak > 0 ? tflops / peak : 0;
+    const double ms = a.decode_steps > 0 ? 1e3 * decode_s / static_cast<double>(a.decode_steps) : 0;
+    const double bytes = decode_bytes(fp, L + a.decode_steps / 2);
+    const double gbs = ms > 0 ? bytes / (ms * 1e-3) / 1e9 : 0;
+    const double floor_ms = hbm > 0 ? bytes / (hbm * 1e12) * 1e3 : 0;
+    std::printf("%-9lld %10.3f %12.0f %10.1f %7.1f%% %12.3f %12.0f %9.2fx\n", static_cast<long long>(L), prefill_s,
+                static_cast<double>(L) / prefill_s, tflops, 100 * mfu, ms, gbs, floor_ms > 0 ? ms / floor_ms : 0.0);
+    nlohmann::ordered_json r;
+    r["prompt_tokens"] = L;
+    r["ttft_s"] = prefill_s;
+    r["prefill_tokens_per_s"] = static_cast<double>(L) / prefill_s;
+    r["prefill_flops"] = flops;
+    r["tflops"] = tflops;
+    r["mfu"] = mfu;
+    r["decode_ms_per_token"] = ms;
+    r["decode_bytes_per_step"] = bytes;
+    r["decode_floor_ms"] = floor_ms;
+    nlohmann::ordered_json ops;
+    double timed = 0;
+    for (const auto& [k, v] : split) timed += v;
+    for (const auto& [k, v] : split) ops[k] = v;
+    r["prefill_op_seconds"] = ops;
+    out["runs"].push_back(r);
+    if (!split.empty()) {
+      std::string line = "          prefill split:";
+      for (const auto& [k, v] : split) {
+        char buf[96];
+        std::snprintf(buf, sizeof buf, " %s %.0f%%", k.c_str(), 100.0 * v / std::max(timed, 1e-12));
+        line += buf;
+      }
+      std::printf("%s (of %.3f s in timed ops)\n", line.c_str(), timed);
+    }
+  }
+  std::printf("device %s; MFU against %.0f TFLOP/s; decode floor = (2 x params + context x KV bytes/token + states) / "
+              "%.2f TB/s; prefill FLOPs = 2 P_body L + n_MLA nH (dn+dr+dv) L^2\n",
+              device_name.c_str(), peak, hbm);
+  out["peak_tflops"] = peak;
+  out["hbm_tbps"] = hbm;
+  if (!a.json.empty()) {
+    std::ofstream f(a.json);
+    if (!f) throw Error(ErrorKind::kIo, a.json, "--json", "cannot write the results file");
+    f << out.dump(2) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace hylo

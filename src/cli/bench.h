@@ -1,0 +1,39 @@
+// `hylo bench`: prefill and decode throughput of a model (a preset with random weights, or a checkpoint) on the
+// CUDA engine (or the CPU engine), verified against the CPU reference at a small size first (PERFORMANCE.md:
+// verify, then time). Prints tokens/s, TTFT, TFLOP/s and MFU, decode ms/token and bytes/s against the HBM floor,
+// GPU memory, the per-op time split; writes JSON.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace CLI {
+class App;
+}
+
+namespace hylo {
+
+struct BenchArgs {
+  std::string preset = "HyLo-Llama-6MLA22M2";
+  std::string model;                      // checkpoint directory (instead of --preset)
+  std::string device = "cuda";            // cuda or cpu
+  std::vector<std::string> prefill = {"8K", "32K"};  // prompt lengths (K = 1024)
+  std::int64_t decode_steps = 32;
+  std::int64_t chunk_size = 8192;
+  std::int64_t verify_tokens = 32;        // 0: skip the check (not recommended)
+  std::uint64_t seed = 0;
+  double peak_tflops = 0;                 // 0: from the device name (H100/H200: 989 dense bf16)
+  double hbm_tbps = 0;                    // 0: from the device name (H100 SXM 3.35, H200 4.8)
+  std::string json;                       // write results here
+  bool profile = true;                    // per-op split (CUDA events)
+  int threads = 0;
+};
+
+void add_bench_command(CLI::App& app, BenchArgs& args);
+int run_bench(const BenchArgs& args);
+
+// "8K" -> 8192, "1M" -> 1048576, "1500" -> 1500; Error(kUsage) naming --prefill otherwise.
+std::int64_t parse_token_count(const std::string& text);
+
+}  // namespace hylo
