@@ -80,7 +80,8 @@ if [[ "${HYLO_SETUP_NO_PIP:-0}" != 1 ]]; then
     fi
   fi
   [[ -n "$venv" ]] && py="$venv/bin/python"
-  oracles=(numpy safetensors tokenizers jinja2)   # jinja2: renders chat templates for the tokenizer test
+  # jinja2: renders chat templates for the tokenizer test; matplotlib: the scaling plots (scripts/scaling)
+  oracles=(numpy safetensors tokenizers jinja2 matplotlib)
   need=()
   for m in "${oracles[@]}"; do "$py" -c "import $m" 2>/dev/null || need+=("$m"); done
   if command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; then

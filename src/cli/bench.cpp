@@ -6,11 +6,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <optional>
 #include <random>
 
+#include "comm/mpi_communicator.h"
+#include "comm/parallel_state.h"
+#include "comm/stats.h"
 #include "common/error.h"
 #include "common/json.h"
 #include "common/log.h"
@@ -69,6 +73,9 @@ void add_bench_command(CLI::App& app, BenchArgs& a) {
   b->add_option("--json", a.json, "Write the results as JSON");
   b->add_flag("!--no-profile", a.profile, "Skip the per-op time split");
   b->add_option("--threads", a.threads, "CPU threads (0: all)")->capture_default_str();
+  b->add_option("--tp", a.tp, "Tensor-parallel ranks (1 only for now)");
+  b->add_option("--cp", a.cp, "Context-parallel ranks (1 only for now)");
+  b->add_option("--dp", a.dp, "Data-parallel replicas (1 only for now)");
   b->callback([] {});
 }
 
@@ -104,13 +111,33 @@ double decode_bytes(const Footprint& f, std::int64_t context) {
 
 }  // namespace
 
-int run_bench(const BenchArgs& a) {
+namespace {
+
+int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
+  const bool root = world == nullptr || world->rank() == 0;
   if (a.threads > 0) {
     omp_set_num_threads(a.threads);
     openblas_set_num_threads(a.threads);
   }
   if (a.decode_steps < 0 || a.chunk_size < 1 || a.verify_tokens < 0) {
     throw Error(ErrorKind::kUsage, "", "bench", "--decode-steps and --verify-tokens must be >= 0, --chunk-size >= 1");
+  }
+  const int nranks = world != nullptr ? world->size() : 1;
+  if (static_cast<std::int64_t>(a.tp) * a.cp * a.dp != nranks) {
+    throw Error(ErrorKind::kUsage, "", "--tp/--cp/--dp",
+                "the job has " + std::to_string(nranks) + " ranks but dp " + std::to_string(a.dp) + " x cp " +
+                    std::to_string(a.cp) + " x tp " + std::to_string(a.tp) + " = " + std::to_string(a.tp * a.cp * a.dp) +
+                    "; start it with hylo-launch --tp/--cp (or mpirun -np tp x cp)");
+  }
+  if (a.dp != 1) throw Error(ErrorKind::kUsage, "", "--dp", "bench measures one sequence: use --dp 1");
+  if (nranks > 1 && a.device == "cuda") {
+    throw Error(ErrorKind::kUsage, "", "--device",
+                "multi-GPU bench (TP/CP over NCCL) is not implemented yet; --device cpu runs the distributed CPU "
+                "runtime with the same algorithms");
+  }
+  std::optional<comm::ParallelComms> pc;
+  if (nranks > 1) {
+    pc.emplace(comm::make_parallel_comms(comm::ParallelState(nranks, world->rank(), comm::Layout{a.dp, a.cp, a.tp}), *world));
   }
   std::vector<std::int64_t> lengths;
   for (const auto& s : a.prefill) lengths.push_back(parse_token_count(s));
@@ -213,9 +240,16 @@ int run_bench(const BenchArgs& a) {
   double peak = a.peak_tflops, hbm = a.hbm_tbps;
 #endif
   std::optional<CpuEngine> cpu_engine;
-  if (!gpu) cpu_engine.emplace(cfg, weights);
+  if (!gpu) {
+    EngineParallel par;
+    if (pc) par = EngineParallel{&pc->tp, &pc->cp, comm::SeqSplit::kZigzag};
+    cpu_engine.emplace(cfg, weights, EngineOptions{}, par);
+  }
+  comm::Communicator* tp_comm = pc && a.tp > 1 ? &pc->tp : nullptr;
+  if (pc) out["layout"] = pc->state.describe();
+  out["ranks"] = nranks;
 
-  std::printf("%-9s %10s %12s %10s %8s %12s %12s %10s\n", "prompt", "TTFT s", "prefill t/s", "TFLOP/s", "MFU",
+  if (root) std::printf("%-9s %10s %12s %10s %8s %12s %12s %10s\n", "prompt", "TTFT s", "prefill t/s", "TFLOP/s", "MFU",
               "decode ms/t", "decode GB/s", "vs floor");
   for (const std::int64_t L : lengths) {
     const auto prompt = random_prompt(L, V, a.seed + 2 + static_cast<std::uint64_t>(L));
@@ -240,18 +274,25 @@ int run_bench(const BenchArgs& a) {
       decode_s = since(t1);
     }
 #endif
+    comm::CommRecord comm_total;
     if (!gpu) {
+      // Distributed CPU runtime: ranks start together, the time ends when the last rank is done.
       SequenceState st = cpu_engine->new_sequence();
       std::vector<float> lg;
+      if (world) world->barrier();
+      comm::CommStats::global()->reset();
       const auto t0 = std::chrono::steady_clock::now();
       cpu_engine->prefill(st, prompt, a.chunk_size, lg, false);
+      if (world) world->barrier();
       prefill_s = since(t0);
+      comm_total = comm::CommStats::global()->total();
       const auto t1 = std::chrono::steady_clock::now();
       Sampler s(SamplingParams{});
       for (std::int64_t i = 0; i < a.decode_steps; ++i) {
-        const std::int32_t t = s.sample(lg.data(), V);
+        const std::int32_t t = sample_sharded(s, lg.data(), cpu_engine->vocab_begin(), cpu_engine->vocab_local(), V, tp_comm);
         cpu_engine->forward(st, std::span<const std::int32_t>(&t, 1), lg.data(), false);
       }
+      if (world) world->barrier();
       decode_s = since(t1);
     }
     const double flops = prefill_flops(cfg, fp, L);
@@ -261,7 +302,7 @@ int run_bench(const BenchArgs& a) {
     const double bytes = decode_bytes(fp, L + a.decode_steps / 2);
     const double gbs = ms > 0 ? bytes / (ms * 1e-3) / 1e9 : 0;
     const double floor_ms = hbm > 0 ? bytes / (hbm * 1e12) * 1e3 : 0;
-    std::printf("%-9lld %10.3f %12.0f %10.1f %7.1f%% %12.3f %12.0f %9.2fx\n", static_cast<long long>(L), prefill_s,
+    if (root) std::printf("%-9lld %10.3f %12.0f %10.1f %7.1f%% %12.3f %12.0f %9.2fx\n", static_cast<long long>(L), prefill_s,
                 static_cast<double>(L) / prefill_s, tflops, 100 * mfu, ms, gbs, floor_ms > 0 ? ms / floor_ms : 0.0);
     nlohmann::ordered_json r;
     r["prompt_tokens"] = L;
@@ -273,13 +314,15 @@ int run_bench(const BenchArgs& a) {
     r["decode_ms_per_token"] = ms;
     r["decode_bytes_per_step"] = bytes;
     r["decode_floor_ms"] = floor_ms;
+    r["comm_seconds"] = comm_total.seconds;  // rank 0's time blocked in communication during the prefill
+    r["comm_bytes"] = comm_total.bytes_sent + comm_total.bytes_received;
     nlohmann::ordered_json ops;
     double timed = 0;
     for (const auto& [k, v] : split) timed += v;
     for (const auto& [k, v] : split) ops[k] = v;
     r["prefill_op_seconds"] = ops;
     out["runs"].push_back(r);
-    if (!split.empty()) {
+    if (root && !split.empty()) {
       std::string line = "          prefill split:";
       for (const auto& [k, v] : split) {
         char buf[96];
@@ -289,6 +332,7 @@ int run_bench(const BenchArgs& a) {
       std::printf("%s (of %.3f s in timed ops)\n", line.c_str(), timed);
     }
   }
+  if (!root) return 0;
   std::printf("device %s; MFU against %.0f TFLOP/s; decode floor = (2 x params + context x KV bytes/token + states) / "
               "%.2f TB/s; prefill FLOPs = 2 P_body L + n_MLA nH (dn+dr+dv) L^2\n",
               device_name.c_str(), peak, hbm);
@@ -300,6 +344,36 @@ int run_bench(const BenchArgs& a) {
     f << out.dump(2) << "\n";
   }
   return 0;
+}
+
+}  // namespace
+
+int run_bench(const BenchArgs& a) { return bench_impl(a, nullptr); }
+
+bool bench_wants_mpi(const BenchArgs& a) {
+  if (a.tp != 1 || a.cp != 1 || a.dp != 1) return true;
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"}) {
+    if (std::getenv(var) != nullptr) return true;
+  }
+  return false;
+}
+
+int run_bench_mpi(const BenchArgs& a, const std::string& log_level, int* argc, char*** argv) {
+  comm::MpiSession session(argc, argv);
+  const int rank = session.world_rank();
+  try {
+    init_logging(rank == 0 || log_level == "debug" || log_level == "trace" ? log_level : "warn", rank);
+    comm::MpiCommunicator world = comm::MpiCommunicator::world();
+    return bench_impl(a, &world);
+  } catch (const std::exception& e) {
+    const auto* err = dynamic_cast<const Error*>(&e);
+    const int code = err != nullptr && err->kind() == ErrorKind::kUsage ? 2 : 1;
+    if (session.world_size() == 1) {
+      std::fprintf(stderr, "hylo: %s\n", e.what());
+      return code;
+    }
+    comm::MpiSession::abort(code, e.what());
+  }
 }
 
 }  // namespace hylo

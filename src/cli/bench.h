@@ -28,10 +28,14 @@ struct BenchArgs {
   std::string json;                       // write results here
   bool profile = true;                    // per-op split (CUDA events)
   int threads = 0;
+  int tp = 1, cp = 1, dp = 1;             // layout (hylo-launch passes these); CPU runtime only for now
 };
 
 void add_bench_command(CLI::App& app, BenchArgs& args);
 int run_bench(const BenchArgs& args);
+// Under mpirun / srun / hylo-launch, or with a layout flag: one rank of a distributed bench (rank 0 prints).
+bool bench_wants_mpi(const BenchArgs& args);
+int run_bench_mpi(const BenchArgs& args, const std::string& log_level, int* argc, char*** argv);
 
 // "8K" -> 8192, "1M" -> 1048576, "1500" -> 1500; Error(kUsage) naming --prefill otherwise.
 std::int64_t parse_token_count(const std::string& text);

@@ -286,6 +286,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   if (*gen && generate_wants_mpi(ga)) return run_generate_mpi(ga, log_level, &argc, &argv);
+  if (app.got_subcommand("bench") && bench_wants_mpi(ba)) return run_bench_mpi(ba, log_level, &argc, &argv);
   try {
     init_logging(log_level);
     if (*inspect) {

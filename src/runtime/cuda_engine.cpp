@@ -202,6 +202,14 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& w, std::int64_t c
   if (options_.prefill_chunk < 1 || options_.attention_block < 1) {
     throw Error(ErrorKind::kUsage, "", "cuda engine options", "chunk and block sizes must be at least 1");
   }
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    throw Error(ErrorKind::kUsage, "", "--device", "no CUDA device is visible to this process; use --device cpu");
+  }
+  if (options_.device < 0 || options_.device >= devices) {
+    throw Error(ErrorKind::kUsage, "", "device", "device " + std::to_string(options_.device) + " does not exist (" +
+                                                     std::to_string(devices) + " visible)");
+  }
   HYLO_CUDA_CHECK(cudaSetDevice(options_.device));
   plan_ = plan_cuda_memory(config_, options_, capacity_);
   std::size_t free_b = 0, total_b = 0;

@@ -72,4 +72,17 @@ if ((${#tok_args[@]})); then
 fi
 expect_fail 2 "needs a tokenizer" -- "$hylo" generate --model "$work/tiny2" --prompt "x"
 expect_fail 2 "exactly one of" -- "$hylo" generate --model "$work/tiny2"
+# bench on the CPU engine (the CUDA path runs on the GPU machine: docs/PERFORMANCE.md): a table and a JSON file
+# with one run per prompt length; bad lengths refused.
+OMP_NUM_THREADS=2 "$hylo" --log-level warn bench --preset hylo-tiny --device cpu --prefill 96,1K --decode-steps 2 \
+  --json "$work/bench.json" >"$work/bench.txt" || fail "bench: $(cat "$work/bench.txt")"
+grep -q "^1024 " "$work/bench.txt" || fail "bench table: $(cat "$work/bench.txt")"
+python3 - "$work/bench.json" <<'PY' || fail "bench JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert [r["prompt_tokens"] for r in d["runs"]] == [96, 1024], d
+assert all(r["ttft_s"] > 0 and r["decode_ms_per_token"] > 0 for r in d["runs"]), d
+PY
+expect_fail 2 "is not a token count" -- "$hylo" bench --preset hylo-tiny --device cpu --prefill 8Q
+expect_fail 2 "the job has 1 ranks" -- "$hylo" bench --preset hylo-tiny --device cpu --cp 2
 echo "cli tests passed"

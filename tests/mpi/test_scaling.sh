@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The scaling pipeline end to end on the CPU runtime: scripts/scaling/sweep.py drives hylo-launch + `hylo bench`
+# (strong scaling, CP 1 and 2, hylo-tiny), then report.py writes the table (and the plots when matplotlib is
+# there). Timings on this oversubscribed machine mean nothing; the test checks the plumbing and the numbers'
+# consistency. usage: test_scaling.sh PYTHON HYLO_LAUNCH WORK_DIR
+set -euo pipefail
+py="$1" launch="$2" work="$3"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+rm -rf "$work" && mkdir -p "$work"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+"$py" "$root/scripts/scaling/sweep.py" --mode strong --preset hylo-tiny --device cpu --length 300 --cp 1,2 \
+  --repeats 2 --decode-steps 1 --oversubscribe --hylo-launch "$launch" --out "$work/sweep" >"$work/sweep.log" 2>&1 ||
+  fail "sweep: $(tail -20 "$work/sweep.log")"
+"$py" "$root/scripts/scaling/report.py" "$work/sweep/sweep.json" --out "$work/report" >"$work/report.log" 2>&1 ||
+  fail "report: $(cat "$work/report.log")"
+"$py" - "$work" <<'PY' || fail "outputs"
+import json, os, sys
+w = sys.argv[1]
+s = json.load(open(os.path.join(w, "sweep", "sweep.json")))
+pts = s["points"]
+assert [p["cp"] for p in pts] == [1, 2] and all(p["prompt_tokens"] == 300 for p in pts), pts
+for p in pts:
+    assert len(p["ttft_all"]) == 2 and min(p["ttft_all"]) <= p["ttft_s"] <= max(p["ttft_all"]), p
+    assert p["decode_ms_per_token"] > 0, p
+assert pts[0]["comm_bytes"] == 0 and pts[1]["comm_bytes"] > 0, "CP 2 must communicate, CP 1 must not"
+md = open(os.path.join(w, "report", "scaling.md")).read()
+assert "| 2 (2 x 1) | 300 |" in md, md
+try:
+    import matplotlib  # noqa: F401
+    assert os.path.getsize(os.path.join(w, "report", "strong-hylo-tiny.png")) > 1000
+except ImportError:
+    pass
+print("scaling pipeline ok")
+PY
