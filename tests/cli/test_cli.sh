@@ -71,6 +71,12 @@ if ((${#tok_args[@]})); then
   expect_fail 2 "max-context" -- "$hylo" generate --model "$work/tiny" --prompt "a b c d" --max-new-tokens 10 --max-context 8
 fi
 expect_fail 2 "needs a tokenizer" -- "$hylo" generate --model "$work/tiny2" --prompt "x"
+# --device cuda where no GPU is visible (or CUDA was not built): a usage error naming the flag, not a crash.
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "1 2 3" >"$work/ids.txt"
+  expect_fail 2 "[--device]" -- "$hylo" generate --model "$work/tiny2" --token-ids "$work/ids.txt" --device cuda
+  expect_fail 2 "[--device]" -- "$hylo" bench --preset hylo-tiny --device cuda --prefill 16
+fi
 expect_fail 2 "exactly one of" -- "$hylo" generate --model "$work/tiny2"
 # bench on the CPU engine (the CUDA path runs on the GPU machine: docs/PERFORMANCE.md): a table and a JSON file
 # with one run per prompt length; bad lengths refused.
