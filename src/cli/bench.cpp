@@ -12,6 +12,7 @@
 #include <optional>
 #include <random>
 
+#include "cli/mpi_main.h"
 #include "comm/mpi_communicator.h"
 #include "comm/parallel_state.h"
 #include "comm/stats.h"
@@ -352,28 +353,11 @@ int run_bench(const BenchArgs& a) { return bench_impl(a, nullptr); }
 
 bool bench_wants_mpi(const BenchArgs& a) {
   if (a.tp != 1 || a.cp != 1 || a.dp != 1) return true;
-  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"}) {
-    if (std::getenv(var) != nullptr) return true;
-  }
-  return false;
+  return launched_by_mpi();
 }
 
 int run_bench_mpi(const BenchArgs& a, const std::string& log_level, int* argc, char*** argv) {
-  comm::MpiSession session(argc, argv);
-  const int rank = session.world_rank();
-  try {
-    init_logging(rank == 0 || log_level == "debug" || log_level == "trace" ? log_level : "warn", rank);
-    comm::MpiCommunicator world = comm::MpiCommunicator::world();
-    return bench_impl(a, &world);
-  } catch (const std::exception& e) {
-    const auto* err = dynamic_cast<const Error*>(&e);
-    const int code = err != nullptr && err->kind() == ErrorKind::kUsage ? 2 : 1;
-    if (session.world_size() == 1) {
-      std::fprintf(stderr, "hylo: %s\n", e.what());
-      return code;
-    }
-    comm::MpiSession::abort(code, e.what());
-  }
+  return run_as_mpi_rank(log_level, argc, argv, [&](comm::MpiCommunicator& world) { return bench_impl(a, &world); });
 }
 
 }  // namespace hylo

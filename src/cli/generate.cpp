@@ -23,6 +23,7 @@
 #include "model/inspect.h"
 #include "model/model_weights.h"
 #include "model/weights.h"
+#include "cli/mpi_main.h"
 #include "comm/mpi_communicator.h"
 #include "comm/parallel_state.h"
 #include "comm/stats.h"
@@ -380,31 +381,11 @@ int run_generate(const GenerateArgs& a) { return generate_impl(a, nullptr); }
 
 bool generate_wants_mpi(const GenerateArgs& a) {
   if (a.tp > 0 || a.cp > 0 || a.dp > 0) return true;
-  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"}) {
-    if (std::getenv(var) != nullptr) return true;
-  }
-  return false;
+  return launched_by_mpi();
 }
 
 int run_generate_mpi(const GenerateArgs& a, const std::string& log_level, int* argc, char*** argv) {
-  comm::MpiSession session(argc, argv);
-  const int rank = session.world_rank();
-  try {
-    // Rank-tagged logs; ranks other than 0 report warnings and errors only unless debugging is asked for.
-    const bool verbose = log_level == "debug" || log_level == "trace";
-    init_logging(rank == 0 || verbose ? log_level : "warn", rank);
-    comm::MpiCommunicator world = comm::MpiCommunicator::world();
-    return generate_impl(a, &world);
-  } catch (const std::exception& e) {
-    const auto* err = dynamic_cast<const Error*>(&e);
-    const int code = err != nullptr && err->kind() == ErrorKind::kUsage ? 2 : 1;
-    if (session.world_size() == 1) {
-      std::fprintf(stderr, "hylo: %s\n", e.what());
-      return code;
-    }
-    // Ends every rank (the others may be waiting in a collective for this one), naming this rank.
-    comm::MpiSession::abort(code, e.what());
-  }
+  return run_as_mpi_rank(log_level, argc, argv, [&](comm::MpiCommunicator& world) { return generate_impl(a, &world); });
 }
 
 }  // namespace hylo
