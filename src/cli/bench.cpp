@@ -82,6 +82,9 @@ void add_bench_command(CLI::App& app, BenchArgs& a) {
 
 namespace {
 
+// Extra decode steps run with per-op profiling after the timed ones (the engine capacity includes them).
+constexpr std::int64_t kProfiledDecodeSteps = 8;
+
 double since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -187,11 +190,13 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
   if (gpu) {
     CudaEngineOptions o;
     o.prefill_chunk = a.chunk_size;
-    engine.emplace(cfg, weights, longest + a.decode_steps + 1, o);
+    engine.emplace(cfg, weights, longest + a.decode_steps + kProfiledDecodeSteps + 1, o);
     device_name = engine->device_name();
     const bool h200 = device_name.find("H200") != std::string::npos;
     const bool h100 = device_name.find("H100") != std::string::npos;
-    if (peak == 0 && (h100 || h200)) peak = 989.0;
+    // The measured cuBLAS bf16 GEMM ceiling (shared PERFORMANCE.md: 780-790 TFLOP/s on the H200), not the
+    // 989 TFLOP/s datasheet number: MFU = prefill_flops / time / (790e12 * GPUs).
+    if (peak == 0 && (h100 || h200)) peak = 790.0;
     if (hbm == 0) hbm = h200 ? 4.8 : (h100 ? 3.35 : 0.0);
     spdlog::info("{}: GPU memory planned {}", device_name, engine->plan().describe());
     out["gpu"] = device_name;
@@ -256,7 +261,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     const auto prompt = random_prompt(L, V, a.seed + 2 + static_cast<std::uint64_t>(L));
     std::vector<float> logits(static_cast<std::size_t>(V));
     double prefill_s = 0, decode_s = 0;
-    std::vector<std::pair<std::string, double>> split;
+    std::vector<std::pair<std::string, double>> split, decode_split;  // seconds / ms per decode token
 #if HYLO_WITH_CUDA
     if (gpu) {
       engine->reset();
@@ -273,6 +278,18 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
         engine->forward(std::span<const std::int32_t>(&t, 1), logits.data(), false);
       }
       decode_s = since(t1);
+      // GPU time per op category of a few more (untimed) decode steps: where a decode step's time goes, and how
+      // much of the wall time is host work / launch gaps (wall - GPU busy).
+      if (a.profile && a.decode_steps > 0) {
+        const std::int64_t n = std::min<std::int64_t>(a.decode_steps, kProfiledDecodeSteps);
+        engine->set_profiling(true);
+        for (std::int64_t i = 0; i < n; ++i) {
+          const std::int32_t t = s.sample(logits.data(), V);
+          engine->forward(std::span<const std::int32_t>(&t, 1), logits.data(), false);
+        }
+        for (auto [k, v] : engine->op_seconds()) decode_split.emplace_back(k, 1e3 * v / static_cast<double>(n));
+        engine->set_profiling(false);
+      }
     }
 #endif
     comm::CommRecord comm_total;
@@ -322,6 +339,13 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     for (const auto& [k, v] : split) timed += v;
     for (const auto& [k, v] : split) ops[k] = v;
     r["prefill_op_seconds"] = ops;
+    nlohmann::ordered_json dops;
+    double decode_busy = 0;
+    for (const auto& [k, v] : decode_split) {
+      dops[k] = v;
+      decode_busy += v;
+    }
+    if (!decode_split.empty()) r["decode_op_ms_per_token"] = dops;
     out["runs"].push_back(r);
     if (root && !split.empty()) {
       std::string line = "          prefill split:";
@@ -331,6 +355,15 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
         line += buf;
       }
       std::printf("%s (of %.3f s in timed ops)\n", line.c_str(), timed);
+    }
+    if (root && !decode_split.empty()) {
+      std::string line = "          decode ms/token:";
+      for (const auto& [k, v] : decode_split) {
+        char buf[96];
+        std::snprintf(buf, sizeof buf, " %s %.3f", k.c_str(), v);
+        line += buf;
+      }
+      std::printf("%s (GPU busy %.3f of %.3f ms wall)\n", line.c_str(), decode_busy, ms);
     }
   }
   if (!root) return 0;
