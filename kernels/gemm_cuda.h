@@ -7,6 +7,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <tuple>
 
 namespace hylo::kernels {
 
@@ -23,7 +26,9 @@ struct LinearCudaParams {
   bool accumulate = false;            // y += x W^T (else y = x W^T)
 };
 
-// One cuBLASLt handle and its workspace; use from one thread (one stream at a time).
+// One cuBLASLt handle and its workspace; use from one thread (one stream at a time). The descriptors and the
+// heuristic's algorithm are built once per shape (rows, out, in, strides, output type) and reused: a decode
+// step issues ~150 small GEMMs, and rebuilding them costs more host time than the GPU spends on most of them.
 class CublasLt {
  public:
   explicit CublasLt(std::size_t workspace_bytes = std::size_t{32} << 20);
@@ -34,7 +39,11 @@ class CublasLt {
   // rows == 0 is a no-op. Throws std::runtime_error (naming the shape) when cuBLASLt has no algorithm.
   void linear(const LinearCudaParams& p, cudaStream_t stream);
 
+  struct Plan;  // descriptors + algorithm of one shape (gemm_cuda.cpp)
+
  private:
+  using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t, bool>;
+  std::map<Key, std::unique_ptr<Plan>> plans_;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   std::size_t workspace_bytes_ = 0;

@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # GPU checks in two steps, because the GPU machine has no network and no PCRE2 headers (docs/PERFORMANCE.md):
-#   scripts/gpu.sh pack        here: Release build with CUDA, the GPU test binaries and hylo stripped into .carry/
+#   scripts/gpu.sh pack        here: build with CUDA, the GPU test binaries and hylo stripped into .carry/hylo-gpu.tar.xz
+#   scripts/gpu.sh unpack      there: the binaries into .carry/bin/ (run does it too)
 #   scripts/gpu.sh run [OUT]   there (repository root, .carry/ carried along): every GPU test, then a short table;
 #                              logs under OUT (default $OUT or ./gpu-logs).
 # Binaries built on Debian 12 run on Ubuntu 24.04 (CUDA 13.0 on both; PCRE2 static, spdlog header-only, gtest
 # static; cuBLASLt, OpenMPI 4.1 and OpenBLAS resolve to that machine's own libraries).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-tests=(test_gpu_smoke test_gemm_cuda test_elementwise_cuda test_scans_cuda test_attention_cuda test_cuda_engine)
+tests=(test_gpu_smoke test_gemm_cuda test_elementwise_cuda test_scans_cuda test_attention_cuda test_attention_cudnn test_mamba2_chunk_cuda test_gdn_chunk_cuda test_cuda_engine)
 case "${1:-}" in
   pack)
     cmake -S . -B build-gpu -G Ninja -DHYLO_WERROR=ON >/dev/null || exit 1
     cmake --build build-gpu -j "$(nproc)" --target hylo "${tests[@]}" || exit 1
-    mkdir -p .carry
-    cp build-gpu/src/hylo .carry/hylo
-    for t in "${tests[@]}"; do cp "build-gpu/tests/$t" ".carry/$t"; done
-    strip .carry/* 2>/dev/null
+    # One xz tarball: the device tool carries at most 64 MiB, the stripped binaries are ~65 MB, the tarball ~9 MB.
+    rm -rf .carry && mkdir -p .carry/bin
+    cp build-gpu/src/hylo .carry/bin/hylo
+    for t in "${tests[@]}"; do cp "build-gpu/tests/$t" ".carry/bin/$t"; done
+    strip .carry/bin/* 2>/dev/null
+    tar -cJf .carry/hylo-gpu.tar.xz -C .carry/bin . && rm -rf .carry/bin
     du -sh .carry
     ;;
+  unpack)
+    mkdir -p .carry/bin && tar -xJf .carry/hylo-gpu.tar.xz -C .carry/bin || exit 1
+    ;;
   run)
+    [[ -x .carry/bin/hylo ]] || { mkdir -p .carry/bin && tar -xJf .carry/hylo-gpu.tar.xz -C .carry/bin; } || exit 1
     out="${2:-${OUT:-gpu-logs}}"
     mkdir -p "$out"
     export NCCL_NVLS_ENABLE=0 HYLO_SOURCE_DIR="$PWD"
@@ -26,7 +33,7 @@ case "${1:-}" in
     declare -A result
     for t in "${tests[@]}"; do
       start=$(date +%s.%N)
-      timeout 900 ".carry/$t" --gtest_color=no >"$out/$t.log" 2>&1
+      timeout 300 ".carry/bin/$t" --gtest_color=no >"$out/$t.log" 2>&1
       rc=$?
       secs=$(awk -v a="$start" -v b="$(date +%s.%N)" "BEGIN{print b - a}")
       case $rc in 0) result[$t]="pass" ;; 77) result[$t]="skip" ;; *) result[$t]="FAIL($rc)" ;; esac
@@ -37,5 +44,5 @@ case "${1:-}" in
     grep -h -E "^\s+(\[|hylo-tiny|greedy|chunk|linear|  )" "$out"/test_*.log | head -60 >"$out/summary.txt"
     grep -h -E "FAILED|Failure|error" "$out"/test_*.log | head -40
     ;;
-  *) echo "usage: scripts/gpu.sh pack | run [OUT]" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu.sh pack | unpack | run [OUT]" >&2; exit 2 ;;
 esac

@@ -73,6 +73,8 @@ void add_bench_command(CLI::App& app, BenchArgs& a) {
   b->add_option("--hbm-tbps", a.hbm_tbps, "HBM bandwidth for the decode floor in TB/s (0: from the device name)");
   b->add_option("--json", a.json, "Write the results as JSON");
   b->add_flag("!--no-profile", a.profile, "Skip the per-op time split");
+  b->add_flag("--recurrent-scans", a.recurrent_scans,
+              "GPU prefill scans by the token-by-token kernels instead of the chunked ones (for comparison)");
   b->add_option("--threads", a.threads, "CPU threads (0: all)")->capture_default_str();
   b->add_option("--tp", a.tp, "Tensor-parallel ranks (1 only for now)");
   b->add_option("--cp", a.cp, "Context-parallel ranks (1 only for now)");
@@ -190,6 +192,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
   if (gpu) {
     CudaEngineOptions o;
     o.prefill_chunk = a.chunk_size;
+    o.chunked_scans = !a.recurrent_scans;
     engine.emplace(cfg, weights, longest + a.decode_steps + kProfiledDecodeSteps + 1, o);
     device_name = engine->device_name();
     const bool h200 = device_name.find("H200") != std::string::npos;
@@ -366,6 +369,12 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
       std::printf("%s (GPU busy %.3f of %.3f ms wall)\n", line.c_str(), decode_busy, ms);
     }
   }
+#if HYLO_WITH_CUDA
+  if (gpu && root) {
+    std::printf("attention: %s\n", engine->describe_attention().c_str());
+    out["attention"] = engine->describe_attention();
+  }
+#endif
   if (!root) return 0;
   std::printf("device %s; MFU against %.0f TFLOP/s; decode floor = (2 x params + context x KV bytes/token + states) / "
               "%.2f TB/s; prefill FLOPs = 2 P_body L + n_MLA nH (dn+dr+dv) L^2\n",

@@ -5,23 +5,28 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 
 #include "common/error.h"
 #include "kernels/activation_cuda.h"
 #include "kernels/attention_cuda.h"
+#include "kernels/attention_cudnn.h"
 #include "kernels/conv1d_cuda.h"
 #include "kernels/cuda_check.h"
 #include "kernels/device_buffer.h"
+#include "kernels/gdn_chunk_cuda.h"
 #include "kernels/gdn_cuda.h"
 #include "kernels/gemm_cuda.h"
+#include "kernels/mamba2_chunk_cuda.h"
 #include "kernels/mamba2_cuda.h"
 #include "kernels/mla_cuda.h"
 #include "kernels/mla_decode_cuda.h"
 #include "kernels/norm_cuda.h"
 #include "kernels/rope.h"
 #include "kernels/rope_cuda.h"
+#include "common/log.h"
 #include "model/inspect.h"
 #include "runtime/mla_rope.h"
 
@@ -41,6 +46,13 @@ std::vector<bf16> to_bf16(const std::vector<float>& v) {
 }
 
 DBuf<bf16> upload_bf16(const HostTensor& t) { return DBuf<bf16>(to_bf16(t.data)); }
+// Row-wise concatenation of [rows_i, cols] matrices (same cols) as one bf16 matrix: projections that read the
+// same input run as one GEMM (one launch, one pass over the input).
+DBuf<bf16> upload_bf16_rows(std::initializer_list<const HostTensor*> parts) {
+  std::vector<float> all;
+  for (const HostTensor* t : parts) all.insert(all.end(), t->data.begin(), t->data.end());
+  return DBuf<bf16>(to_bf16(all));
+}
 DBuf<float> upload_f32(const HostTensor& t) { return DBuf<float>(t.data); }
 
 struct DevMla {
@@ -52,23 +64,57 @@ struct DevMamba {
   DBuf<float> conv_w, conv_b, dt_bias, A_log, D, norm;
 };
 struct DevGdn {
-  DBuf<bf16> q, k, v, g, a, b, o;
+  DBuf<bf16> qkvgab, o;  // q | k | v | g | a | b projections stacked: [2 Kd + 2 Vd + 2 Hv, H]
   DBuf<float> q_conv, k_conv, v_conv, A_log, dt_bias, o_norm;
 };
 struct DevLayer {
   MixerKind kind = MixerKind::kMLA;
   DBuf<float> input_norm, post_norm;
-  DBuf<bf16> gate, up, down;
+  DBuf<bf16> gate_up, down;  // gate | up stacked: [2 I, H]
   DevMla mla;
   DevMamba mamba;
   DevGdn gdn;
 };
 struct DevState {
   DBuf<bf16> latents;  // [capacity, r + dr]
+  DBuf<bf16> Kc, Vc;   // prefill K/V cache: [capacity, nKV, dn + dr], [capacity, nKV, dv] (when on)
+  std::int64_t kv_valid = 0;  // positions [0, kv_valid) of Kc / Vc hold their decompressed K/V
   DBuf<float> conv, ssm, conv_q, conv_k, conv_v, gdn;
 };
 
 std::uint64_t mat_bytes(std::int64_t rows, std::int64_t cols) { return static_cast<std::uint64_t>(rows * cols) * 2; }
+
+// Scratch bytes of the chunked scan kernels for a prefill call of C tokens (0 when they are off or unused).
+std::int64_t scan_workspace_bytes(const ModelConfig& c, const CudaEngineOptions& o, std::int64_t C) {
+  if (!o.chunked_scans || C < 2) return 0;
+  std::int64_t bytes = 0;
+  if (c.count(MixerKind::kMamba2) > 0) {
+    kernels::Mamba2ScanParams p{};
+    p.T = C;
+    p.n_heads = c.mamba2.num_heads;
+    p.head_dim = c.mamba2.head_dim;
+    p.d_state = c.mamba2.d_state;
+    p.n_groups = c.mamba2.n_groups;
+    bytes = std::max(bytes, kernels::mamba2_scan_chunked_workspace_bytes(p, o.mamba_chunk));
+  }
+  if (c.count(MixerKind::kGDN) > 0) {
+    kernels::GdnScanParams p{};
+    p.T = C;
+    p.n_k_heads = c.gdn.num_k_heads;
+    p.n_v_heads = c.gdn.num_v_heads;
+    p.head_k_dim = c.gdn.head_k_dim;
+    p.head_v_dim = c.gdn.head_v_dim;
+    bytes = std::max(bytes, kernels::gdn_scan_chunked_workspace_bytes(p, o.gdn_chunk));
+  }
+  return bytes;
+}
+
+// Columns of the stacked projections' output (MLP gate | up; GDN q | k | v | g | a | b).
+std::int64_t fused_width(const ModelConfig& c) {
+  std::int64_t w = 2 * c.intermediate_size;
+  if (c.count(MixerKind::kGDN) > 0) w = std::max(w, 2 * c.gdn.key_dim() + 2 * c.gdn.value_dim() + 2 * c.gdn.num_v_heads);
+  return w;
+}
 
 }  // namespace
 
@@ -84,9 +130,12 @@ struct CudaEngine::Impl {
   float softmax_scale = 1.0f;
   // Workspace (sized for the prefill chunk C).
   DBuf<std::int32_t> ids;
-  DBuf<float> x, f1, f2, f3, f4, f5, f6, f7, f8, lse, lse_b, ob, logits;
+  DBuf<float> x, f1, f2, f3, f4, f5, f6, f7, f8, fused, lse, lse_b, ob, logits;
   DBuf<bf16> h, b1, b2, kvb, K, V;
   DBuf<float> dec_part;  // mla decode workspace
+  std::unique_ptr<k::CudnnAttention> cudnn;  // null: own attention kernel
+  DBuf<float> scan_ws;   // chunked Mamba2 / GDN scan workspace (bytes: scan_ws_bytes)
+  std::int64_t scan_ws_bytes = 0;
   // Profiling: events recorded around ops while on; resolved into seconds per category after each sync.
   bool profiling = false;
   std::vector<std::pair<std::string, double>> op_seconds;
@@ -141,7 +190,8 @@ struct CudaEngine::Impl {
 
 std::string CudaMemoryPlan::describe() const {
   return "weights " + format_bytes(weights) + " + latent cache " + format_bytes(latent_cache) + " + states " +
-         format_bytes(states) + " + workspace " + format_bytes(workspace) + " = " + format_bytes(total());
+         format_bytes(states) + " + workspace " + format_bytes(workspace) +
+         (prefill_kv > 0 ? " + prefill K/V " + format_bytes(prefill_kv) : std::string()) + " = " + format_bytes(total());
 }
 
 CudaMemoryPlan plan_cuda_memory(const ModelConfig& c, const CudaEngineOptions& o, std::int64_t capacity) {
@@ -160,6 +210,10 @@ CudaMemoryPlan plan_cuda_memory(const ModelConfig& c, const CudaEngineOptions& o
                      mat_bytes(a.num_kv_heads * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank) +
                      mat_bytes(H, a.num_heads * a.v_head_dim);
         p.latent_cache += static_cast<std::uint64_t>(capacity * a.latent_dim()) * 2;
+        if (o.prefill_kv_cache) {
+          p.prefill_kv += static_cast<std::uint64_t>(capacity * a.num_kv_heads) *
+                          static_cast<std::uint64_t>(a.qk_nope_head_dim + a.qk_rope_head_dim + a.v_head_dim) * 2;
+        }
         widest = std::max({widest, a.num_heads * dqk, a.num_heads * a.v_head_dim, a.q_lora_rank, a.num_heads * a.kv_lora_rank});
         break;
       }
@@ -183,9 +237,11 @@ CudaMemoryPlan plan_cuda_memory(const ModelConfig& c, const CudaEngineOptions& o
     }
   }
   const std::int64_t C = o.prefill_chunk;
-  // Eight fp32 and two bf16 scratch rows of the widest activation per token, the residual and LM-head logits
-  // of one row; K/V of one attention block.
+  // Eight fp32 and two bf16 scratch rows of the widest activation per token, one fp32 row of the stacked
+  // projections, the residual and LM-head logits of one row; K/V of one attention block.
   p.workspace = static_cast<std::uint64_t>(C) * static_cast<std::uint64_t>(widest) * (8 * 4 + 2 * 2) +
+                static_cast<std::uint64_t>(C) * static_cast<std::uint64_t>(fused_width(c)) * 4 +
+                static_cast<std::uint64_t>(scan_workspace_bytes(c, o, std::min(C, std::max<std::int64_t>(capacity, 1)))) +
                 static_cast<std::uint64_t>(C * H) * (4 + 2) + static_cast<std::uint64_t>(V) * 4;
   if (c.count(MixerKind::kMLA) > 0) {
     const auto& a = c.mla;
@@ -215,6 +271,12 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& w, std::int64_t c
   std::size_t free_b = 0, total_b = 0;
   HYLO_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   const std::uint64_t margin = std::uint64_t{512} << 20;  // cuBLASLt workspace, CUDA context growth
+  if (plan_.total() + margin > free_b && plan_.prefill_kv > 0) {
+    spdlog::info("cuda engine: the prefill K/V cache ({}) does not fit beside {}; prefill re-decompresses latents "
+              "per block instead", format_bytes(plan_.prefill_kv), format_bytes(plan_.total() - plan_.prefill_kv));
+    options_.prefill_kv_cache = false;
+    plan_.prefill_kv = 0;
+  }
   if (plan_.total() + margin > free_b) {
     const std::uint64_t fixed = plan_.weights + plan_.states + plan_.workspace + margin;
     std::string fix = "shorten the prompt or the continuation";
@@ -230,6 +292,14 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& w, std::int64_t c
   impl_ = std::make_unique<Impl>();
   auto& m = *impl_;
   HYLO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+  if (options_.cudnn_attention && config_.count(MixerKind::kMLA) > 0) {
+    if (k::CudnnAttention::available()) {
+      m.cudnn = std::make_unique<k::CudnnAttention>();
+    } else {
+      spdlog::info("cuda engine: cuDNN attention unavailable ({}); using the own attention kernel",
+                k::CudnnAttention::unavailable_reason());
+    }
+  }
   m.embed = upload_bf16(w.embed);
   if (!w.lm_head.empty()) m.head = upload_bf16(w.lm_head);
   m.final_norm = upload_f32(w.final_norm);
@@ -241,8 +311,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& w, std::int64_t c
     d.kind = s.kind;
     d.input_norm = upload_f32(s.input_norm);
     d.post_norm = upload_f32(s.post_norm);
-    d.gate = upload_bf16(s.gate);
-    d.up = upload_bf16(s.up);
+    d.gate_up = upload_bf16_rows({&s.gate, &s.up});
     d.down = upload_bf16(s.down);
     auto& st = m.states[i];
     switch (s.kind) {
@@ -255,6 +324,11 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& w, std::int64_t c
         if (!s.mla.q_a_norm.empty()) d.mla.q_a_norm = upload_f32(s.mla.q_a_norm);
         if (!s.mla.kv_a_norm.empty()) d.mla.kv_a_norm = upload_f32(s.mla.kv_a_norm);
         st.latents.resize(capacity_ * config_.mla.latent_dim());
+        if (options_.prefill_kv_cache) {
+          const auto& a = config_.mla;
+          st.Kc.resize(capacity_ * a.num_kv_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim));
+          st.Vc.resize(capacity_ * a.num_kv_heads * a.v_head_dim);
+        }
         break;
       case MixerKind::kMamba2: {
         const auto& c = config_.mamba2;
@@ -272,12 +346,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& w, std::int64_t c
       }
       case MixerKind::kGDN: {
         const auto& c = config_.gdn;
-        d.gdn.q = upload_bf16(s.gdn.q);
-        d.gdn.k = upload_bf16(s.gdn.k);
-        d.gdn.v = upload_bf16(s.gdn.v);
-        d.gdn.g = upload_bf16(s.gdn.g);
-        d.gdn.a = upload_bf16(s.gdn.a);
-        d.gdn.b = upload_bf16(s.gdn.b);
+        d.gdn.qkvgab = upload_bf16_rows({&s.gdn.q, &s.gdn.k, &s.gdn.v, &s.gdn.g, &s.gdn.a, &s.gdn.b});
         d.gdn.o = upload_bf16(s.gdn.o);
         d.gdn.q_conv = upload_f32(s.gdn.q_conv);
         d.gdn.k_conv = upload_f32(s.gdn.k_conv);
@@ -337,6 +406,9 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& w, std::int64_t c
   m.x.resize(C * H);
   m.h.resize(C * H);
   for (auto* f : {&m.f1, &m.f2, &m.f3, &m.f4, &m.f5, &m.f6, &m.f7, &m.f8}) f->resize(C * widest);
+  m.fused.resize(C * fused_width(config_));
+  m.scan_ws_bytes = scan_workspace_bytes(config_, options_, C);
+  if (m.scan_ws_bytes > 0) m.scan_ws.resize(m.scan_ws_bytes / 4 + 4);
   m.b1.resize(C * wide_b);
   m.b2.resize(C * wide_b);
   m.logits.resize(config_.vocab_size);
@@ -360,6 +432,20 @@ void CudaEngine::set_profiling(bool on) {
 
 std::vector<std::pair<std::string, double>> CudaEngine::op_seconds() const { return impl_->op_seconds; }
 
+std::string CudaEngine::describe_attention() const {
+  std::string r;
+  if (impl_->cudnn) {
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "cuDNN SDPA %lld (%lld graphs built in %.2f s)",
+                  static_cast<long long>(k::CudnnAttention::cudnn_runtime_version()),
+                  static_cast<long long>(impl_->cudnn->graphs_built()), impl_->cudnn->graph_build_seconds());
+    r = buf;
+  } else {
+    r = "own flash kernel";
+  }
+  return r + (options_.prefill_kv_cache ? ", prefill K/V cache on" : ", latents re-decompressed per block");
+}
+
 std::string CudaEngine::device_name() const {
   cudaDeviceProp p{};
   HYLO_CUDA_CHECK(cudaGetDeviceProperties(&p, options_.device));
@@ -370,6 +456,7 @@ void CudaEngine::reset() {
   for (auto& s : impl_->states) {
     for (auto* b : {&s.conv, &s.ssm, &s.conv_q, &s.conv_k, &s.conv_v, &s.gdn}) b->zero();
     s.latents.zero();
+    s.kv_valid = 0;
   }
   length_ = 0;
   HYLO_CUDA_CHECK(cudaDeviceSynchronize());
@@ -437,6 +524,53 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
     p.y_bf16 = y_bf16;
     p.eps = eps;
     m.timed("norm + elementwise", [&] { k::rmsnorm_cuda(p, st); });
+  };
+  // Causal attention of T queries at positions pos0.. over keys [0, S) (K/V contiguous [S, nKV, d]); o bf16
+  // [T, nH, dv]. cuDNN SDPA where it takes the shape, else the own kernel (fp32 o, then rounded to bf16).
+  auto attend_prefill = [&](const bf16* q, const bf16* Kp, const bf16* Vp, std::int64_t T_, std::int64_t S_,
+                            std::int64_t q_offset, bf16* o) {
+    const auto& a = config_.mla;
+    const std::int64_t dqk = a.qk_nope_head_dim + a.qk_rope_head_dim;
+    if (m.cudnn) {
+      k::AttentionCudnnParams p;
+      p.T = T_;
+      p.S = S_;
+      p.n_heads = a.num_heads;
+      p.n_kv_heads = a.num_kv_heads;
+      p.d_qk = dqk;
+      p.d_v = a.v_head_dim;
+      p.q = q;
+      p.k = Kp;
+      p.v = Vp;
+      p.o = o;
+      p.scale = m.softmax_scale;
+      p.causal = true;
+      p.q_offset = q_offset;
+      std::string why;
+      if (m.cudnn->supports(p, &why)) {
+        m.timed("attention", [&] { m.cudnn->run(p, st); });
+        return;
+      }
+      spdlog::info("cuda engine: cuDNN attention does not take T {} S {} ({}); using the own kernel", T_, S_, why);
+      m.cudnn.reset();
+    }
+    k::AttentionCudaParams p;
+    p.T = T_;
+    p.S = S_;
+    p.n_heads = a.num_heads;
+    p.n_kv_heads = a.num_kv_heads;
+    p.d_qk = dqk;
+    p.d_v = a.v_head_dim;
+    p.q = q;
+    p.k = Kp;
+    p.v = Vp;
+    p.o = m.f4.get();
+    p.lse = m.lse.get();
+    p.scale = m.softmax_scale;
+    p.causal = true;
+    p.q_offset = q_offset;
+    m.timed("attention", [&] { k::attention_cuda(p, st); });
+    k::convert_bf16_cuda(m.f4.get(), o, T_ * a.num_heads * a.v_head_dim, st);
   };
   auto copy_cols = [&](const float* src, std::int64_t rows, std::int64_t stride, std::int64_t col, std::int64_t width,
                        float* dst) {
@@ -510,6 +644,21 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
             k::mla_decode_cuda(p, st);
             k::mla_expand_o_cuda(shape, 1, o_lat, L.mla.kv_b.get(), m.b2.get(), st);
           });
+        } else if (options_.prefill_kv_cache) {
+          // Decompressed K/V of every position kept for the prefill: decompress the positions not done yet (this
+          // chunk's, and any decode-generated gap), then one attention call over all Sk keys.
+          const std::int64_t B = std::min(options_.attention_block, capacity_);
+          for (std::int64_t s0 = S.kv_valid; s0 < Sk; s0 += B) {
+            const std::int64_t n = std::min(B, Sk - s0);
+            linear(cache + s0 * lat, n, L.mla.kv_b, nKV * (dn + dv), r, m.kvb.get(), true, false, lat);
+            m.timed("attention", [&] {
+              k::mla_assemble_kv_cuda(shape, n, m.kvb.get(), cache + s0 * lat, S.Kc.get() + s0 * nKV * dqk,
+                                      S.Vc.get() + s0 * nKV * dv, st);
+            });
+          }
+          S.kv_valid = Sk;
+          k::convert_bf16_cuda(q, m.b1.get(), T * nH * dqk, st);
+          attend_prefill(m.b1.get(), S.Kc.get(), S.Vc.get(), T, Sk, pos0, m.b2.get());
         } else {
           // Decompressed prefill over blocks of cached latents, partials merged by LSE.
           k::convert_bf16_cuda(q, m.b1.get(), T * nH * dqk, st);
@@ -592,7 +741,13 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
         p.D = L.mamba.D.get();
         p.state = S.ssm.get();
         p.y = y;
-        m.timed("mamba2 scan", [&] { k::mamba2_scan_cuda(p, st); });
+        m.timed("mamba2 scan", [&] {
+          if (T > 1 && m.scan_ws_bytes > 0) {
+            k::mamba2_scan_chunked_cuda(p, options_.mamba_chunk, m.scan_ws.get(), m.scan_ws_bytes, st);
+          } else {
+            k::mamba2_scan_cuda(p, st);  // decode step (recurrent), or chunked scans turned off
+          }
+        });
         k::GatedRmsNormCudaParams g;
         g.rows = T;
         g.dim = di;
@@ -612,18 +767,23 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
       case MixerKind::kGDN: {
         const auto& c = config_.gdn;
         const std::int64_t Kd = c.key_dim(), Vd = c.value_dim(), Hv = c.num_v_heads;
-        float* q = m.f1.get();
-        float* kk = m.f2.get();
-        float* v = m.f3.get();
-        float* gate = m.f4.get();
-        float* a = m.f5.get();
-        float* b = a + T * Hv;
-        linear(m.h.get(), T, L.gdn.q, Kd, H, q, false, false);
-        linear(m.h.get(), T, L.gdn.k, Kd, H, kk, false, false);
-        linear(m.h.get(), T, L.gdn.v, Vd, H, v, false, false);
-        linear(m.h.get(), T, L.gdn.g, Vd, H, gate, false, false);
-        linear(m.h.get(), T, L.gdn.a, Hv, H, a, false, false);
-        linear(m.h.get(), T, L.gdn.b, Hv, H, b, false, false);
+        // One GEMM for the six projections; the convs and the gate read their columns in place, a and b are
+        // made contiguous for the prepare op (a single row already is).
+        const std::int64_t W = 2 * Kd + 2 * Vd + 2 * Hv;
+        float* y = m.fused.get();
+        linear(m.h.get(), T, L.gdn.qkvgab, W, H, y, false, false);
+        float* q = y;
+        float* kk = y + Kd;
+        float* v = y + 2 * Kd;
+        float* gate = y + 2 * Kd + Vd;
+        float* a = y + 2 * Kd + 2 * Vd;
+        float* b = a + Hv;
+        if (T > 1) {
+          a = m.f5.get();
+          b = a + T * Hv;
+          copy_cols(y, T, W, 2 * Kd + 2 * Vd, Hv, a);
+          copy_cols(y, T, W, 2 * Kd + 2 * Vd + Hv, Hv, b);
+        }
         float* qc = m.f6.get();
         float* kc = m.f7.get();
         float* vc = m.f8.get();
@@ -633,6 +793,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
           p.channels = ch;
           p.kernel = c.conv_size;
           p.x = in;
+          p.x_stride = W;
           p.w = w.get();
           p.state = state.get();
           p.y = out;
@@ -642,7 +803,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
         conv(q, L.gdn.q_conv, S.conv_q, Kd, qc);
         conv(kk, L.gdn.k_conv, S.conv_k, Kd, kc);
         conv(v, L.gdn.v_conv, S.conv_v, Vd, vc);
-        float* g = m.f2.get();  // kk is consumed by the conv
+        float* g = m.f2.get();
         float* beta = g + T * Hv;
         k::GdnPrepareParams pp{};
         pp.T = T;
@@ -658,7 +819,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
         pp.g = g;
         pp.beta = beta;
         m.timed("gdn scan", [&] { k::gdn_prepare_cuda(pp, st); });
-        float* o = m.f1.get();  // q is consumed by the conv
+        float* o = m.f1.get();
         k::GdnScanParams sp{};
         sp.T = T;
         sp.n_k_heads = c.num_k_heads;
@@ -672,13 +833,20 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
         sp.beta = beta;
         sp.state = S.gdn.get();
         sp.o = o;
-        m.timed("gdn scan", [&] { k::gdn_scan_cuda(sp, st); });
+        m.timed("gdn scan", [&] {
+          if (T > 1 && m.scan_ws_bytes > 0 && k::gdn_scan_chunked_supported(sp, options_.gdn_chunk)) {
+            k::gdn_scan_chunked_cuda(sp, options_.gdn_chunk, m.scan_ws.get(), m.scan_ws_bytes, st);
+          } else {
+            k::gdn_scan_cuda(sp, st);  // decode step (recurrent), chunked scans off, or sizes it does not take
+          }
+        });
         k::GatedRmsNormCudaParams gn;
         gn.rows = T;
         gn.dim = Vd;
         gn.group = c.head_v_dim;
         gn.x = o;
         gn.z = gate;
+        gn.z_stride = W;
         gn.w = L.gdn.o_norm.get();
         gn.weight_per_group = true;
         gn.y = m.b2.get();
@@ -693,13 +861,14 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
     // MLP: post-norm, gate/up, SwiGLU (bf16 out), down accumulated into the residual.
     const std::int64_t I = config_.intermediate_size;
     rmsnorm(m.x.get(), T, H, L.post_norm, m.h.get(), true);
-    linear(m.h.get(), T, L.gate, I, H, m.f1.get(), false, false);
-    linear(m.h.get(), T, L.up, I, H, m.f2.get(), false, false);
+    linear(m.h.get(), T, L.gate_up, 2 * I, H, m.fused.get(), false, false);
     k::SwigluCudaParams sw;
     sw.rows = T;
     sw.dim = I;
-    sw.gate = m.f1.get();
-    sw.up = m.f2.get();
+    sw.gate = m.fused.get();
+    sw.up = m.fused.get() + I;
+    sw.gate_stride = 2 * I;
+    sw.up_stride = 2 * I;
     sw.out = m.b1.get();
     sw.out_bf16 = true;
     m.timed("norm + elementwise", [&] { k::swiglu_cuda(sw, st); });

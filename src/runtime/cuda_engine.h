@@ -23,8 +23,14 @@ struct CudaEngineOptions {
   int device = 0;
   std::int64_t prefill_chunk = 8192;      // tokens per forward pass of a prefill (bounds the workspace)
   std::int64_t attention_block = 32768;   // cached latents decompressed to K/V at a time during prefill
-  std::int64_t mamba_chunk = 256;
-  std::int64_t gdn_chunk = 64;
+  std::int64_t mamba_chunk = 64;          // chunk of the SSD scan kernel (kernels/mamba2_chunk_cuda.h, <= 128)
+  std::int64_t gdn_chunk = 64;            // chunk of the WY/UT scan kernel (kernels/gdn_chunk_cuda.h: 64 only)
+  bool chunked_scans = true;              // prefill scans by the chunked kernels (false: the recurrent ones)
+  bool cudnn_attention = true;            // prefill attention through cuDNN SDPA where available (else own kernel)
+  // Keep the decompressed K/V of every prompt position for the prefill (n_MLA x nKV x (dqk + dv) x 2 bytes per
+  // token): each chunk then decompresses only its own tokens and attends in one call. Dropped automatically
+  // (with a log line) when it does not fit; then every chunk re-decompresses the cached latents block by block.
+  bool prefill_kv_cache = true;
 };
 
 // Bytes the engine needs on the GPU, by part.
@@ -32,8 +38,9 @@ struct CudaMemoryPlan {
   std::uint64_t weights = 0;
   std::uint64_t latent_cache = 0;  // capacity tokens x MLA layers x (r + dr) x 2
   std::uint64_t states = 0;        // conv + SSM / GDN states (fp32)
-  std::uint64_t workspace = 0;     // activations of one prefill chunk, K/V blocks, logits
-  std::uint64_t total() const { return weights + latent_cache + states + workspace; }
+  std::uint64_t workspace = 0;     // activations of one prefill chunk, K/V blocks, scan scratch, logits
+  std::uint64_t prefill_kv = 0;    // decompressed K/V of every position (0 when prefill_kv_cache is off)
+  std::uint64_t total() const { return weights + latent_cache + states + workspace + prefill_kv; }
   std::string describe() const;
 };
 
@@ -64,6 +71,9 @@ class CudaEngine {
   // Per-op GPU time (CUDA events around every op, summed by category: gemm, attention, mla decode, mamba2 scan,
   // gdn scan, conv, norm + elementwise; the LM head counts as gemm). Off by default; reset when turned on.
   void set_profiling(bool on);
+  // Which prefill attention runs ("cuDNN SDPA, N graphs built in X s" or "own flash kernel") and whether the
+  // prefill K/V cache is on. For reports.
+  std::string describe_attention() const;
   std::vector<std::pair<std::string, double>> op_seconds() const;
 
  private:
