@@ -1,4 +1,5 @@
-// CUDA twin of kernels/conv1d_cpu.cpp. Kernel 1: one thread per (token, channel), K taps read from the virtual
+// CUDA twin of kernels/conv1d_cpu.cpp. Kernel 1 (K = 4: causal_conv1d_run_kernel below, a window in registers
+// over runs of tokens; other K: this generic form): one thread per (token, channel), K taps read from the virtual
 // sequence [state ; x] (consecutive threads take consecutive channels: coalesced), accumulated in the CPU
 // twin's order (bias, then taps j = 0..K-1). Kernel 2, launched after it on the same stream so that every read
 // of the old state is done: one thread per channel shifts the state in place. New row i is virtual row T + i;
@@ -35,6 +36,42 @@ __global__ void causal_conv1d_kernel(CausalConv1dCudaParams p, std::int64_t xs) 
   }
 }
 
+// Kernel 1 for K = KT known at compile time (the HyLo models use 4): one thread per (channel, run of kRun
+// consecutive tokens) with the K-tap window in registers, so every input row is read once per run instead of K
+// times, and the taps once per thread. Same accumulation order as the generic kernel (bias, then j = 0..K-1).
+constexpr std::int64_t kRun = 32;
+
+template <int KT>
+__global__ void causal_conv1d_run_kernel(CausalConv1dCudaParams p, std::int64_t xs) {
+  const std::int64_t C = p.channels, keep = KT - 1;
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float w[KT];
+#pragma unroll
+  for (int j = 0; j < KT; ++j) w[j] = p.w[c * KT + j];
+  const float bias = p.bias ? p.bias[c] : 0.0f;
+  for (std::int64_t t0 = static_cast<std::int64_t>(blockIdx.y) * kRun; t0 < p.T; t0 += static_cast<std::int64_t>(gridDim.y) * kRun) {
+    const std::int64_t t1 = t0 + kRun < p.T ? t0 + kRun : p.T;
+    float win[KT];
+#pragma unroll
+    for (int j = 0; j < KT - 1; ++j) {
+      const std::int64_t i = t0 + j;  // row of [state ; x]
+      win[j] = i < keep ? p.state[i * C + c] : p.x[(i - keep) * xs + c];
+    }
+    for (std::int64_t t = t0; t < t1; ++t) {
+      const std::int64_t i = t + keep;
+      win[KT - 1] = i < keep ? p.state[i * C + c] : p.x[(i - keep) * xs + c];
+      float acc = bias;
+#pragma unroll
+      for (int j = 0; j < KT; ++j) acc += w[j] * win[j];
+      if (p.silu) acc = acc / (1.0f + expf(-acc));
+      p.y[t * C + c] = acc;
+#pragma unroll
+      for (int j = 0; j < KT - 1; ++j) win[j] = win[j + 1];
+    }
+  }
+}
+
 __global__ void conv_state_update_kernel(CausalConv1dCudaParams p, std::int64_t xs) {
   const std::int64_t C = p.channels, keep = p.kernel - 1;
   const std::int64_t c_stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
@@ -52,8 +89,13 @@ void causal_conv1d_cuda(const CausalConv1dCudaParams& p, cudaStream_t stream) {
   if (p.T <= 0 || p.channels <= 0 || p.kernel <= 0) return;
   const std::int64_t xs = p.x_stride ? p.x_stride : p.channels;
   const auto cblocks = static_cast<unsigned>(std::min(cuda::ceil_div(p.channels, kThreads), kMaxBlocksX));
-  const dim3 grid(cblocks, static_cast<unsigned>(std::min(p.T, kMaxBlocksY)));
-  causal_conv1d_kernel<<<grid, kThreads, 0, stream>>>(p, xs);
+  if (p.kernel == 4 && cuda::ceil_div(p.channels, kThreads) <= kMaxBlocksX) {
+    const dim3 grid(cblocks, static_cast<unsigned>(std::min(cuda::ceil_div(p.T, kRun), kMaxBlocksY)));
+    causal_conv1d_run_kernel<4><<<grid, kThreads, 0, stream>>>(p, xs);
+  } else {
+    const dim3 grid(cblocks, static_cast<unsigned>(std::min(p.T, kMaxBlocksY)));
+    causal_conv1d_kernel<<<grid, kThreads, 0, stream>>>(p, xs);
+  }
   HYLO_CUDA_LAUNCH_CHECK();
   if (p.kernel > 1) {
     conv_state_update_kernel<<<cblocks, kThreads, 0, stream>>>(p, xs);

@@ -487,6 +487,31 @@ void CudaEngine::forward(std::span<const std::int32_t> tokens, float* logits, bo
   }
 }
 
+double CudaEngine::prepare_prefill(std::int64_t tokens) {
+  auto& m = *impl_;
+  if (!m.cudnn || !options_.prefill_kv_cache || config_.count(MixerKind::kMLA) == 0) return 0.0;
+  const double before = m.cudnn->graph_build_seconds();
+  const auto& a = config_.mla;
+  const std::int64_t C = std::min(options_.prefill_chunk, capacity_);
+  const std::int64_t end = std::min(length_ + tokens, capacity_);
+  for (std::int64_t pos0 = length_; pos0 < end; pos0 += C) {
+    const std::int64_t T = std::min(C, end - pos0);
+    if (T < 2) break;  // a single token takes the absorbed decode path
+    k::AttentionCudnnParams p;  // null pointers: supports() checks the shape and builds the graphs
+    p.T = T;
+    p.S = pos0 + T;
+    p.n_heads = a.num_heads;
+    p.n_kv_heads = a.num_kv_heads;
+    p.d_qk = a.qk_nope_head_dim + a.qk_rope_head_dim;
+    p.d_v = a.v_head_dim;
+    p.scale = m.softmax_scale;
+    p.causal = true;
+    p.q_offset = pos0;
+    if (!m.cudnn->supports(p)) break;
+  }
+  return m.cudnn->graph_build_seconds() - before;
+}
+
 void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logits, bool all_logits) {
   auto& m = *impl_;
   cudaStream_t st = m.stream;

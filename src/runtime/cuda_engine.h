@@ -68,6 +68,12 @@ class CudaEngine {
   // else [V] of the last token. Prompts longer than prefill_chunk are processed chunk by chunk.
   void forward(std::span<const std::int32_t> tokens, float* logits, bool all_logits);
 
+  // Builds, ahead of time, what a prefill of `tokens` more tokens from the current length will need that is
+  // built once per shape and cached (the cuDNN attention graphs of every chunk: ~0.05-0.5 s each on first use).
+  // Optional: forward() builds them on demand; a server calls this at startup for its longest prompt so that
+  // no request pays for it. Returns the host seconds spent.
+  double prepare_prefill(std::int64_t tokens);
+
   // Per-op GPU time (CUDA events around every op, summed by category: gemm, attention, mla decode, mamba2 scan,
   // gdn scan, conv, norm + elementwise; the LM head counts as gemm). Off by default; reset when turned on.
   void set_profiling(bool on);
