@@ -13,7 +13,7 @@
 // (their rows of N, T, w, u, v' are exactly zero or the identity, G stays at the last real token's value), so
 // every chunk is a full L x L problem and G_{L-1} is the last real token's G.
 //
-// Two kernels per segment (a run of whole chunks whose intermediates fit the workspace):
+// Three kernels per segment (a run of whole chunks whose intermediates fit the workspace):
 //
 // 1. gdn_wy_kernel, grid [chunks, Hv], 256 threads, 70 KB shared. Fully parallel.
 //    Gram matrices K K^T and Q K^T [L, L] accumulated over dk slices of 64 with mma.sync m16n8k8 TF32 (K K^T in
@@ -23,22 +23,33 @@
 //    the scaled K / V slices (TF32 mma, T's fragments held in registers, the zero upper blocks of T skipped), and
 //    the per-token decays exp(G_i), exp(G_{L-1} - G_i). All are written to the workspace.
 //
-// 2. gdn_chunk_scan_kernel, grid [ceil(dv / 32), Hv], 256 threads (8 warps), 1 block per SM. Sequential over the
-//    segment's chunks; block (x, h) owns state columns [32 x, 32 x + 32) of head h as an fp32 [dk_pad, 32] tile in
-//    shared memory (loaded from / stored to p.state once per segment). Per chunk, 2 S jobs (S = dk_pad / 64):
-//      S "WQ" jobs, slice s of dk: warps 0-3 accumulate v' = u + (-w) S (rows 16 w..), warps 4-7 Q S (when o
-//        is wanted), [128 x 32] += [128 x 64] x S[64 s .. 64 s + 64, :], TF32 mma, fp32 accumulators in registers;
-//        after the last slice warps 0-3 store v' and exp(G_{L-1} - G_j) v'_j (TF32-rounded) in shared memory.
+// 2. gdn_state_kernel, grid [ceil(dv / 32), Hv], 256 threads (8 warps), 1 block per SM: the only sequential part,
+//    and it does only the state recurrence. Block (x, h) owns state columns [32 x, 32 x + 32) of head h as an fp32
+//    [dk_pad, 32] tile in shared memory (loaded from / stored to p.state once per segment). Per chunk, 2 S jobs
+//    (S = dk_pad / 64):
+//      S "W" jobs, slice s of dk: v' [64 x 32] += (-w)[:, slice] S[slice, :] (v' starts from u), TF32 mma, fp32
+//        accumulators in registers (warp w: rows 16 (w % 4).., columns 16 (w / 4)..); after the last slice the
+//        decayed v' (exp(G_{L-1} - G_j) v'_j, TF32-rounded) goes to shared memory and v' (TF32-rounded) over u in
+//        the workspace.
 //      S "K" jobs, slice s: S[64 s.., :] = exp(G_{L-1}) S[64 s.., :] + K[:, slice]^T (decayed v'), TF32 mma with
-//        fp32 accumulators initialised from the fp32 state; in the first one warps 4-7 also finish
-//        o = exp(G_i) (Q S)_i + A v' for their 16 rows and write it.
-//    Every job's operands (the -w / q slice, or the k slice; with the first job of a chunk also u, A and the decays
-//    into a per-chunk slot double-buffered by chunk parity) are fetched with cp.async one job ahead into a
-//    double-buffered ring: per job one wait + __syncthreads, then the next job's copies are issued (into the buffer
-//    everyone has just finished with) and the current job computes.
-//    Shared memory (floats): state [dk_pad][40] | ring 2 x [2][64][68] | slots 2 x ([64][40] u, [64][68] A, 2 x 64
-//    decays) | v' [64][40] | decayed v' [64][40]; row pitches make every fragment load bank-conflict free
-//    (pitch = 4 mod 32 where the fragment's k runs along a row, 8 mod 32 where it runs down a column).
+//        fp32 accumulators initialised from the fp32 state; the old rows (S_c, the state before the chunk) are
+//        first stored TF32-rounded to the workspace.
+//    Every job's operand slice (-w from the workspace, or k) is fetched with cp.async kAhead = 5 jobs ahead into a
+//    6-stage ring (~90 KB in flight per SM, the loads are what bounds this kernel): per job one wait + one
+//    __syncthreads, then the copies of job + 5 are issued into the stage of job - 1. u and the decays of the next
+//    chunk are loaded into registers a whole chunk ahead. The stores of S_c and v' are skipped when o is not
+//    computed (o == nullptr or q == nullptr).
+//    Shared memory (floats): state [dk_pad][40] | ring 6 x [64][72] | decayed v' [64][40]; row pitches make every
+//    fragment load bank-conflict free (pitch = 4 mod 32 where the fragment's k runs along a row, 8 mod 32 where it
+//    runs down a column).
+//
+// 3. gdn_out_kernel, grid [chunks, Hv, ceil(dv / 64)], 256 threads, 105 KB shared (2 blocks per SM). Fully
+//    parallel: o[chunk, 64 columns] = diag(exp(G)) Q S_c + A v' (Q S_c over dk slices of 64, q and S_c slices
+//    double-buffered with cp.async; A v' over the causal k-steps only), o_i = fmaf(exp(G_i), (Q S_c)_i, (A v')_i).
+//    With q == nullptr (o = 0) it is replaced by a memset of o.
+//
+// Every product keeps the operand rounding and the per-element accumulation order of the earlier two-kernel
+// version (one sequential kernel that also computed o), so the results should be bit-identical to it.
 //
 // Precision. TF32 keeps 10 mantissa bits: an operand rounded to nearest (cvt.rna) is off by at most 2^-11 = 4.9e-4
 // relative, ~2e-4 RMS, so one product term carries ~3e-4 RMS relative error and a dot product of random-sign terms
@@ -52,6 +63,9 @@
 //
 // Padding: dk and dv are zero-padded to dk_pad = round_up(dk, 64) (shared-memory tiles, the -w rows) and
 // dv_pad = round_up(dv, 64) (u rows); padded rows/columns of the state stay exactly 0 and are never stored.
+// Kernel 2 writes v' and S_c for columns [0, 32 ceil(dv / 32)) only; when that is not a multiple of 64, kernel 3's
+// last column tile reads 32 unwritten columns of both, which only reach o's columns >= dv (an mma output column
+// depends on its own B column alone), and those are never stored.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -87,12 +101,14 @@ constexpr int kLdV = kDVt + 8;    // 40: state, u, v' tiles of the scan kernel (
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 struct Ws {
-  float* Wn;   // [Hv][Tp][dk_pad]  -w, TF32-rounded
-  float* U;    // [Hv][Tp][dv_pad]  u (fp32)
-  float* A;    // [Hv][Tp][64]      decayed causal q.k scores of the token's chunk, TF32-rounded
-  float* eG;   // [Hv][Tp]          exp(G_i)
-  float* eGl;  // [Hv][Tp]          exp(G_{L-1} - G_i)
-  int64_t Tp;  // padded tokens of the segment (a multiple of 64)
+  float* Wn;    // [Hv][Tp][dk_pad]  -w, TF32-rounded
+  float* U;     // [Hv][Tp][dv_pad]  u (fp32); kernel 2 overwrites it with v' (TF32-rounded) for kernel 3
+  float* A;     // [Hv][Tp][64]      decayed causal q.k scores of the token's chunk, TF32-rounded
+  float* eG;    // [Hv][Tp]          exp(G_i)
+  float* eGl;   // [Hv][Tp]          exp(G_{L-1} - G_i)
+  float* Hs;    // [Hv][nch][dk_pad][dv_pad]  S_c, the state before each chunk, TF32-rounded (kernel 3's operand)
+  int64_t Tp;   // padded tokens of the segment (a multiple of 64)
+  int64_t nch;  // chunks of the segment (Tp / 64)
   int dk_pad, dv_pad;
 };
 
@@ -103,7 +119,7 @@ int64_t part_bytes(int64_t floats) { return round_up(floats * 4, kAlign); }
 int64_t ws_bytes_for(int64_t nch, int64_t Hv, int64_t dk_pad, int64_t dv_pad) {
   const int64_t Tp = nch * kL;
   return part_bytes(Hv * Tp * dk_pad) + part_bytes(Hv * Tp * dv_pad) + part_bytes(Hv * Tp * kL) +
-         2 * part_bytes(Hv * Tp);
+         2 * part_bytes(Hv * Tp) + part_bytes(Hv * nch * dk_pad * dv_pad);
 }
 
 Ws carve(void* base, int64_t nch, int64_t Hv, int64_t dk_pad, int64_t dv_pad) {
@@ -119,7 +135,10 @@ Ws carve(void* base, int64_t nch, int64_t Hv, int64_t dk_pad, int64_t dv_pad) {
   ws.eG = reinterpret_cast<float*>(p);
   p += part_bytes(Hv * Tp);
   ws.eGl = reinterpret_cast<float*>(p);
+  p += part_bytes(Hv * Tp);
+  ws.Hs = reinterpret_cast<float*>(p);
   ws.Tp = Tp;
+  ws.nch = nch;
   ws.dk_pad = static_cast<int>(dk_pad);
   ws.dv_pad = static_cast<int>(dv_pad);
   return ws;
@@ -378,22 +397,18 @@ __global__ void __launch_bounds__(kThreads) gdn_wy_kernel(GdnScanParams p, Ws ws
   }
 }
 
-// ---- kernel 2: the sequential scan over chunks ----------------------------------------------------------
+// ---- kernels 2 and 3: shared pieces ---------------------------------------------------------------------
 
-constexpr int kStage = 2 * kL * kLdRow;  // floats per ring stage: -w and q slices [64][68] (or k [64][72])
-static_assert(kL * kLdCol <= kStage, "a k slice must fit a ring stage");
-constexpr int kSlotU = 0;                             // [64][40] u tile
-constexpr int kSlotA = kSlotU + kL * kLdV;            // [64][68] scores
-constexpr int kSlotEG = kSlotA + kL * kLdRow;         // [64] exp(G_i)
-constexpr int kSlotEGl = kSlotEG + kL;                // [64] exp(G_{L-1} - G_i)
-constexpr int kSlot = kSlotEGl + kL;                  // 7040 floats per chunk slot
-constexpr int kScanFixedFloats = 2 * kStage + 2 * kSlot + 2 * kL * kLdV;  // 36608
-
-int64_t scan_smem_bytes(int64_t dk_pad) { return 4 * (dk_pad * kLdV + kScanFixedFloats); }
+// Waits until at most N of this thread's most recent cp.async groups are pending.
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
 // Copies rows [t0, t0 + 64) x features [a0, a0 + 64) of q or k (token-major [T, Hk, dk], head hk) into a
 // [64][ld] shared tile, zero outside the tokens / features (or everywhere when src == nullptr). fast: dk % 4 == 0
 // and src 16-byte aligned, so every 4-float group is a 16-byte aligned cp.async (or entirely out of range).
+// The plain-load path and the zero fill store directly: visible to the block after its next __syncthreads.
 __device__ __forceinline__ void load_qk_slice(float* dst, int ld, const float* src, int64_t t0, int64_t a0,
                                               int64_t T, int64_t Hk, int64_t hk, int64_t dk, bool fast, int tid) {
   if (fast) {
@@ -415,223 +430,205 @@ __device__ __forceinline__ void load_qk_slice(float* dst, int ld, const float* s
   }
 }
 
-__global__ void __launch_bounds__(kThreads, 1) gdn_chunk_scan_kernel(GdnScanParams p, Ws ws, int fast_qk) {
-  extern __shared__ __align__(16) float scan_smem[];
+// ---- kernel 2: the sequential state scan over chunks ----------------------------------------------------
+
+constexpr int kNSt = 6;               // ring stages
+constexpr int kAhead = kNSt - 1;      // jobs whose copies are in flight ahead of the one computing
+constexpr int kStageF = kL * kLdCol;  // floats per stage: a -w slice [64][68] or a k slice [64][72]
+
+int64_t state_smem_bytes(int64_t dk_pad) { return 4 * (dk_pad * kLdV + kNSt * kStageF + kL * kLdV); }
+
+__global__ void __launch_bounds__(kThreads, 1) gdn_state_kernel(GdnScanParams p, Ws ws, int fast_k) {
+  extern __shared__ __align__(16) float st_smem[];
   const int dk_pad = ws.dk_pad;
-  const int S = dk_pad / kKS;  // dk slices
-  float* sH = scan_smem;                      // [dk_pad][40] the state tile, fp32
-  float* ring = sH + dk_pad * kLdV;           // 2 stages
-  float* slots = ring + 2 * kStage;           // 2 chunk slots
-  float* sV = slots + 2 * kSlot;              // [64][40] v', TF32-rounded
-  float* sVs = sV + kL * kLdV;                // [64][40] exp(G_{L-1} - G_j) v'_j, TF32-rounded
+  const int S = dk_pad / kKS;          // dk slices
+  const int jpc = 2 * S;               // jobs per chunk: S "W" jobs, then S "K" jobs
+  float* sH = st_smem;                 // [dk_pad][40] the state tile, fp32
+  float* ring = sH + dk_pad * kLdV;    // kNSt stages
+  float* sVs = ring + kNSt * kStageF;  // [64][40] exp(G_{L-1} - G_j) v'_j, TF32-rounded
 
   const int64_t T = p.T, Hk = p.n_k_heads, Hv = p.n_v_heads, dk = p.head_k_dim, dv = p.head_v_dim;
   const int64_t h = blockIdx.y, hk = h / (Hv / Hk);
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kDVt;  // first state column of this block
-  const int64_t nch = (T + kL - 1) / kL;
-  const bool has_v = p.v != nullptr, want_o = p.o != nullptr;
-  const bool fast = fast_qk != 0;
+  const int64_t nch = ws.nch, dv_pad = ws.dv_pad;
+  const bool has_v = p.v != nullptr;
+  const bool store_o = p.o != nullptr && p.q != nullptr;  // kernel 3 runs: it needs S_c and v'
+  const bool fast = fast_k != 0;
   const int tid = static_cast<int>(threadIdx.x), w = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
 
-  // The state tile, zero-padded.
+  // The state tile, zero-padded (published by the first __syncthreads of the loop).
   float* Sh = p.state + h * dk * dv;
   for (int i = tid; i < dk_pad * kDVt; i += kThreads) {
     const int a = i >> 5, cc = i & 31;
     sH[a * kLdV + cc] = (a < dk && c0 + cc < dv) ? Sh[a * dv + c0 + cc] : 0.0f;
   }
 
-  const int64_t jobs_per_chunk = 2 * S;
-  const int64_t J = nch * jobs_per_chunk;
-
-  // Issues the copies of job `job` into ring stage job & 1 (and, for a chunk's first job, its slot) and commits
-  // them as one group. Called only when every thread is done with what that stage and slot held before.
-  auto issue = [&](int64_t job) {
-    const int64_t c = job / jobs_per_chunk;
-    const int r = static_cast<int>(job - c * jobs_per_chunk);
-    float* st = ring + (job & 1) * kStage;
-    const int64_t ct0 = c * kL;
-    const int64_t wrow0 = h * ws.Tp + ct0;
-    if (r < S) {
-      const int64_t a0 = static_cast<int64_t>(r) * kKS;
-      for (int i = tid; i < kL * kKS / 4; i += kThreads) {
-        const int rr = i >> 4, c4 = (i & 15) * 4;
-        cuda::cp_async16(st + rr * kLdRow + c4, ws.Wn + (wrow0 + rr) * dk_pad + a0 + c4);
-      }
-      if (want_o) load_qk_slice(st + kL * kLdRow, kLdRow, p.q, ct0, a0, T, Hk, hk, dk, fast, tid);
-      if (r == 0) {
-        float* sl = slots + (c & 1) * kSlot;
-        if (has_v) {
-          for (int i = tid; i < kL * kDVt / 4; i += kThreads) {
-            const int rr = i >> 3, c4 = (i & 7) * 4;
-            cuda::cp_async16(sl + kSlotU + rr * kLdV + c4, ws.U + (wrow0 + rr) * ws.dv_pad + c0 + c4);
-          }
+  // Issues the copies of the next job (in order) into ring stage job % kNSt and commits them as one group (an
+  // empty group past the last job, so that every iteration commits exactly one). Called only when every thread
+  // is done with what that stage held before (job - kNSt).
+  const int64_t J = nch * jpc;
+  int64_t ijob = 0, ic = 0;
+  int ir = 0;
+  auto issue_next = [&]() {
+    if (ijob < J) {
+      float* stg = ring + static_cast<int>(ijob % kNSt) * kStageF;
+      const int64_t ct0 = ic * kL;
+      if (ir < S) {
+        const float* src = ws.Wn + (h * ws.Tp + ct0) * dk_pad + ir * kKS;
+        for (int i = tid; i < kL * kKS / 4; i += kThreads) {
+          const int rr = i >> 4, c4 = (i & 15) * 4;
+          cuda::cp_async16(stg + rr * kLdRow + c4, src + static_cast<int64_t>(rr) * dk_pad + c4);
         }
-        if (want_o) {
-          for (int i = tid; i < kL * kL / 4; i += kThreads) {
-            const int rr = i >> 4, c4 = (i & 15) * 4;
-            cuda::cp_async16(sl + kSlotA + rr * kLdRow + c4, ws.A + (wrow0 + rr) * kL + c4);
-          }
-        }
-        if (tid < kL / 4)
-          cuda::cp_async16(sl + kSlotEG + tid * 4, ws.eG + wrow0 + tid * 4);
-        else if (tid < kL / 2)
-          cuda::cp_async16(sl + kSlotEGl + (tid - kL / 4) * 4, ws.eGl + wrow0 + (tid - kL / 4) * 4);
+      } else {
+        load_qk_slice(stg, kLdCol, p.k, ct0, static_cast<int64_t>(ir - S) * kKS, T, Hk, hk, dk, fast, tid);
       }
-    } else {
-      load_qk_slice(st, kLdCol, p.k, ct0, static_cast<int64_t>(r - S) * kKS, T, Hk, hk, dk, fast, tid);
+      if (++ir == jpc) {
+        ir = 0;
+        ++ic;
+      }
+      ++ijob;
     }
     cuda::cp_async_commit();
   };
 
-  // Phase-A accumulators, [16 rows x 32 columns] per warp: warps 0-3 rows 16 w.. of v' = u + (-w) S,
-  // warps 4-7 rows 16 (w - 4).. of Q S. They live across the S WQ jobs of a chunk and (Q S) into its first K job.
-  float acc[4][4];
+  // "W" job tiling of v' [64 x 32]: warp w owns rows 16 (w % 4).. and columns 16 (w / 4).. (two n-tiles).
+  const int ra = 16 * (w & 3) + g, rb = ra + 8;
+  const int vcol = 16 * (w >> 2) + 2 * t;  // + 8 nt: this thread's column pair in n-tile nt (accumulator layout)
+
+  // u (this thread's accumulator entries) and the decays of a chunk, loaded into registers one chunk ahead.
+  float un[2][4];
+  float ean = 0.0f, ebn = 0.0f, eLn = 0.0f;
+  auto prefetch = [&](int64_t c) {
+    const int64_t row0 = h * ws.Tp + c * kL;
 #pragma unroll
-  for (int x = 0; x < 4; ++x)
+    for (int nt = 0; nt < 2; ++nt) {
+      if (has_v) {
+        const float2 x = *reinterpret_cast<const float2*>(ws.U + (row0 + ra) * dv_pad + c0 + vcol + 8 * nt);
+        const float2 y = *reinterpret_cast<const float2*>(ws.U + (row0 + rb) * dv_pad + c0 + vcol + 8 * nt);
+        un[nt][0] = x.x;
+        un[nt][1] = x.y;
+        un[nt][2] = y.x;
+        un[nt][3] = y.y;
+      } else {
+        un[nt][0] = un[nt][1] = un[nt][2] = un[nt][3] = 0.0f;
+      }
+    }
+    ean = ws.eGl[row0 + ra];
+    ebn = ws.eGl[row0 + rb];
+    eLn = ws.eG[row0 + kL - 1];
+  };
+
+  prefetch(0);
+  for (int d = 0; d < kAhead; ++d) issue_next();
+
+  float acc[2][4];
+#pragma unroll
+  for (int x = 0; x < 2; ++x)
 #pragma unroll
     for (int y = 0; y < 4; ++y) acc[x][y] = 0.0f;
+  float ea = 0.0f, eb = 0.0f, eL = 0.0f;
+  int64_t job = 0;
+  for (int64_t c = 0; c < nch; ++c) {
+    const int64_t row0 = h * ws.Tp + c * kL;
+    for (int r = 0; r < jpc; ++r, ++job) {
+      // kAhead + job groups committed so far: at most kAhead - 1 pending means job's group has landed.
+      cp_async_wait_group<kAhead - 1>();
+      __syncthreads();  // job's data visible to all; every thread is done with job - 1 (its stage, v', the state)
+      issue_next();     // job + kAhead, into job - 1's stage
+      const float* stg = ring + static_cast<int>(job % kNSt) * kStageF;
 
-  const bool w_lo = w < 4;
-  const int m16 = 16 * (w & 3);  // this warp's first row in the phase-A product and in o
-  const int ra = m16 + g, rb = ra + 8;
-
-  issue(0);
-  for (int64_t job = 0; job < J; ++job) {
-    cuda::cp_async_wait_all();
-    __syncthreads();  // job's data visible to all; every thread is done with job - 1 (its stage, v', the state)
-    if (job + 1 < J) issue(job + 1);
-
-    const int64_t c = job / jobs_per_chunk;
-    const int r = static_cast<int>(job - c * jobs_per_chunk);
-    const float* st = ring + (job & 1) * kStage;
-    const float* sl = slots + (c & 1) * kSlot;
-
-    if (r < S) {
-      // ---- phase A: [v'; Q S] += [-w; Q][:, slice] S[slice, :]
-      if (r == 0) {
+      if (r < S) {
+        // ---- "W" job r: v' += (-w)[:, slice] S[slice, :]  (v' starts from u)
+        if (r == 0) {
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          const int col = 8 * nt + 2 * t;
-          if (w_lo && has_v) {
-            acc[nt][0] = sl[kSlotU + ra * kLdV + col];
-            acc[nt][1] = sl[kSlotU + ra * kLdV + col + 1];
-            acc[nt][2] = sl[kSlotU + rb * kLdV + col];
-            acc[nt][3] = sl[kSlotU + rb * kLdV + col + 1];
-          } else {
-            acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-          }
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int v = 0; v < 4; ++v) acc[nt][v] = un[nt][v];
+          ea = ean;
+          eb = ebn;
+          eL = eLn;
+          if (c + 1 < nch) prefetch(c + 1);
         }
-      }
-      if (w_lo || want_o) {
-        const float* Ab = st + (w_lo ? 0 : kL * kLdRow);
         const float* Bb = sH + r * kKS * kLdV;
 #pragma unroll
         for (int k8 = 0; k8 < kKS / 8; ++k8) {
           const int kc = 8 * k8 + t;
-          unsigned a[4];
-          a[0] = tf32(Ab[ra * kLdRow + kc]);
-          a[1] = tf32(Ab[rb * kLdRow + kc]);
-          a[2] = tf32(Ab[ra * kLdRow + kc + 4]);
-          a[3] = tf32(Ab[rb * kLdRow + kc + 4]);
+          unsigned a[4];  // -w is stored TF32-rounded
+          a[0] = __float_as_uint(stg[ra * kLdRow + kc]);
+          a[1] = __float_as_uint(stg[rb * kLdRow + kc]);
+          a[2] = __float_as_uint(stg[ra * kLdRow + kc + 4]);
+          a[3] = __float_as_uint(stg[rb * kLdRow + kc + 4]);
 #pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
-            const int col = 8 * nt + g;
+          for (int nt = 0; nt < 2; ++nt) {
+            const int col = 16 * (w >> 2) + 8 * nt + g;
             mma_tf32(acc[nt], a, tf32(Bb[kc * kLdV + col]), tf32(Bb[(kc + 4) * kLdV + col]));
           }
         }
-      }
-      if (r == S - 1 && w_lo) {
-        // v' complete: store it and its decayed copy for the K jobs (and o).
-        const float ea = sl[kSlotEGl + ra], eb = sl[kSlotEGl + rb];
+        if (r == S - 1) {
+          // v' complete: its decayed copy for the K jobs; v' itself (TF32-rounded) over u for kernel 3.
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          const int col = 8 * nt + 2 * t;
-          sV[ra * kLdV + col] = tf32_round(acc[nt][0]);
-          sV[ra * kLdV + col + 1] = tf32_round(acc[nt][1]);
-          sV[rb * kLdV + col] = tf32_round(acc[nt][2]);
-          sV[rb * kLdV + col + 1] = tf32_round(acc[nt][3]);
-          sVs[ra * kLdV + col] = tf32_round(ea * acc[nt][0]);
-          sVs[ra * kLdV + col + 1] = tf32_round(ea * acc[nt][1]);
-          sVs[rb * kLdV + col] = tf32_round(eb * acc[nt][2]);
-          sVs[rb * kLdV + col + 1] = tf32_round(eb * acc[nt][3]);
-        }
-      }
-    } else {
-      const int s = r - S;
-      if (s == 0 && want_o && !w_lo) {
-        // ---- o rows m16.. = exp(G_i) (Q S)_i + sum_j A_ij v'_j (A is causal: k-steps past the diagonal vanish)
-        float acc2[4][4];
-#pragma unroll
-        for (int x = 0; x < 4; ++x)
-#pragma unroll
-          for (int y = 0; y < 4; ++y) acc2[x][y] = 0.0f;
-        const float* Ab = sl + kSlotA;
-        const int k8_end = m16 / 8 + 2;
-#pragma unroll
-        for (int k8 = 0; k8 < kL / 8; ++k8) {
-          if (k8 < k8_end) {
-            const int kc = 8 * k8 + t;
-            unsigned a[4];
-            a[0] = __float_as_uint(Ab[ra * kLdRow + kc]);
-            a[1] = __float_as_uint(Ab[rb * kLdRow + kc]);
-            a[2] = __float_as_uint(Ab[ra * kLdRow + kc + 4]);
-            a[3] = __float_as_uint(Ab[rb * kLdRow + kc + 4]);
-#pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {
-              const int col = 8 * nt + g;
-              mma_tf32(acc2[nt], a, __float_as_uint(sV[kc * kLdV + col]), __float_as_uint(sV[(kc + 4) * kLdV + col]));
+          for (int nt = 0; nt < 2; ++nt) {
+            const int col = vcol + 8 * nt;
+            sVs[ra * kLdV + col] = tf32_round(ea * acc[nt][0]);
+            sVs[ra * kLdV + col + 1] = tf32_round(ea * acc[nt][1]);
+            sVs[rb * kLdV + col] = tf32_round(eb * acc[nt][2]);
+            sVs[rb * kLdV + col + 1] = tf32_round(eb * acc[nt][3]);
+            if (store_o) {
+              *reinterpret_cast<float2*>(ws.U + (row0 + ra) * dv_pad + c0 + col) =
+                  make_float2(tf32_round(acc[nt][0]), tf32_round(acc[nt][1]));
+              *reinterpret_cast<float2*>(ws.U + (row0 + rb) * dv_pad + c0 + col) =
+                  make_float2(tf32_round(acc[nt][2]), tf32_round(acc[nt][3]));
             }
           }
         }
-        const int64_t ct0 = c * kL;
-        const float ea = sl[kSlotEG + ra], eb = sl[kSlotEG + rb];
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-          for (int v = 0; v < 4; ++v) {
-            const int i = (v < 2) ? ra : rb;
-            const int64_t tok = ct0 + i;
-            const int64_t col = c0 + 8 * nt + 2 * t + (v & 1);
-            if (tok < T && col < dv) p.o[(tok * Hv + h) * dv + col] = fmaf((v < 2) ? ea : eb, acc[nt][v], acc2[nt][v]);
-          }
-        }
-      }
-      // ---- phase C: S[rows] = exp(G_{L-1}) S[rows] + K[:, rows]^T (decayed v'), rows = 64 s + 16 (w / 2)..,
-      // columns: n-tiles 2 (w % 2), 2 (w % 2) + 1.
-      const float eL = sl[kSlotEG + kL - 1];
-      const int am = 16 * (w >> 1);  // row within the slice
-      float* Hrow = sH + (static_cast<int64_t>(s) * kKS + am) * kLdV;
-      float hc[2][4];
-#pragma unroll
-      for (int q2 = 0; q2 < 2; ++q2) {
-        const int col = 8 * ((w & 1) * 2 + q2) + 2 * t;
-        hc[q2][0] = eL * Hrow[g * kLdV + col];
-        hc[q2][1] = eL * Hrow[g * kLdV + col + 1];
-        hc[q2][2] = eL * Hrow[(g + 8) * kLdV + col];
-        hc[q2][3] = eL * Hrow[(g + 8) * kLdV + col + 1];
-      }
-#pragma unroll
-      for (int k8 = 0; k8 < kL / 8; ++k8) {
-        const int kc = 8 * k8 + t;  // token j
-        // A[m = feature am + ., k = token] = K[token][feature]: the k slice read transposed.
-        unsigned a[4];
-        a[0] = tf32(st[kc * kLdCol + am + g]);
-        a[1] = tf32(st[kc * kLdCol + am + g + 8]);
-        a[2] = tf32(st[(kc + 4) * kLdCol + am + g]);
-        a[3] = tf32(st[(kc + 4) * kLdCol + am + g + 8]);
+      } else {
+        // ---- "K" job s: S[rows] = exp(G_{L-1}) S[rows] + K[:, rows]^T (decayed v'), rows = 64 s + 16 (w / 2)..,
+        // columns: n-tiles 2 (w % 2), 2 (w % 2) + 1. The old rows (S_c, the state before this chunk) go to the
+        // workspace for kernel 3 first (TF32-rounded: kernel 3 only uses them as mma operands).
+        const int s = r - S;
+        const int am = 16 * (w >> 1);  // row within the slice
+        float* Hrow = sH + (s * kKS + am) * kLdV;
+        float* Hg = ws.Hs + ((h * nch + c) * dk_pad + s * kKS + am) * dv_pad + c0;
+        float hc[2][4];
 #pragma unroll
         for (int q2 = 0; q2 < 2; ++q2) {
-          const int col = 8 * ((w & 1) * 2 + q2) + g;
-          mma_tf32(hc[q2], a, __float_as_uint(sVs[kc * kLdV + col]), __float_as_uint(sVs[(kc + 4) * kLdV + col]));
+          const int col = 8 * ((w & 1) * 2 + q2) + 2 * t;
+          const float x0 = Hrow[g * kLdV + col], x1 = Hrow[g * kLdV + col + 1];
+          const float x2 = Hrow[(g + 8) * kLdV + col], x3 = Hrow[(g + 8) * kLdV + col + 1];
+          if (store_o) {
+            *reinterpret_cast<float2*>(Hg + static_cast<int64_t>(g) * dv_pad + col) =
+                make_float2(tf32_round(x0), tf32_round(x1));
+            *reinterpret_cast<float2*>(Hg + static_cast<int64_t>(g + 8) * dv_pad + col) =
+                make_float2(tf32_round(x2), tf32_round(x3));
+          }
+          hc[q2][0] = eL * x0;
+          hc[q2][1] = eL * x1;
+          hc[q2][2] = eL * x2;
+          hc[q2][3] = eL * x3;
         }
-      }
 #pragma unroll
-      for (int q2 = 0; q2 < 2; ++q2) {
-        const int col = 8 * ((w & 1) * 2 + q2) + 2 * t;
-        Hrow[g * kLdV + col] = hc[q2][0];
-        Hrow[g * kLdV + col + 1] = hc[q2][1];
-        Hrow[(g + 8) * kLdV + col] = hc[q2][2];
-        Hrow[(g + 8) * kLdV + col + 1] = hc[q2][3];
+        for (int k8 = 0; k8 < kL / 8; ++k8) {
+          const int kc = 8 * k8 + t;  // token j
+          // A[m = feature am + ., k = token] = K[token][feature]: the k slice read transposed.
+          unsigned a[4];
+          a[0] = tf32(stg[kc * kLdCol + am + g]);
+          a[1] = tf32(stg[kc * kLdCol + am + g + 8]);
+          a[2] = tf32(stg[(kc + 4) * kLdCol + am + g]);
+          a[3] = tf32(stg[(kc + 4) * kLdCol + am + g + 8]);
+#pragma unroll
+          for (int q2 = 0; q2 < 2; ++q2) {
+            const int col = 8 * ((w & 1) * 2 + q2) + g;
+            mma_tf32(hc[q2], a, __float_as_uint(sVs[kc * kLdV + col]), __float_as_uint(sVs[(kc + 4) * kLdV + col]));
+          }
+        }
+#pragma unroll
+        for (int q2 = 0; q2 < 2; ++q2) {
+          const int col = 8 * ((w & 1) * 2 + q2) + 2 * t;
+          Hrow[g * kLdV + col] = hc[q2][0];
+          Hrow[g * kLdV + col + 1] = hc[q2][1];
+          Hrow[(g + 8) * kLdV + col] = hc[q2][2];
+          Hrow[(g + 8) * kLdV + col + 1] = hc[q2][3];
+        }
       }
     }
   }
@@ -639,6 +636,123 @@ __global__ void __launch_bounds__(kThreads, 1) gdn_chunk_scan_kernel(GdnScanPara
   for (int i = tid; i < dk_pad * kDVt; i += kThreads) {
     const int a = i >> 5, cc = i & 31;
     if (a < dk && c0 + cc < dv) Sh[a * dv + c0 + cc] = sH[a * kLdV + cc];
+  }
+}
+
+// ---- kernel 3: the outputs, fully parallel --------------------------------------------------------------
+
+constexpr int kOutN = 64;                            // o columns per block
+constexpr int kOStage = kL * kLdRow + kKS * kLdCol;  // q slice [64][68] + S_c slice [64][72]
+constexpr int kOutSmemBytes = 4 * (2 * kOStage + kL * kLdRow + kL * kLdCol + kL);  // 107776
+
+__global__ void __launch_bounds__(kThreads, 2) gdn_out_kernel(GdnScanParams p, Ws ws, int fast_q) {
+  extern __shared__ __align__(16) float o_smem[];
+  float* ring = o_smem;            // 2 stages
+  float* sA = ring + 2 * kOStage;  // [64][68] decayed causal scores, TF32-rounded
+  float* sV = sA + kL * kLdRow;    // [64][72] v' columns [n0, n0 + 64), TF32-rounded
+  float* sEG = sV + kL * kLdCol;   // [64] exp(G_i)
+
+  const int64_t T = p.T, Hk = p.n_k_heads, Hv = p.n_v_heads, dk = p.head_k_dim, dv = p.head_v_dim;
+  const int64_t c = blockIdx.x, h = blockIdx.y, hk = h / (Hv / Hk);
+  const int64_t n0 = static_cast<int64_t>(blockIdx.z) * kOutN;
+  const int64_t ct0 = c * kL, row0 = h * ws.Tp + ct0;
+  const int dk_pad = ws.dk_pad;
+  const int S = dk_pad / kKS;
+  const int64_t dv_pad = ws.dv_pad;
+  const float* Hc = ws.Hs + (h * ws.nch + c) * dk_pad * dv_pad + n0;  // S_c [dk_pad][dv_pad] from column n0
+  const bool fast = fast_q != 0;
+  const int tid = static_cast<int>(threadIdx.x), w = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+
+  // Slice s of q and S_c into stage s % 2 (with s == 0 also A, v' and the decays); one commit group per call.
+  auto issue = [&](int s) {
+    float* stg = ring + (s & 1) * kOStage;
+    load_qk_slice(stg, kLdRow, p.q, ct0, static_cast<int64_t>(s) * kKS, T, Hk, hk, dk, fast, tid);
+    const float* src = Hc + static_cast<int64_t>(s) * kKS * dv_pad;
+    float* sS = stg + kL * kLdRow;
+    for (int i = tid; i < kKS * kOutN / 4; i += kThreads) {
+      const int rr = i >> 4, c4 = (i & 15) * 4;
+      cuda::cp_async16(sS + rr * kLdCol + c4, src + static_cast<int64_t>(rr) * dv_pad + c4);
+    }
+    if (s == 0) {
+      for (int i = tid; i < kL * kL / 4; i += kThreads) {
+        const int rr = i >> 4, c4 = (i & 15) * 4;
+        cuda::cp_async16(sA + rr * kLdRow + c4, ws.A + (row0 + rr) * kL + c4);
+        cuda::cp_async16(sV + rr * kLdCol + c4, ws.U + (row0 + rr) * dv_pad + n0 + c4);
+      }
+      if (tid < kL / 4) cuda::cp_async16(sEG + tid * 4, ws.eG + row0 + tid * 4);
+    }
+    cuda::cp_async_commit();
+  };
+
+  // Warp tiling of o's [64 x 64] tile: rows 16 (w / 2).., columns 32 (w % 2).. (four n-tiles).
+  const int mo = w >> 1, ra = 16 * mo + g, rb = ra + 8, ncol0 = 32 * (w & 1);
+  float acc[4][4];  // Q S_c
+#pragma unroll
+  for (int x = 0; x < 4; ++x)
+#pragma unroll
+    for (int y = 0; y < 4; ++y) acc[x][y] = 0.0f;
+
+  issue(0);
+  for (int s = 0; s < S; ++s) {
+    if (s + 1 < S) {
+      issue(s + 1);  // into the stage iteration s - 1 finished with (the barrier closing it)
+      cp_async_wait_group<1>();
+    } else {
+      cp_async_wait_group<0>();
+    }
+    __syncthreads();
+    const float* Qs = ring + (s & 1) * kOStage;
+    const float* Ss = Qs + kL * kLdRow;
+#pragma unroll
+    for (int k8 = 0; k8 < kKS / 8; ++k8) {
+      const int kc = 8 * k8 + t;
+      unsigned a[4];
+      a[0] = tf32(Qs[ra * kLdRow + kc]);
+      a[1] = tf32(Qs[rb * kLdRow + kc]);
+      a[2] = tf32(Qs[ra * kLdRow + kc + 4]);
+      a[3] = tf32(Qs[rb * kLdRow + kc + 4]);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int col = ncol0 + 8 * nt + g;
+        mma_tf32(acc[nt], a, __float_as_uint(Ss[kc * kLdCol + col]), __float_as_uint(Ss[(kc + 4) * kLdCol + col]));
+      }
+    }
+    __syncthreads();  // stage s % 2 is refilled by issue(s + 2)
+  }
+
+  // A v' (A is causal: k-steps past the diagonal block vanish), then o = exp(G_i) (Q S_c)_i + (A v')_i.
+  float acc2[4][4];
+#pragma unroll
+  for (int x = 0; x < 4; ++x)
+#pragma unroll
+    for (int y = 0; y < 4; ++y) acc2[x][y] = 0.0f;
+  const int k8_end = 2 * mo + 2;
+#pragma unroll
+  for (int k8 = 0; k8 < kL / 8; ++k8) {
+    if (k8 < k8_end) {
+      const int kc = 8 * k8 + t;
+      unsigned a[4];
+      a[0] = __float_as_uint(sA[ra * kLdRow + kc]);
+      a[1] = __float_as_uint(sA[rb * kLdRow + kc]);
+      a[2] = __float_as_uint(sA[ra * kLdRow + kc + 4]);
+      a[3] = __float_as_uint(sA[rb * kLdRow + kc + 4]);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int col = ncol0 + 8 * nt + g;
+        mma_tf32(acc2[nt], a, __float_as_uint(sV[kc * kLdCol + col]), __float_as_uint(sV[(kc + 4) * kLdCol + col]));
+      }
+    }
+  }
+  const float ea = sEG[ra], eb = sEG[rb];
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      const int i = (v < 2) ? ra : rb;
+      const int64_t tok = ct0 + i;
+      const int64_t col = n0 + ncol0 + 8 * nt + 2 * t + (v & 1);
+      if (tok < T && col < dv) p.o[(tok * Hv + h) * dv + col] = fmaf((v < 2) ? ea : eb, acc[nt][v], acc2[nt][v]);
+    }
   }
 }
 
@@ -664,7 +778,108 @@ int device_smem_optin() {
   return v;
 }
 
+// The largest dynamic shared memory any of the three kernels needs for this dk_pad.
+int64_t max_smem_bytes(int64_t dk_pad) {
+  return std::max<int64_t>(state_smem_bytes(dk_pad), std::max(kWySmemBytes, kOutSmemBytes));
+}
+
 bool aligned16(const void* ptr) { return (reinterpret_cast<std::uintptr_t>(ptr) & 15u) == 0; }
+
+// Events around the launches of one segment (gdn_scan_chunked_cuda_timed).
+struct SegmentEvents {
+  cudaEvent_t e[4] = {nullptr, nullptr, nullptr, nullptr};
+  explicit SegmentEvents(bool on) {
+    if (on)
+      for (auto& x : e) HYLO_CUDA_CHECK(cudaEventCreate(&x));
+  }
+  ~SegmentEvents() {
+    for (auto& x : e)
+      if (x != nullptr) cudaEventDestroy(x);
+  }
+  SegmentEvents(const SegmentEvents&) = delete;
+  SegmentEvents& operator=(const SegmentEvents&) = delete;
+};
+
+void scan_chunked(const GdnScanParams& p, int64_t chunk_size, void* workspace, int64_t workspace_bytes,
+                  cudaStream_t stream, GdnChunkKernelTimes* times) {
+  check_sizes(p, chunk_size);
+  if (p.T == 0) return;
+  if (p.k == nullptr || p.g == nullptr || p.beta == nullptr || p.state == nullptr)
+    throw std::invalid_argument("gdn chunked cuda: k, g, beta and state are required");
+  const int64_t Hv = p.n_v_heads, dk_pad = round_up(p.head_k_dim, kKS), dv_pad = round_up(p.head_v_dim, kKS);
+  const int optin = device_smem_optin();
+  if (max_smem_bytes(dk_pad) > optin)
+    throw std::invalid_argument("gdn chunked cuda: dk " + std::to_string(p.head_k_dim) + " needs " +
+                                std::to_string(max_smem_bytes(dk_pad)) +
+                                " B of shared memory, more than this device allows");
+  if (workspace == nullptr || !aligned16(workspace))
+    throw std::invalid_argument("gdn chunked cuda: workspace must be a 16-byte aligned device pointer");
+
+  // Chunks per segment: as many as the workspace holds (ws_bytes_for is increasing in nch).
+  const int64_t total_ch = (p.T + kL - 1) / kL;
+  const int64_t per_chunk = ws_bytes_for(1, Hv, dk_pad, dv_pad);
+  int64_t seg_ch = std::min(total_ch, workspace_bytes / per_chunk + 1);
+  while (seg_ch > 0 && ws_bytes_for(seg_ch, Hv, dk_pad, dv_pad) > workspace_bytes) --seg_ch;
+  if (seg_ch < 1)
+    throw std::invalid_argument("gdn chunked cuda: workspace of " + std::to_string(workspace_bytes) +
+                                " B is smaller than one chunk's " + std::to_string(per_chunk) + " B");
+
+  // One value per device whatever dk (calls with different dk on other threads never lower it under a launch).
+  HYLO_CUDA_CHECK(cudaFuncSetAttribute(gdn_wy_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kWySmemBytes));
+  HYLO_CUDA_CHECK(cudaFuncSetAttribute(gdn_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(std::min<int64_t>(state_smem_bytes(kMaxDim), optin))));
+  HYLO_CUDA_CHECK(cudaFuncSetAttribute(gdn_out_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kOutSmemBytes));
+
+  SegmentEvents ev(times != nullptr);
+  if (times != nullptr) *times = GdnChunkKernelTimes{};
+  const int64_t Hk = p.n_k_heads, dk = p.head_k_dim, dv = p.head_v_dim;
+  const int64_t state_smem = state_smem_bytes(dk_pad);
+  for (int64_t tc = 0; tc < total_ch; tc += seg_ch) {
+    const int64_t nch = std::min(seg_ch, total_ch - tc);
+    const int64_t t0 = tc * kL;
+    GdnScanParams ps = p;
+    ps.T = std::min(nch * kL, p.T - t0);
+    ps.q = p.q ? p.q + t0 * Hk * dk : nullptr;
+    ps.k = p.k + t0 * Hk * dk;
+    ps.v = p.v ? p.v + t0 * Hv * dv : nullptr;
+    ps.g = p.g + t0 * Hv;
+    ps.beta = p.beta + t0 * Hv;
+    ps.o = p.o ? p.o + t0 * Hv * dv : nullptr;
+    const Ws ws = carve(workspace, nch, Hv, dk_pad, dv_pad);
+    const bool fast_k = dk % 4 == 0 && aligned16(ps.k);
+    const bool fast_q = dk % 4 == 0 && ps.q != nullptr && aligned16(ps.q);
+
+    if (times != nullptr) HYLO_CUDA_CHECK(cudaEventRecord(ev.e[0], stream));
+    gdn_wy_kernel<<<dim3(static_cast<unsigned>(nch), static_cast<unsigned>(Hv)), kThreads, kWySmemBytes, stream>>>(
+        ps, ws);
+    HYLO_CUDA_LAUNCH_CHECK();
+    if (times != nullptr) HYLO_CUDA_CHECK(cudaEventRecord(ev.e[1], stream));
+    gdn_state_kernel<<<dim3(static_cast<unsigned>(cuda::ceil_div(dv, kDVt)), static_cast<unsigned>(Hv)), kThreads,
+                       static_cast<size_t>(state_smem), stream>>>(ps, ws, fast_k ? 1 : 0);
+    HYLO_CUDA_LAUNCH_CHECK();
+    if (times != nullptr) HYLO_CUDA_CHECK(cudaEventRecord(ev.e[2], stream));
+    if (ps.o != nullptr) {
+      if (ps.q != nullptr) {
+        gdn_out_kernel<<<dim3(static_cast<unsigned>(nch), static_cast<unsigned>(Hv),
+                              static_cast<unsigned>(cuda::ceil_div(dv, kOutN))),
+                         kThreads, kOutSmemBytes, stream>>>(ps, ws, fast_q ? 1 : 0);
+        HYLO_CUDA_LAUNCH_CHECK();
+      } else {  // q == nullptr: o = 0 (all-zero bits are +0.0f)
+        HYLO_CUDA_CHECK(cudaMemsetAsync(ps.o, 0, static_cast<size_t>(ps.T * Hv * dv) * sizeof(float), stream));
+      }
+    }
+    if (times != nullptr) {
+      HYLO_CUDA_CHECK(cudaEventRecord(ev.e[3], stream));
+      HYLO_CUDA_CHECK(cudaEventSynchronize(ev.e[3]));
+      float ms[3] = {0.0f, 0.0f, 0.0f};
+      for (int i = 0; i < 3; ++i) HYLO_CUDA_CHECK(cudaEventElapsedTime(&ms[i], ev.e[i], ev.e[i + 1]));
+      times->wy_ms += ms[0];
+      times->state_ms += ms[1];
+      times->out_ms += ms[2];
+      ++times->segments;
+    }
+  }
+}
 
 }  // namespace
 
@@ -681,60 +896,17 @@ bool gdn_scan_chunked_supported(const GdnScanParams& p, std::int64_t chunk_size)
   } catch (const std::invalid_argument&) {
     return false;
   }
-  return scan_smem_bytes(round_up(p.head_k_dim, kKS)) <= device_smem_optin();
+  return max_smem_bytes(round_up(p.head_k_dim, kKS)) <= device_smem_optin();
 }
 
 void gdn_scan_chunked_cuda(const GdnScanParams& p, std::int64_t chunk_size, void* workspace,
                            std::int64_t workspace_bytes, cudaStream_t stream) {
-  check_sizes(p, chunk_size);
-  if (p.T == 0) return;
-  if (p.k == nullptr || p.g == nullptr || p.beta == nullptr || p.state == nullptr)
-    throw std::invalid_argument("gdn chunked cuda: k, g, beta and state are required");
-  const int64_t Hv = p.n_v_heads, dk_pad = round_up(p.head_k_dim, kKS), dv_pad = round_up(p.head_v_dim, kKS);
-  const int64_t smem = scan_smem_bytes(dk_pad);
-  if (smem > device_smem_optin())
-    throw std::invalid_argument("gdn chunked cuda: dk " + std::to_string(p.head_k_dim) + " needs " +
-                                std::to_string(smem) + " B of shared memory, more than this device allows");
-  if (workspace == nullptr || !aligned16(workspace))
-    throw std::invalid_argument("gdn chunked cuda: workspace must be a 16-byte aligned device pointer");
+  scan_chunked(p, chunk_size, workspace, workspace_bytes, stream, nullptr);
+}
 
-  // Chunks per segment: as many as the workspace holds (ws_bytes_for is increasing in nch).
-  const int64_t total_ch = (p.T + kL - 1) / kL;
-  const int64_t per_chunk = ws_bytes_for(1, Hv, dk_pad, dv_pad);
-  int64_t seg_ch = std::min(total_ch, workspace_bytes / per_chunk + 1);
-  while (seg_ch > 0 && ws_bytes_for(seg_ch, Hv, dk_pad, dv_pad) > workspace_bytes) --seg_ch;
-  if (seg_ch < 1)
-    throw std::invalid_argument("gdn chunked cuda: workspace of " + std::to_string(workspace_bytes) +
-                                " B is smaller than one chunk's " + std::to_string(per_chunk) + " B");
-
-  // One value per device whatever dk (calls with different dk on other threads never lower it under a launch).
-  const int optin = device_smem_optin();
-  HYLO_CUDA_CHECK(cudaFuncSetAttribute(gdn_wy_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kWySmemBytes));
-  HYLO_CUDA_CHECK(cudaFuncSetAttribute(gdn_chunk_scan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(std::min<int64_t>(scan_smem_bytes(kMaxDim), optin))));
-
-  const int64_t Hk = p.n_k_heads, dk = p.head_k_dim, dv = p.head_v_dim;
-  for (int64_t tc = 0; tc < total_ch; tc += seg_ch) {
-    const int64_t nch = std::min(seg_ch, total_ch - tc);
-    const int64_t t0 = tc * kL;
-    GdnScanParams ps = p;
-    ps.T = std::min(nch * kL, p.T - t0);
-    ps.q = p.q ? p.q + t0 * Hk * dk : nullptr;
-    ps.k = p.k + t0 * Hk * dk;
-    ps.v = p.v ? p.v + t0 * Hv * dv : nullptr;
-    ps.g = p.g + t0 * Hv;
-    ps.beta = p.beta + t0 * Hv;
-    ps.o = p.o ? p.o + t0 * Hv * dv : nullptr;
-    const Ws ws = carve(workspace, nch, Hv, dk_pad, dv_pad);
-    const bool fast_qk = dk % 4 == 0 && aligned16(ps.k) && (ps.q == nullptr || aligned16(ps.q));
-
-    gdn_wy_kernel<<<dim3(static_cast<unsigned>(nch), static_cast<unsigned>(Hv)), kThreads, kWySmemBytes, stream>>>(
-        ps, ws);
-    HYLO_CUDA_LAUNCH_CHECK();
-    gdn_chunk_scan_kernel<<<dim3(static_cast<unsigned>(cuda::ceil_div(dv, kDVt)), static_cast<unsigned>(Hv)),
-                            kThreads, static_cast<size_t>(smem), stream>>>(ps, ws, fast_qk ? 1 : 0);
-    HYLO_CUDA_LAUNCH_CHECK();
-  }
+void gdn_scan_chunked_cuda_timed(const GdnScanParams& p, std::int64_t chunk_size, void* workspace,
+                                 std::int64_t workspace_bytes, cudaStream_t stream, GdnChunkKernelTimes* times) {
+  scan_chunked(p, chunk_size, workspace, workspace_bytes, stream, times);
 }
 
 }  // namespace hylo::kernels

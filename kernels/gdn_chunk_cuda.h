@@ -12,9 +12,9 @@
 // Supported: chunk_size == kGdnChunkSize (64); 1 <= head_k_dim, head_v_dim <= 512; n_v_heads a multiple of
 // n_k_heads, <= 65535; any T >= 0 (processed in segments of whole chunks that fit the workspace); any alignment of
 // the inputs (16-byte aligned q/k with dk % 4 == 0 take the cp.async path, others a plain-load path).
-// Shared memory: the scan kernel needs 4 (40 dk_pad + 36608) bytes, dk_pad = dk rounded up to 64: 187 KB at
-// dk = 256, 228 KB at dk = 512 (sm_90's opt-in limit is 227 KiB = 232448 B; an sm_80 device (163 KiB) supports
-// dk <= 320).
+// Shared memory: the sequential state kernel needs 4 (40 dk_pad + 30208) bytes, dk_pad = dk rounded up to 64:
+// 162 KB at dk = 256, 203 KB at dk = 512 (sm_90's opt-in limit is 227 KiB = 232448 B; an sm_80 device (163 KiB)
+// supports dk <= 256); the WY kernel 70 KB, the output kernel 105 KB.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -29,15 +29,16 @@ namespace hylo::kernels {
 inline constexpr std::int64_t kGdnChunkSize = 64;
 
 // gdn_scan_chunked_workspace_bytes sizes the workspace for segments of at most this many tokens (rounded up to
-// whole chunks): the engine's prefill calls (T <= 8192) then run as one segment, longer calls loop over segments
-// with the same workspace.
-inline constexpr std::int64_t kGdnChunkSegmentTokens = 8192;
+// whole chunks); longer calls loop over segments with the same workspace (the per-segment cost is a few
+// microseconds of pipeline fill and three launches).
+inline constexpr std::int64_t kGdnChunkSegmentTokens = 4096;
 
 // Device bytes of scratch for gdn_scan_chunked_cuda on p's sizes (pointers are not read), for segments of
-// min(T, kGdnChunkSegmentTokens) tokens: with nch = ceil(min(T, 8192) / 64) chunks, Tp = 64 nch,
+// min(T, kGdnChunkSegmentTokens) tokens: with nch = ceil(min(T, 4096) / 64) chunks, Tp = 64 nch,
 // dk_pad = round_up(dk, 64), dv_pad = round_up(dv, 64):
-//   4 * (Hv Tp dk_pad  [-w]  +  Hv Tp dv_pad  [u]  +  Hv Tp 64  [decayed q.k scores]  +  2 Hv Tp  [decays])
-// plus 256-byte alignment of each of the 5 parts. HyLo-Qwen (Hv 6, dk 256, dv 512), T >= 8192: 164 MB.
+//   4 * (Hv Tp dk_pad  [-w]  +  Hv Tp dv_pad  [u, then v']  +  Hv Tp 64  [decayed q.k scores]  +  2 Hv Tp
+//        [decays]  +  Hv nch dk_pad dv_pad  [the state before each chunk])
+// plus 256-byte alignment of each of the 6 parts. HyLo-Qwen (Hv 6, dk 256, dv 512), T >= 4096: 283 MB.
 // T == 0: 0. Throws std::invalid_argument for unsupported sizes or chunk_size.
 std::int64_t gdn_scan_chunked_workspace_bytes(const GdnScanParams& p, std::int64_t chunk_size);
 
@@ -46,11 +47,25 @@ bool gdn_scan_chunked_supported(const GdnScanParams& p, std::int64_t chunk_size)
 
 // The scan: o (unless null) and the state advanced over p.T tokens. workspace: device memory, 16-byte aligned, of
 // workspace_bytes bytes; any size that holds at least one chunk works (smaller means more segments), the size
-// gdn_scan_chunked_workspace_bytes returns runs T <= 8192 as a single segment.
-// Per segment two kernels: the WY kernel (grid [chunks, Hv]) builds -w, u, the decayed causal q.k scores and the
-// decays of each chunk in parallel; the scan kernel (grid [ceil(dv / 32), Hv]) walks the chunks in order carrying a
-// [dk, 32] slice of the state in shared memory and writes o. See kernels/gdn_chunk_cuda.cu.
+// gdn_scan_chunked_workspace_bytes returns runs T <= 4096 as a single segment.
+// Per segment three kernels: the WY kernel (grid [chunks, Hv]) builds -w, u, the decayed causal q.k scores and the
+// decays of each chunk in parallel; the state kernel (grid [ceil(dv / 32), Hv]) walks the chunks in order carrying
+// a [dk, 32] slice of the state in shared memory, storing the state before each chunk and the chunk's v'; the
+// output kernel (grid [chunks, Hv, ceil(dv / 64)]) computes o in parallel. See kernels/gdn_chunk_cuda.cu.
 void gdn_scan_chunked_cuda(const GdnScanParams& p, std::int64_t chunk_size, void* workspace,
                            std::int64_t workspace_bytes, cudaStream_t stream);
+
+// Benchmark aid (tests): device time of each kernel, summed over the segments of one call.
+struct GdnChunkKernelTimes {
+  float wy_ms = 0.0f;     // WY kernel
+  float state_ms = 0.0f;  // sequential state kernel
+  float out_ms = 0.0f;    // output kernel (or the o = 0 memset when q == nullptr)
+  int segments = 0;
+};
+
+// gdn_scan_chunked_cuda with CUDA events between the launches; synchronizes `stream` after every segment, so it is
+// for measurements only. Same results as gdn_scan_chunked_cuda.
+void gdn_scan_chunked_cuda_timed(const GdnScanParams& p, std::int64_t chunk_size, void* workspace,
+                                 std::int64_t workspace_bytes, cudaStream_t stream, GdnChunkKernelTimes* times);
 
 }  // namespace hylo::kernels

@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <cstdint>
+#include <utility>
 
 #include "kernels/cuda_check.h"
 #include "kernels/cuda_common.cuh"
@@ -28,6 +30,23 @@ __global__ void assemble_kv(MlaShape s, std::int64_t n, const bf16* kv, const bf
   }
 }
 
+// Programmatic dependent launch (sm_90): a kernel launched with the programmatic-serialization attribute may start
+// while its predecessor in the stream finishes; pdl_wait() blocks until that predecessor has completed and its
+// writes are visible. Everything before it may only read memory no kernel writes (here: the kv_b weights). Every
+// block calls pdl_wait() before touching activations, so completion of a kernel still implies completion of all
+// earlier work in the stream. No-ops without the attribute and below sm_90.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// Legacy layouts kept for shapes whose tiles do not fit 48 KB of shared memory (dn > 256 or r > 768).
 // One block per (token, head); threads over the r latent columns.
 __global__ void absorb_q(MlaShape s, const float* q, const bf16* kv_b, float* q_lat, float* q_pe) {
   const std::int64_t t = blockIdx.y, h = blockIdx.x, dqk = s.dn + s.dr;
@@ -60,6 +79,158 @@ __global__ void expand_o(MlaShape s, const float* o_lat, const bf16* kv_b, bf16*
   }
 }
 
+// Tiled absorb: block = (kv group g, 64 latent columns, kAbsRows rows (t, h) of that group). The weight slice
+// W_UK[g][:, c0 .. c0+64) (dn x 64 bf16) is loaded into shared memory with all loads in flight at once (and
+// before the dependency wait: weights are constant), then every thread computes 4 outputs. Each output is the
+// same sequential fp32 sum over d as the legacy kernel (bitwise identical results).
+constexpr int kAbsCols = 64;
+constexpr int kAbsRows = 16;
+constexpr int kAbsThreads = 256;
+
+__global__ void __launch_bounds__(kAbsThreads) absorb_q_tiled(MlaShape s, std::int64_t T, const float* __restrict__ q,
+                                                              const bf16* __restrict__ kv_b, float* __restrict__ q_lat,
+                                                              float* __restrict__ q_pe, bool vec) {
+  extern __shared__ __align__(16) unsigned char abs_smem[];
+  const int dn = static_cast<int>(s.dn), r = static_cast<int>(s.r);
+  bf16* ws = reinterpret_cast<bf16*>(abs_smem);                      // [dn][kAbsCols]
+  float* qs = reinterpret_cast<float*>(ws + dn * kAbsCols);          // [kAbsRows][dn]
+  const std::int64_t g = blockIdx.x, hpg = s.n_heads / s.n_kv_heads;
+  const int c0 = static_cast<int>(blockIdx.y) * kAbsCols;
+  const std::int64_t rr0 = static_cast<std::int64_t>(blockIdx.z) * kAbsRows;
+  const bf16* wuk = kv_b + g * (s.dn + s.dv) * s.r;  // [dn, r]
+  if (vec) {  // r % 8 == 0 and kv_b 16-byte aligned: 16-byte chunks
+    for (int idx = threadIdx.x; idx < dn * (kAbsCols / 8); idx += kAbsThreads) {
+      const int d = idx / (kAbsCols / 8), c = (idx % (kAbsCols / 8)) * 8;
+      uint4 v = make_uint4(0u, 0u, 0u, 0u);
+      if (c0 + c < r) v = *reinterpret_cast<const uint4*>(wuk + static_cast<std::int64_t>(d) * r + c0 + c);
+      *reinterpret_cast<uint4*>(ws + d * kAbsCols + c) = v;
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < dn * kAbsCols; idx += kAbsThreads) {
+      const int d = idx / kAbsCols, c = idx % kAbsCols;
+      ws[idx] = c0 + c < r ? wuk[static_cast<std::int64_t>(d) * r + c0 + c] : __float2bfloat16_rn(0.0f);
+    }
+  }
+  pdl_wait();
+  pdl_launch_dependents();
+  const std::int64_t n_rr = T * hpg;  // rows of this group: rr = t * hpg + (h - g hpg)
+  const std::int64_t dqk = s.dn + s.dr;
+  for (int idx = threadIdx.x; idx < kAbsRows * dn; idx += kAbsThreads) {
+    const int i = idx / dn, d = idx % dn;
+    const std::int64_t rr = rr0 + i;
+    float v = 0.0f;
+    if (rr < n_rr) v = q[((rr / hpg) * s.n_heads + g * hpg + rr % hpg) * dqk + d];
+    qs[idx] = v;
+  }
+  if (blockIdx.y == 0) {
+    for (int idx = threadIdx.x; idx < kAbsRows * s.dr; idx += kAbsThreads) {
+      const std::int64_t rr = rr0 + idx / s.dr, d = idx % s.dr;
+      if (rr >= n_rr) continue;
+      const std::int64_t row = (rr / hpg) * s.n_heads + g * hpg + rr % hpg;
+      q_pe[row * s.dr + d] = q[row * dqk + s.dn + d];
+    }
+  }
+  __syncthreads();
+  const int col = threadIdx.x % kAbsCols, i0 = threadIdx.x / kAbsCols;
+  constexpr int kPer = kAbsRows * kAbsCols / kAbsThreads;  // 4 rows per thread, i0 + 4 k
+  float acc[kPer];
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) acc[k] = 0.0f;
+  for (int d = 0; d < dn; ++d) {
+    const float w = __bfloat162float(ws[d * kAbsCols + col]);
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) acc[k] += qs[(i0 + k * (kAbsThreads / kAbsCols)) * dn + d] * w;
+  }
+  if (c0 + col >= r) return;
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const std::int64_t rr = rr0 + i0 + k * (kAbsThreads / kAbsCols);
+    if (rr < n_rr) q_lat[((rr / hpg) * s.n_heads + g * hpg + rr % hpg) * s.r + c0 + col] = acc[k];
+  }
+}
+
+// Tiled expand: block = (kv group g, kExpCols output columns e, kExpRows rows (t, h) of that group). W_UV[g]
+// rows e0 .. e0+16 (16 x r bf16) go to shared memory before the dependency wait, o_lat rows after it; warp w
+// computes the 16 outputs of row w: lanes over i (i = lane + 32 k, sequential), then a butterfly warp sum, the
+// same arithmetic as the legacy kernel (bitwise identical results).
+constexpr int kExpCols = 16;
+constexpr int kExpRows = 8;
+constexpr int kExpThreads = 32 * kExpRows;
+
+__global__ void __launch_bounds__(kExpThreads) expand_o_tiled(MlaShape s, std::int64_t T, const float* __restrict__ o_lat,
+                                                              const bf16* __restrict__ kv_b, bf16* __restrict__ o,
+                                                              bool vec) {
+  extern __shared__ __align__(16) unsigned char exp_smem[];
+  const int r = static_cast<int>(s.r);
+  bf16* ws = reinterpret_cast<bf16*>(exp_smem);                 // [kExpCols][r]
+  float* os = reinterpret_cast<float*>(exp_smem + ((kExpCols * r * 2 + 15) / 16) * 16);  // [kExpRows][r]
+  const std::int64_t g = blockIdx.x, hpg = s.n_heads / s.n_kv_heads;
+  const int e0 = static_cast<int>(blockIdx.y) * kExpCols;
+  const std::int64_t rr0 = static_cast<std::int64_t>(blockIdx.z) * kExpRows;
+  const bf16* wuv = kv_b + (g * (s.dn + s.dv) + s.dn) * s.r;  // [dv, r]
+  const int n_e = static_cast<int>(std::min<std::int64_t>(kExpCols, s.dv - e0));
+  if (vec) {
+    for (int idx = threadIdx.x; idx < n_e * (r / 8); idx += kExpThreads) {
+      const int e = idx / (r / 8), c = (idx % (r / 8)) * 8;
+      *reinterpret_cast<uint4*>(ws + e * r + c) =
+          *reinterpret_cast<const uint4*>(wuv + static_cast<std::int64_t>(e0 + e) * r + c);
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < n_e * r; idx += kExpThreads)
+      ws[idx] = wuv[static_cast<std::int64_t>(e0) * r + idx];
+  }
+  pdl_wait();
+  pdl_launch_dependents();
+  const std::int64_t n_rr = T * hpg;
+  for (int idx = threadIdx.x; idx < kExpRows * r; idx += kExpThreads) {
+    const std::int64_t rr = rr0 + idx / r;
+    const int i = idx % r;
+    os[idx] = rr < n_rr ? o_lat[((rr / hpg) * s.n_heads + g * hpg + rr % hpg) * s.r + i] : 0.0f;
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const std::int64_t rr = rr0 + warp;
+  if (rr >= n_rr) return;
+  const float* orow = os + warp * r;
+  float acc[kExpCols];
+#pragma unroll
+  for (int e = 0; e < kExpCols; ++e) acc[e] = 0.0f;
+  for (int i = lane; i < r; i += 32) {
+    const float x = orow[i];
+#pragma unroll
+    for (int e = 0; e < kExpCols; ++e)
+      if (e < n_e) acc[e] += __bfloat162float(ws[e * r + i]) * x;
+  }
+  const std::int64_t row = (rr / hpg) * s.n_heads + g * hpg + rr % hpg;
+#pragma unroll
+  for (int e = 0; e < kExpCols; ++e) {
+    const float v = cuda::warp_sum(acc[e]);
+    if (lane == e && e < n_e) o[row * s.dv + e0 + e] = __float2bfloat16_rn(v);
+  }
+}
+
+// Launch with the programmatic-serialization attribute where it helps and is safe: sm_90+, an explicit stream
+// (the legacy default stream keeps its implicit synchronization).
+template <class... Exp, class... Act>
+void launch_maybe_pdl(void (*kernel)(Exp...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
+                      Act&&... args) {
+  int dev = 0, major = 0;
+  HYLO_CUDA_CHECK(cudaGetDevice(&dev));
+  HYLO_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  const bool pdl = major >= 9 && stream != nullptr && stream != cudaStreamLegacy && stream != cudaStreamPerThread;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  HYLO_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Act>(args)...));
+}
+
 }  // namespace
 
 void mla_assemble_kv_cuda(const MlaShape& s, std::int64_t n, const bf16* kv, const bf16* cache, bf16* K, bf16* V,
@@ -74,6 +245,16 @@ void mla_assemble_kv_cuda(const MlaShape& s, std::int64_t n, const bf16* kv, con
 void mla_absorb_q_cuda(const MlaShape& s, std::int64_t T, const float* q, const bf16* kv_b, float* q_lat, float* q_pe,
                        cudaStream_t stream) {
   if (T == 0) return;
+  const std::int64_t hpg = s.n_heads / s.n_kv_heads;
+  const std::int64_t smem = s.dn * (kAbsCols * 2 + kAbsRows * 4);
+  if (smem <= 48 * 1024 && s.dn > 0) {
+    const bool vec = s.r % 8 == 0 && reinterpret_cast<std::uintptr_t>(kv_b) % 16 == 0;
+    const dim3 grid(static_cast<unsigned>(s.n_kv_heads), static_cast<unsigned>(ceil_div(s.r, kAbsCols)),
+                    static_cast<unsigned>(ceil_div(T * hpg, kAbsRows)));
+    launch_maybe_pdl(absorb_q_tiled, grid, dim3(kAbsThreads), static_cast<std::size_t>(smem), stream, s, T, q, kv_b,
+                     q_lat, q_pe, vec);
+    return;
+  }
   const dim3 grid(static_cast<unsigned>(s.n_heads), static_cast<unsigned>(T));  // T: decode steps (small)
   absorb_q<<<grid, 256, static_cast<std::size_t>(s.dn) * sizeof(float), stream>>>(s, q, kv_b, q_lat, q_pe);
   HYLO_CUDA_LAUNCH_CHECK();
@@ -82,6 +263,16 @@ void mla_absorb_q_cuda(const MlaShape& s, std::int64_t T, const float* q, const 
 void mla_expand_o_cuda(const MlaShape& s, std::int64_t T, const float* o_lat, const bf16* kv_b, bf16* o,
                        cudaStream_t stream) {
   if (T == 0) return;
+  const std::int64_t hpg = s.n_heads / s.n_kv_heads;
+  const std::int64_t smem = (kExpCols * s.r * 2 + 15) / 16 * 16 + kExpRows * s.r * 4;
+  if (smem <= 48 * 1024 && s.r > 0 && s.dv > 0) {
+    const bool vec = s.r % 8 == 0 && reinterpret_cast<std::uintptr_t>(kv_b) % 16 == 0;
+    const dim3 grid(static_cast<unsigned>(s.n_kv_heads), static_cast<unsigned>(ceil_div(s.dv, kExpCols)),
+                    static_cast<unsigned>(ceil_div(T * hpg, kExpRows)));
+    launch_maybe_pdl(expand_o_tiled, grid, dim3(kExpThreads), static_cast<std::size_t>(smem), stream, s, T, o_lat,
+                     kv_b, o, vec);
+    return;
+  }
   const dim3 grid(static_cast<unsigned>(s.n_heads), static_cast<unsigned>(T));
   expand_o<<<grid, 256, 0, stream>>>(s, o_lat, kv_b, o);
   HYLO_CUDA_LAUNCH_CHECK();

@@ -28,6 +28,11 @@ struct MlaShape {
 void mla_assemble_kv_cuda(const MlaShape& s, std::int64_t n, const __nv_bfloat16* kv, const __nv_bfloat16* cache,
                           __nv_bfloat16* K, __nv_bfloat16* V, cudaStream_t stream);
 
+// Absorb and expand are small GEMV-like products: one block per (kv group, column chunk, up to 16 rows (t, h)) with
+// the group's weight slice staged in shared memory (all loads in flight at once), the same fp32 summation order as
+// a plain loop. On sm_90 with an explicit stream they are launched as programmatic dependents: they read kv_b
+// before waiting for the previous kernel in the stream (kv_b must not be written by that kernel), q / o_lat after.
+
 // T tokens: q fp32 [T, nH, dn + dr] -> q_lat fp32 [T, nH, r], q_pe fp32 [T, nH, dr].
 void mla_absorb_q_cuda(const MlaShape& s, std::int64_t T, const float* q, const __nv_bfloat16* kv_b, float* q_lat,
                        float* q_pe, cudaStream_t stream);

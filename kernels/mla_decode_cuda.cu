@@ -1,38 +1,47 @@
 // CUDA twin of kernels/mla_decode_cpu.cpp (see mla_decode_cuda.h).
 //
 // Decode reads the whole latent cache (S x (r + dr) bf16: 1.2 GB at 1M tokens, r = 512, dr = 64) for a handful
-// of query rows (rows = T * nH, 4..64), so the op is a bandwidth problem: the cache must be read once, by all
-// heads together, by enough blocks to fill every SM. Work = (split of the sequence) x (group of MR query rows):
-// MR = 16 rows with 16 warps, or MR = 32 rows with 8 warps where the shared memory allows it (at r = 512 it does
-// not: two groups of 16, the second block of a split finding the tiles in L2). Each block streams its split in
-// tiles of 64 tokens through a 2-4 stage cp.async ring in shared memory (enough stages for ~64 KB in flight):
-//   scores  S = Q [c | k_pe]^T (MR x 64), mma.sync m16n8k16 with fp32 accumulation. q is fp32: it is split as
-//           q = hi + lo (two bf16 matrices, two products), so scores are as good as fp32 q against the bf16
-//           cache (bf16 q alone would cost ~1e-3 relative on every score, visible in lse for short caches).
-//           Warps = 4 token groups (16 tokens) x NW/4 k groups (interleaved 16-column steps), so each warp reads
-//           only its share of Q per tile; the partial sums meet in shared memory.
-//   softmax each warp owns MR/NW rows: sums the partials in a fixed order, scales, masks; running max / sum in
-//           shared memory, P as bf16, per-row rescale factor
-//   P.V     O (MR x r) += P c: warp w owns the 8-column tiles w, w + NW, ... (r <= 512), in registers for the
-//           whole split; the V fragments are the cached latents themselves (ldmatrix.trans)
-// The partial (o / l, lse) of each (split, row) goes to the workspace; a second kernel merges the partials of a
-// row in split order. Every row's arithmetic is independent of the row grouping, the stage count and timing:
-// the result depends on S and the split only, and is bitwise repeatable.
+// of query rows (rows = T * nH, 16..64), so the op is a bandwidth problem: the cache must be read once, by all
+// heads together, with enough bytes in flight on every SM, and the per-token instruction count must stay well
+// under what the SM can issue while the bytes arrive.
 //
-// Measured (H200, S = 1M, T = 1, 2026-11-27, BandwidthReport in tests/gpu/test_attention_cuda.cpp): nH 16,
-// r 512: 2.46 TB/s of cache; nH 16, r 256: 1.66 TB/s; nH 32: 1.27 (r 512) and 1.01 (r 256) TB/s, against
-// ~4.3 TB/s for a device copy. ncu: one block (16 warps) per SM, ~700 instructions per warp per 64-token tile of
-// which ~50 are mma/ldmatrix, IPC ~2: the kernel is bound by per-tile overhead (copy loop, three barriers,
-// softmax bookkeeping), not by HBM. Next steps: 128-token tiles where shared memory allows, fewer warps each
-// owning more tokens (fewer partial sums), a warp-specialized producer for the copies (or TMA on sm_90a).
+// Work items = (split of the sequence) x (group of MR = 16 MT query rows); a persistent grid (one block per SM)
+// takes items b, b + grid, ... Each block is warp-specialized:
+//   producer warp  streams the tokens of its items, one after the other, into a ring of shared-memory slots of
+//                  32 tokens (as many slots as fit, up to 16: ~150-200 KB, i.e. >100 KB in flight per SM). On
+//                  sm_90 each lane moves one token row with cp.async.bulk (TMA engine, completion counted in bytes
+//                  on the slot's "full" mbarrier); other GPUs / unaligned caches use plain loads. A slot is reused
+//                  once all consumer threads have arrived on its "empty" mbarrier. The producer runs ahead across
+//                  item boundaries, so there is no pipeline drain/refill between splits.
+//   8 consumer warps  per 64-token tile (two slots):
+//     scores  S = Q [c | k_pe]^T (MR x 64), mma.sync m16n8k16, fp32 accumulate. q is fp32: it is split as
+//             q = hi + lo (two bf16 matrices, two products), so scores are as good as fp32 q against the bf16
+//             cache. Warp = (token half: 32 tokens) x (k group: 16-column steps kg, kg + 4, ...); the warp's Q
+//             fragments stay in registers for the whole item (no Q traffic through shared memory), every K element
+//             is read from shared memory once. The 4 k-group partials meet in shared memory.
+//     softmax 256 threads, 256 / MR per row: sum the partials in a fixed order, scale, mask, max / sum by a
+//             butterfly within the row's lanes; running max / sum in registers, P (bf16) and the rescale factor in
+//             shared memory.
+//     P.V     O (MR x r) += P c: warp w owns the 8-column tiles w, w + 8, ... in registers for the whole item; the
+//             V fragments are the cached latents themselves (ldmatrix.trans).
+//   Two consumer-only named barriers per tile; the producer never waits on the consumers except through the ring.
+// The partial (o / l, lse) of each (split, row) goes to the workspace; a second kernel merges the partials of a
+// row in split order. Every row's arithmetic depends on the shapes, S and the split only (not on the grid, the
+// ring depth or timing): bitwise repeatable.
+//
+// Dependent launch (sm_90, explicit streams): the split kernel and the merge are launched with programmatic
+// stream serialization; each block sets up its shared memory and barriers, then waits (griddepcontrol.wait) before
+// reading anything a previous kernel wrote, so launch latency and prologue overlap the predecessor's tail.
 //
 // Fragment layouts and the ldmatrix conventions: see attention_cuda.cu.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "kernels/cuda_check.h"
 #include "kernels/cuda_common.cuh"
@@ -45,12 +54,17 @@ namespace {
 
 using cuda::bf16;
 
-constexpr int kBT = 64;        // tokens per tile
-constexpr int kLDS = kBT + 8;  // fp32 score row pitch: the 8 rows of a C fragment store hit distinct banks
-constexpr int kLDP = kBT + 8;  // bf16 P row pitch (144 B: conflict-free ldmatrix)
-constexpr int kTG = kBT / 16;  // score token groups of 16 tokens (times NW / kTG k groups = NW warps)
-constexpr int kMaxR = 512;     // r: the output tiles of 8 columns are dealt to the warps, kMaxR / 8 / NW each
-constexpr std::int64_t kMinSplit = 256;
+constexpr int kBT = 64;                   // tokens per compute tile (two ring slots)
+constexpr int kSlot = 32;                 // tokens per ring slot: one producer lane per token row
+constexpr int kLDS = kBT + 8;             // fp32 score row pitch
+constexpr int kLDP = kBT + 8;             // bf16 P row pitch (144 B: conflict-free ldmatrix)
+constexpr int kCW = 8;                    // consumer warps
+constexpr int kCThreads = kCW * 32;       // consumer threads
+constexpr int kThreads = kCThreads + 32;  // + the producer warp
+constexpr int kKG = kCW / 2;              // k groups of the scores (x 2 token halves = kCW warps)
+constexpr int kMaxSlots = 16;
+constexpr int kBarBytes = 2 * kMaxSlots * 8;  // full[kMaxSlots], empty[kMaxSlots]
+constexpr std::int64_t kMinSplit = 128;
 constexpr std::int64_t kMaxSplits = 256;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -60,11 +74,80 @@ __device__ __forceinline__ std::int64_t min64(std::int64_t x, std::int64_t y) { 
 
 using namespace cuda;  // the primitives of kernels/cuda_mma.cuh
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr bool kHasBulk = true;  // cp.async.bulk + mbarrier expect_tx (sm_90)
+#else
+constexpr bool kHasBulk = false;
+#endif
+
+// mbarrier primitives (shared-memory 64-bit barriers; sm_80+, try_wait and expect_tx sm_90).
+__device__ __forceinline__ void mbar_init(unsigned addr, unsigned count) {
+  asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(addr), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned addr) {
+  asm volatile("{\n\t.reg .b64 st;\n\tmbarrier.arrive.shared.b64 st, [%0];\n}\n" ::"r"(addr) : "memory");
+}
+__device__ __forceinline__ bool mbar_test(unsigned addr, unsigned parity) {
+  unsigned ok;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared.b64 p, [%1], %2;\n\tselp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(ok)
+      : "r"(addr), "r"(parity)
+      : "memory");
+#else
+  asm volatile(
+      "{\n\t.reg .pred p;\n\tmbarrier.test_wait.parity.shared.b64 p, [%1], %2;\n\tselp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(ok)
+      : "r"(addr), "r"(parity)
+      : "memory");
+#endif
+  return ok != 0;
+}
+// Wait for the completion of the barrier phase of parity `parity` (a fresh barrier counts phase "1" as done).
+__device__ __forceinline__ void mbar_wait(unsigned addr, unsigned parity) {
+  while (!mbar_test(addr, parity)) {
+  }
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(unsigned addr, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("{\n\t.reg .b64 st;\n\tmbarrier.arrive.expect_tx.shared.b64 st, [%0], %1;\n}\n" ::"r"(addr), "r"(bytes)
+               : "memory");
+#endif
+}
+// Global -> shared bulk copy (TMA engine) of `bytes` (multiple of 16, both addresses 16-byte aligned), completion
+// signalled on the mbarrier at `mbar` as transaction bytes.
+__device__ __forceinline__ void bulk_g2s(unsigned dst, const void* src, unsigned bytes, unsigned mbar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(mbar)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void fence_barrier_init() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+// Barrier among the consumer warps only (the producer warp never joins it).
+__device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kCThreads) : "memory"); }
+
+// Programmatic dependent launch (see the file comment); no-ops without the launch attribute and below sm_90.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 struct MlaArgs {
-  std::int64_t T, S, n_heads, rows, split, n_split, n_rg, cache_rs;
-  int r, dr, dk, dk_pad, stages;
-  bool vec;   // cache pointer and row stride 16-byte aligned: 8-element chunks by cp.async
-  bool fast;  // vec and dk % 8 == 0: full tiles are whole chunks, copied without per-chunk checks
+  std::int64_t T, S, n_heads, rows, split, n_split, n_rg, n_items, cache_rs;
+  int r, dr, dk, dk_pad, n_slots;
+  bool fast;  // cache pointer and row stride 16-byte aligned and dk % 8 == 0: rows by cp.async.bulk (sm_90)
   const float* q_lat;
   const float* q_pe;
   const bf16* cache;
@@ -73,327 +156,342 @@ struct MlaArgs {
   float scale_log2;
 };
 
-// A tile of kBT cache rows [c | k_pe] into shared memory (pitch ld): columns [0, dk) of the first n_valid rows,
-// zeros elsewhere (padding columns up to dk_pad and rows past the split end: they must be finite, P is 0 there).
-// Warp w copies rows w, w + NW, ...; its lanes take the 16-byte chunks of a row (no index division: the copy
-// loop is a large share of the kernel's instructions).
-template <int NW>
-__device__ __forceinline__ void load_cache_tile(bf16* __restrict__ dst, const bf16* __restrict__ src, const MlaArgs& a,
-                                                int ld, int n_valid) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (a.fast && n_valid == kBT) {  // columns dk..dk_pad are zeroed once at the start of the kernel
-    const int n_ch = a.dk / 8;
-    for (int row = warp; row < kBT; row += NW) {
-      bf16* drow = dst + row * ld;
-      const bf16* grow = src + row * a.cache_rs;
-      for (int ch = lane; ch < n_ch; ch += 32) cp_async16(drow + ch * 8, grow + ch * 8);
+// Shared memory: barriers | Ss [kKG][MR][kLDS] fp32 | Ps [MR][kLDP] bf16 | a_s, l_s [MR] fp32 | ring.
+std::int64_t fixed_smem_bytes(int mr) {
+  return kBarBytes + std::int64_t{4} * kKG * mr * kLDS + std::int64_t{2} * mr * kLDP + std::int64_t{4} * 2 * mr;
+}
+std::int64_t slot_bytes(int ldk) { return std::int64_t{2} * kSlot * ldk; }
+
+// MT row tiles of 16 rows per item; QK: k steps per warp (the warp's Q fragments in registers: MT x QK x 8 regs);
+// NTW: 8-column output tiles per warp (r <= 8 * kCW * NTW).
+template <int MT, int QK, int NTW>
+__global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs a) {
+  constexpr int MR = 16 * MT;             // query rows per item
+  constexpr int TPR = kCThreads / MR;     // softmax threads per row (16 or 8)
+  constexpr int NCH = kBT / 4 / TPR;      // 4-token chunks per softmax thread (1 or 2)
+  // Separate hi / lo score accumulators (more independent mma chains) where the registers allow: a 9-warp block
+  // gets at most 168 registers per thread.
+  constexpr int kHL = MT * QK <= 5 ? 2 : 1;
+  static_assert(kCThreads % MR == 0 && NCH >= 1 && NCH * 4 * TPR == kBT, "softmax layout");
+  const int ldk = a.dk_pad + 8;  // +16 bytes: conflict-free ldmatrix
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  float* Ss = reinterpret_cast<float*>(smem_raw + kBarBytes);  // [kKG][MR][kLDS] raw partial scores
+  bf16* Ps = reinterpret_cast<bf16*>(Ss + kKG * MR * kLDS);      // [MR][kLDP]
+  float* a_s = reinterpret_cast<float*>(Ps + MR * kLDP);         // [MR] this tile's rescale factor
+  float* l_s = a_s + MR;                                         // [MR] running sum
+  bf16* ring = reinterpret_cast<bf16*>(l_s + MR);                // [n_slots][kSlot][ldk]
+  const unsigned full0 = smem_u32(smem_raw), empty0 = full0 + kMaxSlots * 8;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const bool bulk = kHasBulk && a.fast;
+  if (tid == 0) {
+    for (int s = 0; s < a.n_slots; ++s) {
+      mbar_init(full0 + 8 * s, bulk ? 1u : 32u);
+      mbar_init(empty0 + 8 * s, static_cast<unsigned>(kCThreads));
+    }
+    fence_barrier_init();
+  }
+  // Padding columns dk..dk_pad of every ring row are zero for the whole kernel (bulk copies never write them; the
+  // plain loads write zeros there themselves).
+  if (bulk && a.dk_pad > a.dk) {
+    const int pad = a.dk_pad - a.dk;  // 8
+    for (int idx = tid; idx < a.n_slots * kSlot * (pad / 8); idx += kThreads)
+      *reinterpret_cast<uint4*>(ring + (idx / (pad / 8)) * ldk + a.dk + (idx % (pad / 8)) * 8) =
+          make_uint4(0u, 0u, 0u, 0u);
+  }
+  __syncthreads();
+  pdl_wait();  // q_lat / q_pe / cache written by earlier kernels are visible from here on
+  pdl_launch_dependents();
+
+  if (warp == kCW) {
+    // ---------------------------------------------------------------- producer
+    unsigned slot = 0, phase = 0;
+    const unsigned row_bytes = static_cast<unsigned>(a.dk) * 2u;
+    for (std::int64_t item = blockIdx.x; item < a.n_items; item += gridDim.x) {
+      const std::int64_t sp = item / a.n_rg;
+      const std::int64_t s0 = sp * a.split, s1 = min64(a.S, s0 + a.split);
+      const int n_half = 2 * static_cast<int>((s1 - s0 + kBT - 1) / kBT);
+      for (int h = 0; h < n_half; ++h) {
+        mbar_wait(empty0 + 8 * slot, phase ^ 1u);
+        const std::int64_t tok = s0 + std::int64_t{h} * kSlot + lane;
+        bf16* drow = ring + (slot * kSlot + lane) * ldk;
+        if (bulk) {
+          // Rows past the split end copy its last row: finite data whose P is 0 (masked scores).
+          if (lane == 0) mbar_arrive_expect_tx(full0 + 8 * slot, kSlot * row_bytes);
+          __syncwarp();
+          bulk_g2s(smem_u32(drow), a.cache + min64(tok, s1 - 1) * a.cache_rs, row_bytes, full0 + 8 * slot);
+        } else {
+          // Plain loads, one row per lane: columns [0, dk) of valid rows, zeros elsewhere.
+          const bool valid = tok < s1;
+          const unsigned short* gs = reinterpret_cast<const unsigned short*>(a.cache + (valid ? tok : 0) * a.cache_rs);
+          unsigned* d32 = reinterpret_cast<unsigned*>(drow);
+          for (int c = 0; c < a.dk_pad; c += 2) {
+            const unsigned lo = valid && c < a.dk ? gs[c] : 0u;
+            const unsigned hi = valid && c + 1 < a.dk ? gs[c + 1] : 0u;
+            d32[c / 2] = lo | (hi << 16);
+          }
+          mbar_arrive(full0 + 8 * slot);
+        }
+        if (++slot == static_cast<unsigned>(a.n_slots)) {
+          slot = 0;
+          phase ^= 1u;
+        }
+      }
     }
     return;
   }
-  const int chunks = a.dk_pad / 8;
-  const int n_vec = a.vec ? a.dk / 8 : 0;  // chunks copied whole by cp.async
-  for (int row = warp; row < kBT; row += NW) {
-    bf16* drow = dst + row * ld;
-    const bf16* grow = src + row * a.cache_rs;
-    const bool valid = row < n_valid;
-    for (int ch = lane; ch < chunks; ch += 32) {
-      const int col = ch * 8;
-      if (valid && ch < n_vec) {
-        cp_async16(drow + col, grow + col);
-      } else if (valid && col < a.dk) {
-        const unsigned short* gs = reinterpret_cast<const unsigned short*>(grow + col);
-        unsigned w[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const unsigned lo = col + 2 * e < a.dk ? gs[2 * e] : 0u;
-          const unsigned hi = col + 2 * e + 1 < a.dk ? gs[2 * e + 1] : 0u;
-          w[e] = lo | (hi << 16);
-        }
-        *reinterpret_cast<uint4*>(drow + col) = make_uint4(w[0], w[1], w[2], w[3]);
-      } else {
-        *reinterpret_cast<uint4*>(drow + col) = make_uint4(0u, 0u, 0u, 0u);
-      }
-    }
-  }
-}
 
-std::int64_t smem_bytes(int mr, int nw, int ldk, int stages) {
-  const int kg = nw / kTG;
-  return std::int64_t{2} * 2 * mr * ldk          // Q hi, Q lo
-         + std::int64_t{2} * stages * kBT * ldk  // cache ring
-         + std::int64_t{4} * kg * mr * kLDS      // partial scores of the k groups
-         + std::int64_t{2} * mr * kLDP           // P
-         + std::int64_t{4} * 3 * mr;             // running max, sum, rescale factor
-}
-
-template <int MT, int NW>
-__global__ void __launch_bounds__(NW * 32) mla_split_kernel(const MlaArgs a) {
-  constexpr int MR = 16 * MT;  // query rows per block
-  constexpr int kThreads = NW * 32;
-  constexpr int kKG = NW / kTG;            // k groups of the scores
-  constexpr int kRowsPerWarp = MR / NW;    // softmax rows per warp
-  constexpr int kMaxNTW = kMaxR / 8 / NW;  // output column tiles per warp
-  static_assert(kRowsPerWarp >= 1 && kKG >= 1 && NW % kTG == 0, "warp layout");
-  const int ldk = a.dk_pad + 8;  // +16 bytes: conflict-free ldmatrix
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* Qh = reinterpret_cast<bf16*>(smem_raw);                     // [MR][ldk] bf16(q)
-  bf16* Ql = Qh + MR * ldk;                                         // [MR][ldk] bf16(q - bf16(q))
-  bf16* Cs = Ql + MR * ldk;                                         // [stages][kBT][ldk]
-  float* Ss = reinterpret_cast<float*>(Cs + a.stages * kBT * ldk);  // [kKG][MR][kLDS] raw partial scores
-  bf16* Ps = reinterpret_cast<bf16*>(Ss + kKG * MR * kLDS);         // [MR][kLDP]
-  float* m_s = reinterpret_cast<float*>(Ps + MR * kLDP);            // [MR] running max (base 2)
-  float* l_s = m_s + MR;                                            // [MR] running sum
-  float* a_s = l_s + MR;                                            // [MR] this tile's rescale factor
-
-  // Row groups fastest: the blocks of one split run side by side and share its tiles in L2.
-  const std::int64_t bid = blockIdx.x;
-  const std::int64_t rg = bid % a.n_rg, sp = bid / a.n_rg;
-  const std::int64_t row0 = rg * MR;
-  const std::int64_t s0 = sp * a.split, s1 = min64(a.S, s0 + a.split);
-  const int n_tiles = static_cast<int>((s1 - s0 + kBT - 1) / kBT);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  // ------------------------------------------------------------------ consumers
   const int g = lane >> 2, t4 = lane & 3, mi = lane >> 3, r8 = lane & 7;
-  const bf16* src = a.cache + s0 * a.cache_rs;
-
-  // Padding columns dk..dk_pad of every ring row are zero for the whole kernel (the fast copy never writes them;
-  // the general one writes zeros there too, hence the barrier).
-  if (a.fast && a.dk_pad > a.dk) {
-    const int pad_ch = (a.dk_pad - a.dk) / 8;
-    for (int idx = threadIdx.x; idx < a.stages * kBT * pad_ch; idx += kThreads)
-      *reinterpret_cast<uint4*>(Cs + (idx / pad_ch) * ldk + a.dk + (idx % pad_ch) * 8) = make_uint4(0u, 0u, 0u, 0u);
-    __syncthreads();
-  }
-  // Start the first stages-1 tiles, then build Q while they fly. Always one commit per stage (possibly empty)
-  // so that the wait count below is uniform.
-  for (int st = 0; st < a.stages - 1; ++st) {
-    if (st < n_tiles)
-      load_cache_tile<NW>(Cs + st * kBT * ldk, src + std::int64_t{st} * kBT * a.cache_rs, a, ldk,
-                          static_cast<int>(min64(kBT, s1 - s0 - std::int64_t{st} * kBT)));
-    cp_async_commit();
-  }
-  // q = hi + lo, both bf16: the two products together carry ~16 mantissa bits of q (fp32 q rounded to bf16
-  // alone would cost ~1e-3 relative on every score, visible in lse for short caches).
-  for (int idx = threadIdx.x; idx < MR * a.dk_pad; idx += kThreads) {
-    const int row = idx / a.dk_pad, c = idx % a.dk_pad;
-    const std::int64_t grow = row0 + row;
-    float v = 0.0f;
-    if (grow < a.rows) {
-      if (c < a.r)
-        v = a.q_lat[grow * a.r + c];
-      else if (c < a.dk)
-        v = a.q_pe[grow * a.dr + (c - a.r)];
-    }
-    const bf16 hi = __float2bfloat16_rn(v);
-    Qh[row * ldk + c] = hi;
-    Ql[row * ldk + c] = __float2bfloat16_rn(v - __bfloat162float(hi));
-  }
-  if (threadIdx.x < MR) {
-    m_s[threadIdx.x] = -INFINITY;
-    l_s[threadIdx.x] = 0.0f;
-  }
-
-  // Key limit of the softmax rows of this warp: query t = row / nH sits at S - T + t and sees keys
-  // [0, S - T + t + 1); padding rows past `rows` see the split (their Q is zero; they are never written).
-  std::int64_t lim[kRowsPerWarp];
-#pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) {
-    const std::int64_t grow = row0 + warp * kRowsPerWarp + i;
-    lim[i] = grow < a.rows ? min64(s1, a.S - a.T + grow / a.n_heads + 1) : s1;
-  }
-  // Every row of the block sees every token below this (the first query row has the smallest limit).
-  const std::int64_t blk_lim = min64(s1, a.S - a.T + row0 / a.n_heads + 1);
-  int buf_use = 0, buf_load = a.stages - 1;  // ring slots of tile it and of tile it + stages - 1
-
-  const int n_nt = (a.r + 7) / 8;  // 8-column output tiles; warp w owns w, w + NW, ...
-  float acc[MT][kMaxNTW][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int j = 0; j < kMaxNTW; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.0f;
-
-  // Scores: warp = (token group tg: tokens 16 tg .. 16 tg + 15) x (k group kg: 16-column steps kg, kg + kKG, ..).
-  const int tg = warp % kTG, kg = warp / kTG;
-  unsigned qh_addr[MT], ql_addr[MT], p_addr[MT];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    const int qoff = (mt * 16 + (mi & 1) * 8 + r8) * ldk + (mi >> 1) * 8;
-    qh_addr[mt] = smem_u32(Qh + qoff);
-    ql_addr[mt] = smem_u32(Ql + qoff);
-    p_addr[mt] = smem_u32(Ps + (mt * 16 + (mi & 1) * 8 + r8) * kLDP + (mi >> 1) * 8);
-  }
-  float* Sk = Ss + kg * MR * kLDS;
+  const int th = warp & 1, kg = warp >> 1;  // scores: token half, k group
   const int n_k16 = a.dk_pad / 16;
+  const int n_nt = (a.r + 7) / 8;
+  const int srow = tid / TPR, spart = tid % TPR;  // softmax: row, part
+  unsigned p_addr[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) p_addr[mt] = smem_u32(Ps + (mt * 16 + (mi & 1) * 8 + r8) * kLDP + (mi >> 1) * 8);
 
-  for (int it = 0; it < n_tiles; ++it) {
-    cp_async_wait(a.stages - 2);
-    __syncthreads();  // tile it (and Q, m_s, l_s) visible; every warp is done with tile it-1, Ss and Ps
-    {
-      const int nt = it + a.stages - 1;
-      if (nt < n_tiles)
-        load_cache_tile<NW>(Cs + buf_load * kBT * ldk, src + std::int64_t{nt} * kBT * a.cache_rs, a, ldk,
-                            static_cast<int>(min64(kBT, s1 - s0 - std::int64_t{nt} * kBT)));
-      cp_async_commit();
-    }
-    const bf16* Cb = Cs + buf_use * kBT * ldk;
-    buf_use = buf_use + 1 == a.stages ? 0 : buf_use + 1;
-    buf_load = buf_load + 1 == a.stages ? 0 : buf_load + 1;
-    const std::int64_t j0 = s0 + std::int64_t{it} * kBT;
+  unsigned qa[MT][QK][2][4];  // A fragments of q hi / lo for k steps kg + kKG j
+  std::int64_t q_rg = -1;
+  unsigned slot = 0, phase = 0;
 
-    // Partial scores of this warp's 16 tokens over its k steps, raw (unscaled) into Ss[kg].
-    {
-      // Independent accumulator chains: hi and lo products apart, and at MT = 1 also alternate k steps apart,
-      // so that consecutive mma.sync do not wait on each other (a single chain would be 36 deep at r + dr = 576).
-      constexpr int kPar = MT == 1 ? 2 : 1;
-      float sc[kPar][2][MT][2][4];
-#pragma unroll
-      for (int pp = 0; pp < kPar; ++pp)
-#pragma unroll
-        for (int hl = 0; hl < 2; ++hl)
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int n = 0; n < 2; ++n)
-#pragma unroll
-              for (int e = 0; e < 4; ++e) sc[pp][hl][mt][n][e] = 0.0f;
-      const unsigned k_addr = smem_u32(Cb + (tg * 16 + (mi >> 1) * 8 + r8) * ldk + (mi & 1) * 8);
-      for (int kk0 = kg; kk0 < n_k16; kk0 += kPar * kKG) {
-#pragma unroll
-        for (int pp = 0; pp < kPar; ++pp) {
-          const int kk = kk0 + pp * kKG;
-          if (kk < n_k16) {
-            unsigned kb[4];
-            ldsm_x4(k_addr + kk * 32, kb);
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-              unsigned qa[4];
-              ldsm_x4(qh_addr[mt] + kk * 32, qa);
-              mma_bf16(sc[pp][0][mt][0], qa, kb[0], kb[1]);
-              mma_bf16(sc[pp][0][mt][1], qa, kb[2], kb[3]);
-              ldsm_x4(ql_addr[mt] + kk * 32, qa);
-              mma_bf16(sc[pp][1][mt][0], qa, kb[0], kb[1]);
-              mma_bf16(sc[pp][1][mt][1], qa, kb[2], kb[3]);
-            }
-          }
-        }
-      }
+  for (std::int64_t item = blockIdx.x; item < a.n_items; item += gridDim.x) {
+    const std::int64_t rg = item % a.n_rg, sp = item / a.n_rg;
+    const std::int64_t row0 = rg * MR;
+    const std::int64_t s0 = sp * a.split, s1 = min64(a.S, s0 + a.split);
+    const int n_tiles = static_cast<int>((s1 - s0 + kBT - 1) / kBT);
+
+    if (rg != q_rg) {  // q = hi + lo, both bf16 (~16 mantissa bits of q), straight from global into fragments
+      q_rg = rg;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int n = 0; n < 2; ++n) {
-          float v[4];
+        for (int j = 0; j < QK; ++j) {
+          const int kk = kg + kKG * j;
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            float hi = sc[0][0][mt][n][e], lo = sc[0][1][mt][n][e];
+            float v[2] = {0.0f, 0.0f};
+            const std::int64_t grow = row0 + mt * 16 + g + 8 * (e & 1);
+            const int c = kk * 16 + 8 * (e >> 1) + 2 * t4;
+            if (kk < n_k16 && grow < a.rows) {
 #pragma unroll
-            for (int pp = 1; pp < kPar; ++pp) {
-              hi += sc[pp][0][mt][n][e];
-              lo += sc[pp][1][mt][n][e];
+              for (int u = 0; u < 2; ++u) {
+                if (c + u < a.r)
+                  v[u] = a.q_lat[grow * a.r + c + u];
+                else if (c + u < a.dk)
+                  v[u] = a.q_pe[grow * a.dr + (c + u - a.r)];
+              }
             }
-            v[e] = hi + lo;
+            const float h0 = __bfloat162float(__float2bfloat16_rn(v[0]));
+            const float h1 = __bfloat162float(__float2bfloat16_rn(v[1]));
+            qa[mt][j][0][e] = pack_bf16(h0, h1);
+            qa[mt][j][1][e] = pack_bf16(v[0] - h0, v[1] - h1);
           }
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh)
-            *reinterpret_cast<float2*>(Sk + (mt * 16 + g + 8 * hh) * kLDS + tg * 16 + n * 8 + 2 * t4) =
-                make_float2(v[2 * hh], v[2 * hh + 1]);
         }
     }
-    __syncthreads();  // all partial scores of the tile in Ss
 
-    // Online softmax, one warp per row, 2 tokens per lane: sum the k groups (fixed order), scale to base 2, mask.
-#pragma unroll
-    for (int i = 0; i < kRowsPerWarp; ++i) {
-      const int row = warp * kRowsPerWarp + i;
-      float x0 = 0.0f, x1 = 0.0f;
-#pragma unroll
-      for (int k = 0; k < kKG; ++k) {
-        x0 += Ss[(k * MR + row) * kLDS + lane];
-        x1 += Ss[(k * MR + row) * kLDS + lane + 32];
-      }
-      x0 *= a.scale_log2;
-      x1 *= a.scale_log2;
-      if (j0 + kBT > blk_lim) {  // a tile with masked tokens (split end, causal tail)
-        if (j0 + lane >= lim[i]) x0 = -INFINITY;
-        if (j0 + lane + 32 >= lim[i]) x1 = -INFINITY;
-      }
-      const float mx = cuda::warp_max(fmaxf(x0, x1));
-      const float m_old = m_s[row];
-      const float m_new = fmaxf(m_old, mx);
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // no key seen yet: avoid -inf - -inf
-      const float p0 = fast_exp2(x0 - m_use), p1 = fast_exp2(x1 - m_use);
-      const float sum = cuda::warp_sum(p0 + p1);
-      const float alpha = fast_exp2(m_old - m_use);
-      Ps[row * kLDP + lane] = __float2bfloat16_rn(p0);
-      Ps[row * kLDP + lane + 32] = __float2bfloat16_rn(p1);
-      __syncwarp();  // every lane has read m_s[row]
-      if (lane == 0) {
-        m_s[row] = m_new;
-        l_s[row] = l_s[row] * alpha + sum;
-        a_s[row] = alpha;
-      }
-    }
-    __syncthreads();  // P and the rescale factors visible
+    // Key limit of this thread's softmax row: query t = row / nH sits at S - T + t and sees keys
+    // [0, S - T + t + 1); padding rows past `rows` see the split (their Q is zero; they are never written).
+    const std::int64_t my_row = row0 + srow;
+    const std::int64_t lim = my_row < a.rows ? min64(s1, a.S - a.T + my_row / a.n_heads + 1) : s1;
+    // Every row of the item sees every token below this (the first query row has the smallest limit).
+    const std::int64_t blk_lim = min64(s1, a.S - a.T + row0 / a.n_heads + 1);
+    float m_run = -INFINITY, l_run = 0.0f;
 
-    // O = alpha O + P V over this warp's column tiles.
+    float acc[MT][NTW][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      const float al0 = a_s[mt * 16 + g], al1 = a_s[mt * 16 + g + 8];
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int j = 0; j < kMaxNTW; ++j) {
-        acc[mt][j][0] *= al0;
-        acc[mt][j][1] *= al0;
-        acc[mt][j][2] *= al1;
-        acc[mt][j][3] *= al1;
+      for (int j = 0; j < NTW; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.0f;
+
+    for (int it = 0; it < n_tiles; ++it) {
+      const unsigned sA = slot, pA = phase;
+      if (++slot == static_cast<unsigned>(a.n_slots)) {
+        slot = 0;
+        phase ^= 1u;
       }
-    }
+      const unsigned sB = slot, pB = phase;
+      if (++slot == static_cast<unsigned>(a.n_slots)) {
+        slot = 0;
+        phase ^= 1u;
+      }
+      mbar_wait(full0 + 8 * sA, pA);
+      mbar_wait(full0 + 8 * sB, pB);
+      const bf16* CA = ring + sA * kSlot * ldk;  // tokens j0 .. j0 + 31
+      const bf16* CB = ring + sB * kSlot * ldk;  // tokens j0 + 32 .. j0 + 63
+      const std::int64_t j0 = s0 + std::int64_t{it} * kBT;
+
+      // Partial scores of this warp's 32 tokens over its k steps, raw (unscaled) into Ss[kg].
+      {
+        float sc[kHL][MT][4][4];
 #pragma unroll
-    for (int k32 = 0; k32 < kBT / 32; ++k32) {
-      unsigned pa[MT][2][4];
+        for (int hl = 0; hl < kHL; ++hl)
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) sc[hl][mt][n][e] = 0.0f;
+        const unsigned k_addr = smem_u32((th ? CB : CA) + ((mi >> 1) * 8 + r8) * ldk + (mi & 1) * 8);
+        const unsigned k_step16 = 16u * static_cast<unsigned>(ldk) * 2u;  // tokens +16
+#pragma unroll
+        for (int j = 0; j < QK; ++j) {
+          const int kk = kg + kKG * j;
+          if (kk < n_k16) {
+            unsigned kb0[4], kb1[4];
+            ldsm_x4(k_addr + kk * 32, kb0);
+            ldsm_x4(k_addr + k_step16 + kk * 32, kb1);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+              for (int hl = 0; hl < 2; ++hl) {
+                float(&c)[4][4] = sc[hl < kHL ? hl : 0][mt];
+                mma_bf16(c[0], qa[mt][j][hl], kb0[0], kb0[1]);
+                mma_bf16(c[1], qa[mt][j][hl], kb0[2], kb0[3]);
+                mma_bf16(c[2], qa[mt][j][hl], kb1[0], kb1[1]);
+                mma_bf16(c[3], qa[mt][j][hl], kb1[2], kb1[3]);
+              }
+          }
+        }
+        float* Sk = Ss + kg * MR * kLDS;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int n = 0; n < 4; ++n) {
+            float v[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) v[e] = kHL == 2 ? sc[0][mt][n][e] + sc[kHL - 1][mt][n][e] : sc[0][mt][n][e];
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh)
+              *reinterpret_cast<float2*>(Sk + (mt * 16 + g + 8 * hh) * kLDS + th * 32 + n * 8 + 2 * t4) =
+                  make_float2(v[2 * hh], v[2 * hh + 1]);
+          }
+      }
+      consumer_sync();  // all partial scores of the tile in Ss
+
+      // Online softmax: TPR threads per row, chunks of 4 tokens (spart + TPR c): k groups summed in a fixed
+      // order, scaled to base 2, masked; max and sum by butterflies within the row's lanes (every lane of the row
+      // ends with the same bits).
+      {
+        float x[NCH][4];
+#pragma unroll
+        for (int c = 0; c < NCH; ++c) {
+          const int col = 4 * (spart + TPR * c);
+          float4 v = *reinterpret_cast<const float4*>(Ss + srow * kLDS + col);
+#pragma unroll
+          for (int k = 1; k < kKG; ++k) {
+            const float4 w = *reinterpret_cast<const float4*>(Ss + (k * MR + srow) * kLDS + col);
+            v.x += w.x;
+            v.y += w.y;
+            v.z += w.z;
+            v.w += w.w;
+          }
+          x[c][0] = v.x * a.scale_log2;
+          x[c][1] = v.y * a.scale_log2;
+          x[c][2] = v.z * a.scale_log2;
+          x[c][3] = v.w * a.scale_log2;
+          if (j0 + kBT > blk_lim) {  // a tile with masked tokens (split end, causal tail)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              if (j0 + col + e >= lim) x[c][e] = -INFINITY;
+          }
+        }
+        float mx = -INFINITY;
+#pragma unroll
+        for (int c = 0; c < NCH; ++c)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) mx = fmaxf(mx, x[c][e]);
+#pragma unroll
+        for (int o = TPR / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        const float m_new = fmaxf(m_run, mx);
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // no key seen yet: avoid -inf - -inf
+        float sum = 0.0f;
+#pragma unroll
+        for (int c = 0; c < NCH; ++c) {
+          float p[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            p[e] = fast_exp2(x[c][e] - m_use);
+            sum += p[e];
+          }
+          *reinterpret_cast<uint2*>(Ps + srow * kLDP + 4 * (spart + TPR * c)) =
+              make_uint2(pack_bf16(p[0], p[1]), pack_bf16(p[2], p[3]));
+        }
+#pragma unroll
+        for (int o = TPR / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        const float alpha = fast_exp2(m_run - m_use);
+        m_run = m_new;
+        l_run = l_run * alpha + sum;
+        if (spart == 0) {
+          a_s[srow] = alpha;
+          l_s[srow] = l_run;
+        }
+      }
+      consumer_sync();  // P and the rescale factors visible
+
+      // O = alpha O + P V over this warp's column tiles.
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        ldsm_x4(p_addr[mt] + (k32 * 32) * 2, pa[mt][0]);
-        ldsm_x4(p_addr[mt] + (k32 * 32 + 16) * 2, pa[mt][1]);
+        const float al0 = a_s[mt * 16 + g], al1 = a_s[mt * 16 + g + 8];
+#pragma unroll
+        for (int j = 0; j < NTW; ++j) {
+          acc[mt][j][0] *= al0;
+          acc[mt][j][1] *= al0;
+          acc[mt][j][2] *= al1;
+          acc[mt][j][3] *= al1;
+        }
       }
-      // Lane l supplies token k32*32 + l: matrices 0..3 are tokens +0, +8, +16, +24, i.e. the two B registers
-      // of the 16-token steps 2*k32 and 2*k32 + 1.
-      const unsigned v_row = smem_u32(Cb + (k32 * 32 + lane) * ldk);
 #pragma unroll
-      for (int j = 0; j < kMaxNTW; ++j) {
-        const int nt = warp + NW * j;
-        if (nt < n_nt) {
-          unsigned vb[4];
-          ldsm_x4_trans(v_row + nt * 16, vb);
+      for (int k32 = 0; k32 < 2; ++k32) {
+        unsigned pa[MT][2][4];
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            mma_bf16(acc[mt][j], pa[mt][0], vb[0], vb[1]);
-            mma_bf16(acc[mt][j], pa[mt][1], vb[2], vb[3]);
+        for (int mt = 0; mt < MT; ++mt) {
+          ldsm_x4(p_addr[mt] + (k32 * 32) * 2, pa[mt][0]);
+          ldsm_x4(p_addr[mt] + (k32 * 32 + 16) * 2, pa[mt][1]);
+        }
+        // Lane l supplies token 32 k32 + l of the slot: matrices 0..3 are tokens +0, +8, +16, +24, i.e. the two
+        // B registers of the 16-token steps 2 k32 and 2 k32 + 1.
+        const unsigned v_row = smem_u32((k32 ? CB : CA) + lane * ldk);
+#pragma unroll
+        for (int j = 0; j < NTW; ++j) {
+          const int nt = warp + kCW * j;
+          if (nt < n_nt) {
+            unsigned vb[4];
+            ldsm_x4_trans(v_row + nt * 16, vb);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+              mma_bf16(acc[mt][j], pa[mt][0], vb[0], vb[1]);
+              mma_bf16(acc[mt][j], pa[mt][1], vb[2], vb[3]);
+            }
           }
         }
       }
+      mbar_arrive(empty0 + 8 * sA);  // this thread is done with both slots
+      mbar_arrive(empty0 + 8 * sB);
     }
-  }
-  // The last iteration's barriers made m_s / l_s final and visible.
+    // The last tile's second barrier made l_s final and visible (the next item's first write to it comes after
+    // the next first barrier, which every warp reaches only after this epilogue).
 
-  // Normalized partial: o / l, lse = ln(sum exp); a row that saw nothing here gives 0 and -inf.
-  float* po = a.part_o + sp * a.rows * a.r;
+    // Normalized partial: o / l, lse = ln(sum exp); a row that saw nothing here gives 0 and -inf.
+    float* po = a.part_o + sp * a.rows * a.r;
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int row = mt * 16 + g + 8 * hh;
-      const std::int64_t grow = row0 + row;
-      if (grow >= a.rows) continue;
-      const float l = l_s[row];
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      for (int hh = 0; hh < 2; ++hh) {
+        const int row = mt * 16 + g + 8 * hh;
+        const std::int64_t grow = row0 + row;
+        if (grow >= a.rows) continue;
+        const float l = l_s[row];
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
 #pragma unroll
-      for (int j = 0; j < kMaxNTW; ++j) {
-        const int c = (warp + NW * j) * 8 + 2 * t4;
-        if (c < a.r) po[grow * a.r + c] = acc[mt][j][2 * hh] * inv;
-        if (c + 1 < a.r) po[grow * a.r + c + 1] = acc[mt][j][2 * hh + 1] * inv;
+        for (int j = 0; j < NTW; ++j) {
+          const int c = (warp + kCW * j) * 8 + 2 * t4;
+          if (c < a.r) po[grow * a.r + c] = acc[mt][j][2 * hh] * inv;
+          if (c + 1 < a.r) po[grow * a.r + c + 1] = acc[mt][j][2 * hh + 1] * inv;
+        }
       }
-    }
-  if (threadIdx.x < MR && row0 + threadIdx.x < a.rows) {
-    const float l = l_s[threadIdx.x];
-    a.part_lse[sp * a.rows + row0 + threadIdx.x] = l > 0.0f ? (m_s[threadIdx.x] + log2f(l)) * kLn2 : -INFINITY;
+    if (spart == 0 && my_row < a.rows)
+      a.part_lse[sp * a.rows + my_row] = l_run > 0.0f ? (m_run + log2f(l_run)) * kLn2 : -INFINITY;
   }
 }
 
@@ -409,6 +507,8 @@ constexpr int kMergeChunk = 1024;
 __global__ void __launch_bounds__(kMergeThreads)
     mla_merge_kernel(std::int64_t rows, int r, std::int64_t n_split, const float* __restrict__ part_o,
                      const float* __restrict__ part_lse, float* __restrict__ o, float* __restrict__ lse) {
+  pdl_wait();  // the partials of the split kernel are complete and visible
+  pdl_launch_dependents();
   __shared__ float w_s[kMergeChunk];
   __shared__ float red[32];
   __shared__ float part[kMergeGroups][kMergeCols];
@@ -461,13 +561,62 @@ __global__ void __launch_bounds__(kMergeThreads)
   if (blockIdx.y == 0 && threadIdx.x == 0 && lse != nullptr) lse[row] = total;
 }
 
-template <int MT, int NW>
-void launch_split(const MlaArgs& a, std::int64_t smem, cudaStream_t stream) {
-  HYLO_CUDA_CHECK(cudaFuncSetAttribute(mla_split_kernel<MT, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem)));
-  mla_split_kernel<MT, NW>
-      <<<static_cast<unsigned>(a.n_split * a.n_rg), NW * 32, static_cast<std::size_t>(smem), stream>>>(a);
-  HYLO_CUDA_LAUNCH_CHECK();
+// Per-device facts and one-time kernel attributes, cached (the op is called once per layer and token: host work
+// per call must stay at a few launches).
+struct DeviceInfo {
+  int sms = 0, max_smem = 0, major = 0;
+};
+
+DeviceInfo device_info(int dev) {
+  static std::atomic<int> cache[64][3];  // 0: unknown
+  if (dev >= 0 && dev < 64 && cache[dev][0].load(std::memory_order_relaxed) > 0)
+    return {cache[dev][0].load(std::memory_order_relaxed), cache[dev][1].load(std::memory_order_relaxed),
+            cache[dev][2].load(std::memory_order_relaxed)};
+  DeviceInfo d;
+  HYLO_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
+  HYLO_CUDA_CHECK(cudaDeviceGetAttribute(&d.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  HYLO_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev));
+  if (dev >= 0 && dev < 64) {
+    cache[dev][1].store(d.max_smem, std::memory_order_relaxed);
+    cache[dev][2].store(d.major, std::memory_order_relaxed);
+    cache[dev][0].store(d.sms, std::memory_order_release);
+  }
+  return d;
+}
+
+// Launch with the programmatic-serialization attribute on sm_90+ and explicit streams (the legacy default
+// stream keeps its implicit synchronization).
+template <class... Exp, class... Act>
+void launch(void (*kernel)(Exp...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream, bool pdl,
+            Act&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  HYLO_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Act>(args)...));
+}
+
+template <int MT, int QK, int NTW>
+void launch_split(const MlaArgs& a, int dev, const DeviceInfo& d, std::int64_t smem, cudaStream_t stream, bool pdl) {
+  static std::atomic<unsigned long long> attr_set{0};  // bit per device: max dynamic shared memory raised
+  const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0ull;
+  if (bit == 0 || (attr_set.load(std::memory_order_relaxed) & bit) == 0) {
+    HYLO_CUDA_CHECK(cudaFuncSetAttribute(mla_split_kernel<MT, QK, NTW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         d.max_smem));
+    attr_set.fetch_or(bit, std::memory_order_relaxed);
+  }
+  // Persistent grid: one block per SM (shared memory and registers allow no second); a multiple of the row groups
+  // where possible so that a block keeps its row group (and its Q fragments) across items.
+  std::int64_t grid = std::min<std::int64_t>(a.n_items, d.sms);
+  if (grid >= a.n_rg) grid = grid / a.n_rg * a.n_rg;
+  launch(mla_split_kernel<MT, QK, NTW>, dim3(static_cast<unsigned>(grid)), dim3(kThreads),
+         static_cast<std::size_t>(smem), stream, pdl, a);
 }
 
 std::int64_t split_of(const MlaDecodeCudaParams& p) {
@@ -517,8 +666,7 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
   a.dk = a.r + a.dr;
   a.dk_pad = (a.dk + 15) / 16 * 16;
   a.cache_rs = p.cache_row_stride > 0 ? p.cache_row_stride : a.dk;
-  a.vec = reinterpret_cast<std::uintptr_t>(p.cache) % 16 == 0 && a.cache_rs % 8 == 0;
-  a.fast = a.vec && a.dk % 8 == 0;
+  a.fast = reinterpret_cast<std::uintptr_t>(p.cache) % 16 == 0 && a.cache_rs % 8 == 0 && a.dk % 8 == 0;
   a.q_lat = p.q_lat;
   a.q_pe = p.q_pe;
   a.cache = p.cache;
@@ -527,36 +675,42 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
   a.part_lse = ws != nullptr ? ws + n_split * rows * a.r : nullptr;
   a.scale_log2 = p.scale * kLog2e;
 
+  int dev = 0;
+  HYLO_CUDA_CHECK(cudaGetDevice(&dev));
+  const DeviceInfo d = device_info(dev);
+  const bool pdl = d.major >= 9 && stream != nullptr && stream != cudaStreamLegacy && stream != cudaStreamPerThread;
   if (n_split > 0) {
-    int dev = 0, max_smem = 0;
-    HYLO_CUDA_CHECK(cudaGetDevice(&dev));
-    HYLO_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     const int ldk = a.dk_pad + 8;
-    // 32 rows per block where they fit with a 2-stage ring, else 16 (results do not depend on this).
-    const int mt = rows > 16 && smem_bytes(32, 8, ldk, 2) <= max_smem ? 2 : 1;
+    const int n_k16 = a.dk_pad / 16;
+    // 32 rows per item where the registers allow it (Q fragments 2 x 5 k steps, 2 x 4 output tiles per warp),
+    // else 16 (several row groups; the groups of a split run side by side and share its tiles in L2). The
+    // instantiation is a function of the shapes only.
+    const int qk = (n_k16 + kKG - 1) / kKG;      // k steps per warp
+    const int ntw = ((a.r + 7) / 8 + kCW - 1) / kCW;  // output tiles per warp
+    const int mt = rows > 16 && qk <= 5 && ntw <= 4 ? 2 : 1;
     const int mr = 16 * mt;
-    const int nw = mt == 1 ? 16 : 8;  // 16 rows: 16 warps (registers allow it), 32 rows: 8
     a.n_rg = (rows + mr - 1) / mr;
-    if (a.n_split * a.n_rg > std::numeric_limits<int>::max())
-      throw std::invalid_argument("mla_decode_cuda: too many splits (raise split_tokens)");
-    // Enough stages to keep ~64 KB of cache in flight per block, as many as fit (2..4).
-    const std::int64_t stage = std::int64_t{2} * kBT * ldk;
-    int stages = static_cast<int>(std::min<std::int64_t>(4, 1 + (65536 + stage - 1) / stage));
-    while (stages > 2 && smem_bytes(mr, nw, ldk, stages) > max_smem) --stages;
-    const std::int64_t smem = smem_bytes(mr, nw, ldk, stages);
-    if (smem > max_smem)
+    a.n_items = n_split * a.n_rg;
+    const std::int64_t fixed = fixed_smem_bytes(mr);
+    const std::int64_t slots = std::min<std::int64_t>(kMaxSlots, (d.max_smem - fixed) / slot_bytes(ldk));
+    if (slots < 2)
       throw std::invalid_argument("mla_decode_cuda: r + dr = " + std::to_string(a.dk) + " needs " +
-                                  std::to_string(smem) + " bytes of shared memory, the device has " +
-                                  std::to_string(max_smem));
-    a.stages = stages;
-    if (mt == 1)
-      launch_split<1, 16>(a, smem, stream);
+                                  std::to_string(fixed + 2 * slot_bytes(ldk)) +
+                                  " bytes of shared memory, the device has " + std::to_string(d.max_smem));
+    a.n_slots = static_cast<int>(slots);
+    const std::int64_t smem = fixed + slots * slot_bytes(ldk);
+    if (mt == 2 && qk <= 3 && ntw <= 2)
+      launch_split<2, 3, 2>(a, dev, d, smem, stream, pdl);  // e.g. nH 24, r 128, dr 64
+    else if (mt == 2)
+      launch_split<2, 5, 4>(a, dev, d, smem, stream, pdl);  // e.g. nH 32, r 256, dr 64
+    else if (qk <= 5 && ntw <= 4)
+      launch_split<1, 5, 4>(a, dev, d, smem, stream, pdl);  // e.g. nH 16, r 256, dr 64
     else
-      launch_split<2, 8>(a, smem, stream);
+      launch_split<1, 10, 8>(a, dev, d, smem, stream, pdl);  // up to r 512, dr 128
   }
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>((a.r + kMergeCols - 1) / kMergeCols));
-  mla_merge_kernel<<<grid, kMergeThreads, 0, stream>>>(rows, a.r, n_split, a.part_o, a.part_lse, p.o_lat, p.lse);
-  HYLO_CUDA_LAUNCH_CHECK();
+  launch(mla_merge_kernel, grid, dim3(kMergeThreads), 0, stream, pdl && n_split > 0, rows, a.r, n_split,
+         static_cast<const float*>(a.part_o), static_cast<const float*>(a.part_lse), p.o_lat, p.lse);
 }
 
 }  // namespace hylo::kernels

@@ -33,18 +33,21 @@ struct MlaDecodeCudaParams {
   std::int64_t workspace_bytes = 0;
 };
 
-// Default split: a multiple of 64 tokens, at least 256, at most 256 splits (1M tokens: 256 splits of 4096, about
-// two blocks per SM on 132 SMs; partials then cost ~3% of the cache bytes at 32 heads, r = 512).
+// Default split: a multiple of 64 tokens, at least 128, at most 256 splits (1M tokens: 256 splits of 4096, about
+// two per SM on 132 SMs; partials then cost ~3% of the cache bytes at 32 heads, r = 512).
 std::int64_t mla_decode_cuda_default_split(std::int64_t S);
 
 // Bytes of workspace a call with these T, S, n_heads, kv_lora_rank and split_tokens needs:
 // n_split * T * n_heads * (r + 1) floats, n_split = ceil(S / split).
 std::int64_t mla_decode_cuda_workspace_bytes(const MlaDecodeCudaParams& p);
 
-// Two kernels on `stream`: (1) one block per (split, group of up to 32 query rows) streams its tokens through
-// shared memory in tiles of 64 (cp.async pipeline), scores and P.V on bf16 tensor cores (mma.sync, fp32
-// accumulate, online softmax in fp32), and writes a normalized partial (o, lse); (2) an exact merge of the
-// partials in split order. Throws std::invalid_argument for unsupported sizes or a missing/small workspace.
+// Two kernels on `stream`: (1) a persistent grid (one block per SM) over the work items (split, group of up to 32
+// query rows): a producer warp streams the tokens through a ring of shared-memory slots (cp.async.bulk on sm_90),
+// 8 consumer warps score and accumulate on bf16 tensor cores (mma.sync, fp32 accumulate, online softmax in fp32)
+// and write a normalized partial (o, lse) per item; (2) an exact merge of the partials in split order. On sm_90
+// with an explicit stream both are launched as programmatic dependents (they may start while the previous kernel
+// in the stream finishes, and wait for it before reading its outputs). Throws std::invalid_argument for
+// unsupported sizes or a missing/small workspace.
 void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream);
 
 }  // namespace hylo::kernels

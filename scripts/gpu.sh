@@ -2,13 +2,14 @@
 # GPU checks in two steps, because the GPU machine has no network and no PCRE2 headers (docs/PERFORMANCE.md):
 #   scripts/gpu.sh pack        here: build with CUDA, the GPU test binaries and hylo stripped into .carry/hylo-gpu.tar.xz
 #   scripts/gpu.sh unpack      there: the binaries into .carry/bin/ (run does it too)
+#   scripts/gpu.sh bench [OUT] there: hylo bench of both released layouts + the PyTorch side-by-side
 #   scripts/gpu.sh run [OUT]   there (repository root, .carry/ carried along): every GPU test, then a short table;
 #                              logs under OUT (default $OUT or ./gpu-logs).
 # Binaries built on Debian 12 run on Ubuntu 24.04 (CUDA 13.0 on both; PCRE2 static, spdlog header-only, gtest
 # static; cuBLASLt, OpenMPI 4.1 and OpenBLAS resolve to that machine's own libraries).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-tests=(test_gpu_smoke test_gemm_cuda test_elementwise_cuda test_scans_cuda test_attention_cuda test_attention_cudnn test_mamba2_chunk_cuda test_gdn_chunk_cuda test_cuda_engine)
+tests=(test_gpu_smoke test_gemm_cuda test_elementwise_cuda test_scans_cuda test_attention_cuda test_attention_cudnn test_mamba2_chunk_cuda test_gdn_chunk_cuda test_gemv_cuda test_cuda_engine)
 case "${1:-}" in
   pack)
     cmake -S . -B build-gpu -G Ninja -DHYLO_WERROR=ON >/dev/null || exit 1
@@ -44,5 +45,23 @@ case "${1:-}" in
     grep -h -E "^\s+(\[|hylo-tiny|greedy|chunk|linear|  )" "$out"/test_*.log | head -60 >"$out/summary.txt"
     grep -h -E "FAILED|Failure|error" "$out"/test_*.log | head -40
     ;;
-  *) echo "usage: scripts/gpu.sh pack | unpack | run [OUT]" >&2; exit 2 ;;
+  bench)
+    # hylo bench of the two released layouts (random weights; verified against the CPU engine first), then the
+    # PyTorch/HF side-by-side (scripts/compare/torch_prefill.py). Lengths: HYLO_BENCH_LENGTHS (default 8K,32K,128K).
+    [[ -x .carry/bin/hylo ]] || { mkdir -p .carry/bin && tar -xJf .carry/hylo-gpu.tar.xz -C .carry/bin; } || exit 1
+    out="${2:-${OUT:-gpu-logs}}"
+    mkdir -p "$out"
+    export NCCL_NVLS_ENABLE=0
+    py=/opt/torch/.venv/bin/python; [[ -x $py ]] || py=python3
+    for p in HyLo-Llama-6MLA22M2 HyLo-Qwen-7MLA21GDN; do
+      timeout 580 .carry/bin/hylo bench --preset "$p" --prefill "${HYLO_BENCH_LENGTHS:-8K,32K,128K}" --decode-steps 32 \
+        --json "$out/bench-$p.json" >"$out/bench-$p.log" 2>&1 || echo "bench $p failed: $out/bench-$p.log"
+      grep -v "^\[" "$out/bench-$p.log" | tail -16
+      [[ "${HYLO_BENCH_TORCH:-1}" == 1 ]] || continue
+      timeout 300 "$py" scripts/compare/torch_prefill.py --preset "configs/$p" --lengths 8K,32K --repeats 2 \
+        --hylo-json "$out/bench-$p.json" --json "$out/torch-$p.json" >"$out/torch-$p.log" 2>&1
+      grep -v "falling back" "$out/torch-$p.log" | tail -8
+    done
+    ;;
+  *) echo "usage: scripts/gpu.sh pack | unpack | run [OUT] | bench [OUT]" >&2; exit 2 ;;
 esac

@@ -73,6 +73,7 @@ void add_bench_command(CLI::App& app, BenchArgs& a) {
   b->add_option("--hbm-tbps", a.hbm_tbps, "HBM bandwidth for the decode floor in TB/s (0: from the device name)");
   b->add_option("--json", a.json, "Write the results as JSON");
   b->add_flag("!--no-profile", a.profile, "Skip the per-op time split");
+  b->add_flag("--cublas-decode", a.cublas_decode, "Decode projections through cuBLASLt instead of the GEMV kernel (A/B)");
   b->add_flag("--recurrent-scans", a.recurrent_scans,
               "GPU prefill scans by the token-by-token kernels instead of the chunked ones (for comparison)");
   b->add_option("--threads", a.threads, "CPU threads (0: all)")->capture_default_str();
@@ -193,6 +194,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     CudaEngineOptions o;
     o.prefill_chunk = a.chunk_size;
     o.chunked_scans = !a.recurrent_scans;
+    o.decode_gemv = !a.cublas_decode;
     engine.emplace(cfg, weights, longest + a.decode_steps + kProfiledDecodeSteps + 1, o);
     device_name = engine->device_name();
     const bool h200 = device_name.find("H200") != std::string::npos;
@@ -241,6 +243,15 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
                     "the CUDA engine disagrees with the CPU reference (logits rel L2 " + std::to_string(worst) + " > " +
                         std::to_string(bound) + "): not timing a wrong answer");
       }
+      engine->reset();
+    }
+    // Warm-up, untimed: one prefill chunk and two decode steps load every kernel (CUDA loads modules lazily, at
+    // first launch) and build the cuBLASLt plans before anything is timed.
+    {
+      const auto warm = random_prompt(std::min<std::int64_t>(a.chunk_size, longest), V, a.seed + 7);
+      std::vector<float> lg(static_cast<std::size_t>(V));
+      engine->forward(warm, lg.data(), false);
+      for (std::int32_t t : {1, 2}) engine->forward(std::span<const std::int32_t>(&t, 1), lg.data(), false);
       engine->reset();
     }
   }

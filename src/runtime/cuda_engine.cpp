@@ -19,6 +19,7 @@
 #include "kernels/gdn_chunk_cuda.h"
 #include "kernels/gdn_cuda.h"
 #include "kernels/gemm_cuda.h"
+#include "kernels/gemv_cuda.h"
 #include "kernels/mamba2_chunk_cuda.h"
 #include "kernels/mamba2_cuda.h"
 #include "kernels/mla_cuda.h"
@@ -534,7 +535,13 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
     p.y_stride = y_stride;
     p.y_bf16 = y_bf16;
     p.accumulate = accumulate;
-    m.timed("gemm", [&] { m.lt.linear(p, st); });
+    m.timed("gemm", [&] {
+      if (options_.decode_gemv && rows <= 4 && k::gemv_cuda_supports(p)) {
+        k::gemv_cuda(p, st);  // decode: bandwidth-bound, one pass over W
+      } else {
+        m.lt.linear(p, st);
+      }
+    });
   };
   auto rmsnorm = [&](const float* x, std::int64_t rows, std::int64_t dim, const DBuf<float>& w, void* y, bool y_bf16,
                      std::int64_t x_stride = 0, std::int64_t y_stride = 0) {
@@ -742,15 +749,22 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
           p.silu = true;
           m.timed("conv", [&] { k::causal_conv1d_cuda(p, st); });
         }
-        float* xs = m.f3.get();
-        float* Bs = m.f4.get();
-        float* Cs = m.f5.get();
-        float* dt = m.f6.get();
+        // The scan takes x, B, C, dt contiguous: a single row (decode) already is, a prefill chunk is split.
+        float* xs = xbc;
+        float* Bs = xbc + dxb;
+        float* Cs = xbc + 2 * dxb;
+        float* dt = zx + di + Cc;
         float* y = m.f7.get();
-        copy_cols(xbc, T, Cc, 0, dxb, xs);
-        copy_cols(xbc, T, Cc, dxb, dxb, Bs);
-        copy_cols(xbc, T, Cc, 2 * dxb, di, Cs);
-        copy_cols(zx, T, rows, di + Cc, nh, dt);
+        if (T > 1) {
+          xs = m.f3.get();
+          Bs = m.f4.get();
+          Cs = m.f5.get();
+          dt = m.f6.get();
+          copy_cols(xbc, T, Cc, 0, dxb, xs);
+          copy_cols(xbc, T, Cc, dxb, dxb, Bs);
+          copy_cols(xbc, T, Cc, 2 * dxb, di, Cs);
+          copy_cols(zx, T, rows, di + Cc, nh, dt);
+        }
         k::Mamba2ScanParams p{};
         p.T = T;
         p.n_heads = nh;

@@ -27,6 +27,7 @@ struct CudaEngineOptions {
   std::int64_t gdn_chunk = 64;            // chunk of the WY/UT scan kernel (kernels/gdn_chunk_cuda.h: 64 only)
   bool chunked_scans = true;              // prefill scans by the chunked kernels (false: the recurrent ones)
   bool cudnn_attention = true;            // prefill attention through cuDNN SDPA where available (else own kernel)
+  bool decode_gemv = true;                // projections of 1-4 token rows by kernels/gemv_cuda.h (else cuBLASLt)
   // Keep the decompressed K/V of every prompt position for the prefill (n_MLA x nKV x (dqk + dv) x 2 bytes per
   // token): each chunk then decompresses only its own tokens and attends in one call. Dropped automatically
   // (with a log line) when it does not fit; then every chunk re-decompresses the cached latents block by block.

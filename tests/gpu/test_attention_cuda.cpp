@@ -22,6 +22,7 @@
 #include "gpu_test.h"
 #include "kernels/attention.h"
 #include "kernels/attention_cuda.h"
+#include "kernels/mla_cuda.h"
 #include "kernels/mla_decode.h"
 #include "kernels/mla_decode_cuda.h"
 
@@ -660,6 +661,230 @@ TEST(MlaDecodeCuda, BandwidthReport) {
     HYLO_CUDA_CHECK(cudaEventDestroy(t1));
     EXPECT_GT(ms, 0.0f);
   }
+}
+
+// The engine's shapes (HyLo-Llama: nH 24, r 128; HyLo-Qwen: nH 16, r 256; dr 64) at lengths around the tile (64),
+// slot (32) and split boundaries, against the CPU.
+TEST(MlaDecodeCuda, EngineShapes) {
+  const std::int64_t shapes[][2] = {{24, 128}, {16, 256}};
+  const std::int64_t lengths[] = {1, 31, 33, 64, 65, 129, 8229, 70001};
+  std::uint64_t seed = 90000;
+  for (const auto& hr : shapes)
+    for (std::int64_t S : lengths) {
+      const std::int64_t H = hr[0], r = hr[1], dr = 64;
+      const auto cache = round_bf16(random_vector(S * (r + dr), seed += 7));
+      const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(cache));
+      for (std::int64_t T : {1, 2}) {
+        const MlaCase c{S, H, r, dr, T, 0};
+        check_mla(c, make_queries(c, seed += 7), cache, dcache);
+      }
+    }
+}
+
+// On an explicit stream (programmatic dependent launches on sm_90) the chain absorb -> decode -> expand gives the
+// same bits as on the default stream (plain launches), repeatedly, with the inputs rewritten between rounds.
+TEST(MlaDecodeCuda, ExplicitStreamMatchesDefaultStream) {
+  kernels::MlaShape sh;
+  sh.n_heads = 24;
+  sh.n_kv_heads = 8;
+  sh.r = 128;
+  sh.dn = 64;
+  sh.dr = 64;
+  sh.dv = 128;
+  const std::int64_t S = 20000, lat = sh.r + sh.dr;
+  const DeviceBuffer<__nv_bfloat16> cache(to_bf16(random_vector(S * lat, 91000)));
+  const DeviceBuffer<__nv_bfloat16> kv_b(
+      to_bf16(random_vector(sh.n_kv_heads * (sh.dn + sh.dv) * sh.r, 91001, 0.1f)));
+  DeviceBuffer<float> q(sh.n_heads * (sh.dn + sh.dr)), q_lat(sh.n_heads * sh.r), q_pe(sh.n_heads * sh.dr);
+  DeviceBuffer<float> o_lat(sh.n_heads * sh.r), lse(sh.n_heads);
+  DeviceBuffer<__nv_bfloat16> o(sh.n_heads * sh.dv);
+  kernels::MlaDecodeCudaParams p;
+  p.T = 1;
+  p.S = S;
+  p.n_heads = sh.n_heads;
+  p.kv_lora_rank = sh.r;
+  p.rope_dim = sh.dr;
+  p.q_lat = q_lat.get();
+  p.q_pe = q_pe.get();
+  p.cache = cache.get();
+  p.o_lat = o_lat.get();
+  p.lse = lse.get();
+  p.scale = 1.0f / std::sqrt(static_cast<float>(sh.dn + sh.dr));
+  DeviceBuffer<float> ws((kernels::mla_decode_cuda_workspace_bytes(p) + 3) / 4);
+  p.workspace = ws.get();
+  p.workspace_bytes = static_cast<std::int64_t>(ws.bytes());
+  cudaStream_t st = nullptr;
+  HYLO_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  for (int round = 0; round < 3; ++round) {
+    const std::vector<float> qh = random_vector(sh.n_heads * (sh.dn + sh.dr), 91002 + round);
+    std::vector<std::vector<float>> got[2];
+    for (int use_stream = 0; use_stream < 2; ++use_stream) {
+      const cudaStream_t s = use_stream ? st : nullptr;
+      HYLO_CUDA_CHECK(cudaMemcpy(q.get(), qh.data(), q.bytes(), cudaMemcpyHostToDevice));
+      HYLO_CUDA_CHECK(cudaMemset(o_lat.get(), 0xFF, o_lat.bytes()));
+      for (int rep = 0; rep < 4; ++rep) {  // back to back: each kernel's predecessor is the chain's previous one
+        kernels::mla_absorb_q_cuda(sh, 1, q.get(), kv_b.get(), q_lat.get(), q_pe.get(), s);
+        kernels::mla_decode_cuda(p, s);
+        kernels::mla_expand_o_cuda(sh, 1, o_lat.get(), kv_b.get(), o.get(), s);
+      }
+      HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+      got[use_stream] = {o_lat.download(), lse.download(), to_float(o.download())};
+    }
+    for (int k = 0; k < 3; ++k) {
+      ASSERT_EQ(got[0][k].size(), got[1][k].size());
+      EXPECT_EQ(count_nonfinite(got[0][k]), 0) << "round " << round << " output " << k;
+      EXPECT_EQ(std::memcmp(got[0][k].data(), got[1][k].data(), got[0][k].size() * sizeof(float)), 0)
+          << "round " << round << " output " << k << " differs between the default and an explicit stream";
+    }
+  }
+  HYLO_CUDA_CHECK(cudaStreamDestroy(st));
+}
+
+// mla_absorb_q_cuda / mla_expand_o_cuda against fp64 loops (weights bf16, q and o_lat fp32; expand rounds to bf16).
+TEST(MlaAbsorbExpandCuda, MatchesReference) {
+  struct Case {
+    std::int64_t nH, nKV, r, dn, dr, dv, T;
+  };
+  const Case cases[] = {{24, 8, 128, 64, 64, 128, 1}, {16, 8, 256, 64, 64, 128, 1}, {16, 8, 256, 64, 64, 128, 37},
+                        {32, 32, 512, 128, 64, 128, 2}, {6, 3, 40, 24, 8, 20, 5},       {4, 1, 33, 17, 3, 9, 3}};
+  std::uint64_t seed = 92000;
+  for (const Case& c : cases) {
+    SCOPED_TRACE("nH=" + std::to_string(c.nH) + " nKV=" + std::to_string(c.nKV) + " r=" + std::to_string(c.r) +
+                 " dn=" + std::to_string(c.dn) + " dr=" + std::to_string(c.dr) + " dv=" + std::to_string(c.dv) +
+                 " T=" + std::to_string(c.T));
+    kernels::MlaShape sh;
+    sh.n_heads = c.nH;
+    sh.n_kv_heads = c.nKV;
+    sh.r = c.r;
+    sh.dn = c.dn;
+    sh.dr = c.dr;
+    sh.dv = c.dv;
+    const std::int64_t dqk = c.dn + c.dr, hpg = c.nH / c.nKV;
+    const auto kvb = round_bf16(random_vector(c.nKV * (c.dn + c.dv) * c.r, seed += 7, 0.1f));
+    const auto qh = random_vector(c.T * c.nH * dqk, seed += 7);
+    const auto olh = random_vector(c.T * c.nH * c.r, seed += 7);
+    const DeviceBuffer<__nv_bfloat16> dkvb(to_bf16(kvb));
+    const DeviceBuffer<float> dq(qh), dol(olh);
+    DeviceBuffer<float> q_lat(std::vector<float>(static_cast<std::size_t>(c.T * c.nH * c.r), kNaN));
+    DeviceBuffer<float> q_pe(std::vector<float>(static_cast<std::size_t>(c.T * c.nH * c.dr), kNaN));
+    DeviceBuffer<__nv_bfloat16> o(c.T * c.nH * c.dv);
+    kernels::mla_absorb_q_cuda(sh, c.T, dq.get(), dkvb.get(), q_lat.get(), q_pe.get(), nullptr);
+    kernels::mla_expand_o_cuda(sh, c.T, dol.get(), dkvb.get(), o.get(), nullptr);
+    HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<float> ref_lat(static_cast<std::size_t>(c.T * c.nH * c.r)), ref_pe(c.T * c.nH * c.dr),
+        ref_o(c.T * c.nH * c.dv);
+    for (std::int64_t t = 0; t < c.T; ++t)
+      for (std::int64_t h = 0; h < c.nH; ++h) {
+        const std::int64_t g = h / hpg, row = t * c.nH + h;
+        const float* wuk = kvb.data() + g * (c.dn + c.dv) * c.r;
+        const float* wuv = wuk + c.dn * c.r;
+        for (std::int64_t i = 0; i < c.r; ++i) {
+          double acc = 0;
+          for (std::int64_t d = 0; d < c.dn; ++d) acc += static_cast<double>(qh[row * dqk + d]) * wuk[d * c.r + i];
+          ref_lat[row * c.r + i] = static_cast<float>(acc);
+        }
+        for (std::int64_t d = 0; d < c.dr; ++d) ref_pe[row * c.dr + d] = qh[row * dqk + c.dn + d];
+        for (std::int64_t e = 0; e < c.dv; ++e) {
+          double acc = 0;
+          for (std::int64_t i = 0; i < c.r; ++i) acc += static_cast<double>(wuv[e * c.r + i]) * olh[row * c.r + i];
+          ref_o[row * c.dv + e] = static_cast<float>(acc);
+        }
+      }
+    const auto got_lat = q_lat.download(), got_pe = q_pe.download();
+    const auto got_o = to_float(o.download());
+    const double e_lat = rel_l2(got_lat, ref_lat), e_o = rel_l2(got_o, ref_o);
+    std::printf("mla absorb/expand nH %lld nKV %lld r %lld T %lld: q_lat %.1e  o %.1e\n",
+                static_cast<long long>(c.nH), static_cast<long long>(c.nKV), static_cast<long long>(c.r),
+                static_cast<long long>(c.T), e_lat, e_o);
+    EXPECT_EQ(count_nonfinite(got_lat), 0);
+    EXPECT_LE(e_lat, 1e-5);  // fp32 sums of dn products
+    EXPECT_EQ(std::memcmp(got_pe.data(), ref_pe.data(), got_pe.size() * sizeof(float)), 0) << "q_pe is a copy";
+    EXPECT_LE(e_o, 4e-3);  // bf16 output (2^-9 relative per element)
+  }
+}
+
+// Per-layer cost of the engine's absorbed decode (absorb + decode + expand, T = 1) on an explicit stream, at the
+// engine's shapes and 8K / 128K / 512K tokens: the fixed cost (8K) and the cache bandwidth (long contexts).
+TEST(MlaDecodeCuda, EngineLatencyReport) {
+  cudaDeviceProp prop{};
+  HYLO_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  struct Shape {
+    const char* name;
+    std::int64_t nH, nKV, r, dn, dv;
+  };
+  const Shape shapes[] = {{"HyLo-Llama", 24, 8, 128, 64, 128}, {"HyLo-Qwen", 16, 8, 256, 64, 128}};
+  cudaStream_t st = nullptr;
+  HYLO_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  for (const Shape& shp : shapes) {
+    kernels::MlaShape sh;
+    sh.n_heads = shp.nH;
+    sh.n_kv_heads = shp.nKV;
+    sh.r = shp.r;
+    sh.dn = shp.dn;
+    sh.dr = 64;
+    sh.dv = shp.dv;
+    const std::int64_t lat = sh.r + sh.dr, Smax = std::int64_t{512} << 10;
+    DeviceBuffer<__nv_bfloat16> cache(Smax * lat);
+    HYLO_CUDA_CHECK(cudaMemset(cache.get(), 0x3C, cache.bytes()));  // bf16 0x3C3C ~ 0.0115: finite, uniform
+    const DeviceBuffer<__nv_bfloat16> kv_b(to_bf16(random_vector(sh.n_kv_heads * (sh.dn + sh.dv) * sh.r, 93000, 0.1f)));
+    const DeviceBuffer<float> q(random_vector(sh.n_heads * (sh.dn + sh.dr), 93001));
+    DeviceBuffer<float> q_lat(sh.n_heads * sh.r), q_pe(sh.n_heads * sh.dr), o_lat(sh.n_heads * sh.r);
+    DeviceBuffer<__nv_bfloat16> o(sh.n_heads * sh.dv);
+    kernels::MlaDecodeCudaParams p;
+    p.T = 1;
+    p.S = Smax;
+    p.n_heads = sh.n_heads;
+    p.kv_lora_rank = sh.r;
+    p.rope_dim = sh.dr;
+    DeviceBuffer<float> ws((kernels::mla_decode_cuda_workspace_bytes(p) + 3) / 4);
+    p.q_lat = q_lat.get();
+    p.q_pe = q_pe.get();
+    p.cache = cache.get();
+    p.o_lat = o_lat.get();
+    p.scale = 1.0f / std::sqrt(static_cast<float>(sh.dn + sh.dr));
+    p.workspace = ws.get();
+    p.workspace_bytes = static_cast<std::int64_t>(ws.bytes());
+    for (std::int64_t S : {std::int64_t{8} << 10, std::int64_t{128} << 10, Smax}) {
+      p.S = S;
+      auto layer = [&] {
+        kernels::mla_absorb_q_cuda(sh, 1, q.get(), kv_b.get(), q_lat.get(), q_pe.get(), st);
+        kernels::mla_decode_cuda(p, st);
+        kernels::mla_expand_o_cuda(sh, 1, o_lat.get(), kv_b.get(), o.get(), st);
+      };
+      layer();
+      HYLO_CUDA_CHECK(cudaStreamSynchronize(st));
+      cudaEvent_t t0, t1;
+      HYLO_CUDA_CHECK(cudaEventCreate(&t0));
+      HYLO_CUDA_CHECK(cudaEventCreate(&t1));
+      constexpr int kReps = 50;
+      // Decode only (bandwidth), then the whole layer chain (fixed cost included).
+      HYLO_CUDA_CHECK(cudaEventRecord(t0, st));
+      for (int i = 0; i < kReps; ++i) kernels::mla_decode_cuda(p, st);
+      HYLO_CUDA_CHECK(cudaEventRecord(t1, st));
+      HYLO_CUDA_CHECK(cudaEventSynchronize(t1));
+      float ms_dec = 0;
+      HYLO_CUDA_CHECK(cudaEventElapsedTime(&ms_dec, t0, t1));
+      HYLO_CUDA_CHECK(cudaEventRecord(t0, st));
+      for (int i = 0; i < kReps; ++i) layer();
+      HYLO_CUDA_CHECK(cudaEventRecord(t1, st));
+      HYLO_CUDA_CHECK(cudaEventSynchronize(t1));
+      float ms_layer = 0;
+      HYLO_CUDA_CHECK(cudaEventElapsedTime(&ms_layer, t0, t1));
+      ms_dec /= kReps;
+      ms_layer /= kReps;
+      const double bytes = static_cast<double>(S) * lat * 2;
+      std::printf("mla engine %-10s nH %lld r %lld S %7lld on %s: decode %.1f us (%.0f GB/s of cache), "
+                  "absorb+decode+expand %.1f us per layer\n",
+                  shp.name, static_cast<long long>(sh.n_heads), static_cast<long long>(sh.r),
+                  static_cast<long long>(S), prop.name, ms_dec * 1e3, bytes / (ms_dec * 1e-3) / 1e9, ms_layer * 1e3);
+      HYLO_CUDA_CHECK(cudaEventDestroy(t0));
+      HYLO_CUDA_CHECK(cudaEventDestroy(t1));
+      const auto ol = o_lat.download();
+      EXPECT_EQ(count_nonfinite(ol), 0);
+      EXPECT_GT(ms_layer, 0.0f);
+    }
+  }
+  HYLO_CUDA_CHECK(cudaStreamDestroy(st));
 }
 
 }  // namespace

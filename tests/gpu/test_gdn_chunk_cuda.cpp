@@ -1,9 +1,10 @@
 // GPU tests of the chunked WY/UT Gated DeltaNet scan, kernels/gdn_chunk_cuda.h, against the token-by-token CPU
 // reference gdn_scan_recurrent_cpu (kernels/gdn.h): o and the final state from a non-zero initial state, over the
-// HyLo-Qwen head (Hk = Hv = 6, dk 256, dv 512) at T = 1, 63, 64, 65, 1000, 4099 and 8192, odd shapes (dk 7 / dv 5
-// with Hv = 3 Hk, dk 16 / dv 32, dk 128 / dv 256 with Hv = 2 Hk, dk 33 / dv 65 (the plain-load path, a 1-column
-// state tile), dk 300 / dv 200, dk = dv = 512), T not a multiple of the chunk, v == nullptr, o == nullptr,
-// q == nullptr, misaligned inputs, a long-memory case over 20000 tokens (3 workspace segments, ~300 chunks), split
+// HyLo-Qwen head (Hk = Hv = 6, dk 256, dv 512) at T = 1, 63, 64, 65, 1000, 4099 and 8192 (2 segments), odd
+// shapes (dk 7 / dv 5 with Hv = 3 Hk, dk 16 / dv 32, dk 128 / dv 256 with Hv = 2 Hk, dk 33 / dv 65 (the
+// plain-load path, a 1-column state tile), dk 300 / dv 200, dk = dv = 512), T not a multiple of the chunk,
+// v == nullptr, o == nullptr,
+// q == nullptr, misaligned inputs, a long-memory case over 20000 tokens (5 workspace segments, ~300 chunks), split
 // calls, a workspace of 3 chunks, T = 0 and the rejected sizes. Inputs are prepared by gdn_prepare_cpu (q, k
 // l2-normalised, realistic g and beta), as in tests/gpu/test_scans_cuda.cpp. Outputs live in device buffers with
 // sentinel guards on both sides and start as a NaN sentinel (a stray write breaks a guard, a missing one leaves a
@@ -330,7 +331,7 @@ TEST(GdnChunkCuda, MatchesRecurrent) {
       {{1, 1, 33, 65}, {1, 100, 1000}},   // dk % 4 != 0: the plain-load path; dv 65: a 1-column state tile
       {{1, 2, 300, 200}, {130, 1000}},    // 5 dk slices, dv not a multiple of 32 or 64
       {{3, 3, 64, 64}, {1000}},
-      {{1, 1, 512, 512}, {200}},          // the largest head: 228 KB of shared memory in the scan kernel
+      {{1, 1, 512, 512}, {200}},          // the largest head: 203 KB of shared memory in the state kernel
   };
   double worst = 0.0;
   std::uint64_t seed = 2000;
@@ -400,9 +401,9 @@ TEST(GdnChunkCuda, NullVNullONullQ) {
 }
 
 // Long memory: decay and erase weakened (g x 0.002, beta x 0.02) so that the initial state and early tokens still
-// shape o and the state after ~300 chunks; 20000 tokens are 3 segments of the default workspace (8192 tokens
-// each), so the carry across segment boundaries is exercised too. The zero-start reference shows how much of o
-// the carried state still explains (required > 5%).
+// shape o and the state after ~300 chunks; 20000 tokens are 5 segments of the default workspace
+// (kGdnChunkSegmentTokens = 4096 tokens each), so the carry across segment boundaries is exercised too. The
+// zero-start reference shows how much of o the carried state still explains (required > 5%).
 TEST(GdnChunkCuda, LongMemory) {
   Stream st;
   const GProblem pr = make_gdn({1, 2, 64, 80}, 20000, 2300, 0.002f, 0.02f);
@@ -498,6 +499,23 @@ TEST(GdnChunkCuda, RejectsUnsupported) {
 // kernel at 8192 tokens, then 131072 tokens (inputs: the 8192-token problem repeated 16 times) where the chunked
 // result is compared with the recurrent kernel's (state, and o over the last 8192 tokens).
 
+// Per-kernel device times of one call (gdn_scan_chunked_cuda_timed; it advances p.state and writes p.o), best of 3.
+template <class W>
+void print_kernel_times(const char* what, const GdnScanParams& p, W& ws, const Stream& st) {
+  GdnChunkKernelTimes best;
+  for (int i = 0; i < 3; ++i) {
+    GdnChunkKernelTimes tk;
+    gdn_scan_chunked_cuda_timed(p, kChunk, ws.get(), ws.bytes(), st.get(), &tk);
+    if (i == 0 || tk.wy_ms + tk.state_ms + tk.out_ms < best.wy_ms + best.state_ms + best.out_ms) best = tk;
+  }
+  st.sync();
+  const double tot = best.wy_ms + best.state_ms + best.out_ms;
+  std::printf("  [bench] per kernel, %s (%d segments, events between launches): WY %.3f ms (%.0f%%), state %.3f ms "
+              "(%.0f%%), out %.3f ms (%.0f%%), sum %.3f ms\n",
+              what, best.segments, best.wy_ms, 100.0 * best.wy_ms / tot, best.state_ms, 100.0 * best.state_ms / tot,
+              best.out_ms, 100.0 * best.out_ms / tot, tot);
+}
+
 float time_ms(const Stream& st, int reps, const std::function<void()>& fn) {
   cudaEvent_t a, b;
   HYLO_CUDA_CHECK(cudaEventCreate(&a));
@@ -546,6 +564,7 @@ TEST(GdnChunkCuda, QwenLongAndBenchmark) {
     std::printf("  [bench] Qwen head (Hv 6, dk 256, dv 512), T=8192: chunked %.3f ms (%.3f us/token), recurrent "
                 "%.3f ms (%.3f us/token): %.1fx; workspace %.1f MB\n",
                 tc, 1e3 * tc / T, tr, 1e3 * tr / T, tr / tc, ws.bytes() / 1e6);
+    print_kernel_times("T=8192", p, ws, st);
   }
 
   // 131072 tokens: the 8192-token inputs repeated.
@@ -576,6 +595,13 @@ TEST(GdnChunkCuda, QwenLongAndBenchmark) {
   pl.state = S_c.get();
   pl.o = o_c.get();
   Workspace ws(gdn_scan_chunked_workspace_bytes(pl, kChunk));
+  {
+    // Per-kernel split on a scratch state (o_c is rewritten by the measured run below).
+    DeviceBuffer<float> S_t(pr.S0);
+    GdnScanParams pt = pl;
+    pt.state = S_t.get();
+    print_kernel_times("T=131072", pt, ws, st);
+  }
   const float tc = time_ms(st, 1, [&] { gdn_scan_chunked_cuda(pl, kChunk, ws.get(), ws.bytes(), st.get()); });
   GdnScanParams plr = pl;
   plr.state = S_rec.get();
@@ -589,9 +615,10 @@ TEST(GdnChunkCuda, QwenLongAndBenchmark) {
   ASSERT_EQ(count_nonfinite(sc), 0);
   ASSERT_EQ(count_nonfinite(oc), 0);
   const double es = rel_l2(sc, sr), eo = rel_l2(oc, orr);
-  std::printf("  [bench] Qwen head, T=131072 (16 segments): chunked %.3f ms (%.3f us/token), recurrent %.3f ms "
+  std::printf("  [bench] Qwen head, T=131072 (%lld segments): chunked %.3f ms (%.3f us/token), recurrent %.3f ms "
               "(%.3f us/token): %.1fx; vs recurrent rel-L2 state %.2e, o (last 8192 tokens) %.2e\n",
-              tc, 1e3 * tc / TL, tr, 1e3 * tr / TL, tr / tc, es, eo);
+              static_cast<long long>((TL + kGdnChunkSegmentTokens - 1) / kGdnChunkSegmentTokens), tc, 1e3 * tc / TL, tr,
+              1e3 * tr / TL, tr / tc, es, eo);
   EXPECT_LE(es, kTol);
   EXPECT_LE(eo, kTol);
 }
