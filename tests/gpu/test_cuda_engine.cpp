@@ -177,6 +177,68 @@ TEST(CudaEngine, GoldenReducedWidthLayouts) {
   }
 }
 
+// Every algorithm the engine can pick, on a well-conditioned HF-made layout (golden "mixed": MLA, Mamba2 and
+// GDN layers) against the CPU engine on the same bf16 weights, over a sequence that exercises each transition:
+// a chunked prefill (chunk 64, prompt not a multiple), 3 decode steps, a second prefill that continues the
+// sequence (the prefill K/V cache must first fill the positions the decode steps added), 2 more decode steps.
+// Variants: the defaults (cuDNN attention, prefill K/V cache, chunked scans, GEMV decode), and each of them
+// switched off in turn (own attention kernel; latents re-decompressed per block of 100 keys, straddling chunks;
+// recurrent scans; cuBLASLt decode). Every step's logits within 2e-2 of the CPU.
+TEST(CudaEngine, EveryEnginePathMatchesCpu) {
+  namespace fs = std::filesystem;
+  const char* src = std::getenv("HYLO_SOURCE_DIR");
+  const fs::path dir = fs::path(src != nullptr ? src : HYLO_SOURCE_DIR) / "tests" / "golden" / "mixed";
+  const ModelConfig cfg = load_model_config(dir);
+  const auto ckpt = SafetensorsCheckpoint::open(dir);
+  ModelWeights w = load_model_weights(cfg, bind_weights(cfg, ckpt));
+  round_weights_to_bf16(w);
+  const std::int64_t V = cfg.vocab_size;
+  const auto p1 = prompt_of(201, V, 21), p2 = prompt_of(77, V, 22);
+  struct Variant {
+    const char* name;
+    CudaEngineOptions o;
+  };
+  std::vector<Variant> variants(5);
+  variants[0].name = "defaults";
+  variants[1].name = "own attention kernel";
+  variants[1].o.cudnn_attention = false;
+  variants[2].name = "no prefill K/V cache, blocks of 100";
+  variants[2].o.prefill_kv_cache = false;
+  variants[2].o.attention_block = 100;
+  variants[3].name = "recurrent scans";
+  variants[3].o.chunked_scans = false;
+  variants[4].name = "cuBLASLt decode";
+  variants[4].o.decode_gemv = false;
+  for (auto& v : variants) {
+    SCOPED_TRACE(v.name);
+    v.o.prefill_chunk = 64;
+    CpuEngine cpu(cfg, w);
+    SequenceState st = cpu.new_sequence();
+    CudaEngine gpu(cfg, w, 201 + 3 + 77 + 2, v.o);
+    std::vector<float> ref, got(static_cast<std::size_t>(V));
+    double worst = 0;
+    auto step = [&](std::span<const std::int32_t> toks) {
+      if (toks.size() > 1) {
+        cpu.prefill(st, toks, 0, ref, false);
+      } else {
+        ref.resize(static_cast<std::size_t>(V));
+        cpu.forward(st, toks, ref.data(), false);
+      }
+      gpu.forward(toks, got.data(), false);
+      EXPECT_EQ(gpu_test::count_nonfinite(got), 0);
+      worst = std::max(worst, rel_l2(got.data(), ref.data(), V));
+      return static_cast<std::int32_t>(Sampler(SamplingParams{}).sample(ref.data(), V));
+    };
+    std::int32_t t = step(p1);
+    for (int i = 0; i < 3; ++i) t = step(std::span<const std::int32_t>(&t, 1));
+    t = step(p2);
+    for (int i = 0; i < 2; ++i) t = step(std::span<const std::int32_t>(&t, 1));
+    std::printf("  %-38s %s: worst step logits rel L2 %.2e\n", v.name, gpu.describe_attention().c_str(), worst);
+    EXPECT_LE(worst, 2e-2);
+    EXPECT_EQ(gpu.length(), 201 + 3 + 77 + 2);
+  }
+}
+
 TEST(CudaEngine, RefusesWhatCannotFitWithTheNumbers) {
   const ModelConfig c = load_preset("HyLo-Llama-6MLA22M2");
   const ModelConfig tiny = load_preset("hylo-tiny");
