@@ -155,7 +155,9 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
   }
   validate(a.sampling);
   if (a.max_new_tokens < 0) throw Error(ErrorKind::kUsage, "", "--max-new-tokens", "must be >= 0");
-  if (a.chunk_size < 1) throw Error(ErrorKind::kUsage, "", "--chunk-size", "must be >= 1");
+  if (a.chunk_size < 0) throw Error(ErrorKind::kUsage, "", "--chunk-size", "must be >= 1 (0: the device's default)");
+  // Default chunk: 2048 tokens on the CPU (cache-friendly blocks), 8192 on the GPU (large GEMMs, few attention calls).
+  if (a.chunk_size == 0) a.chunk_size = a.device == "cuda" ? 8192 : 2048;
   const int sources = !a.prompt.empty() + !a.prompt_file.empty() + !a.token_ids.empty();
   if (sources != 1) {
     throw Error(ErrorKind::kUsage, "", "prompt", "give exactly one of --prompt, --prompt-file, --token-ids");
@@ -247,6 +249,7 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
     spdlog::info("loaded {} ({} parameters) on {} in {:.2f} s; GPU memory {}", a.model,
                  format_count(compute_footprint(cfg, bound.options).parameters), cuda_engine->device_name(),
                  seconds_since(t_load), cuda_engine->plan().describe());
+    spdlog::info("prefill attention: {}", cuda_engine->describe_attention());
     comm::CommStats::global()->reset();
     t_prefill = std::chrono::steady_clock::now();
     logits.assign(static_cast<std::size_t>(V), 0.0f);

@@ -14,7 +14,7 @@ struct GenerateArgs {
   std::string prompt_file;   // text file (needs the tokenizer)
   std::string token_ids;     // file of whitespace-separated token ids
   std::int64_t max_new_tokens = 32;
-  std::int64_t chunk_size = 2048;
+  std::int64_t chunk_size = 0;  // 0: 2048 on the CPU, 8192 on the GPU
   std::int64_t max_context = 0;  // 0: no limit beyond memory
   SamplingParams sampling;
   std::string dump_logits;   // safetensors file for the prompt's logits

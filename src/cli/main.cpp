@@ -250,7 +250,7 @@ int main(int argc, char** argv) {
   gen->add_option("--prompt-file", ga.prompt_file, "File holding the prompt text");
   gen->add_option("--token-ids", ga.token_ids, "File of whitespace-separated prompt token ids");
   gen->add_option("--max-new-tokens", ga.max_new_tokens, "Tokens to generate (stops early at EOS)")->capture_default_str();
-  gen->add_option("--chunk-size", ga.chunk_size, "Prefill chunk (tokens per forward pass)")->capture_default_str();
+  gen->add_option("--chunk-size", ga.chunk_size, "Prefill chunk (tokens per forward pass; default 2048 on the CPU, 8192 on the GPU)");
   gen->add_option("--max-context", ga.max_context, "Refuse prompt + new tokens beyond this (0: no limit)")->capture_default_str();
   gen->add_option("--temperature", ga.sampling.temperature, "0 = greedy")->capture_default_str();
   gen->add_option("--top-k", ga.sampling.top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
