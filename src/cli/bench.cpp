@@ -278,6 +278,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     std::vector<float> logits(static_cast<std::size_t>(V));
     double prefill_s = 0, decode_s = 0;
     std::vector<std::pair<std::string, double>> split, decode_split;  // seconds / ms per decode token
+    std::uint64_t gpu_mem_in_use = 0;  // device memory in use after the prefill (whole device, all processes)
 #if HYLO_WITH_CUDA
     if (gpu) {
       engine->reset();
@@ -289,6 +290,10 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
       const auto t0 = std::chrono::steady_clock::now();
       engine->forward(prompt, logits.data(), false);
       prefill_s = since(t0);
+      {
+        std::size_t free_b = 0, total_b = 0;  // everything is allocated up front: this is the peak but for cuDNN
+        if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) gpu_mem_in_use = total_b - free_b;  // growth
+      }
       split = engine->op_seconds();
       engine->set_profiling(false);
       const auto t1 = std::chrono::steady_clock::now();
@@ -354,6 +359,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     r["decode_floor_ms"] = floor_ms;
     r["comm_seconds"] = comm_total.seconds;  // rank 0's time blocked in communication during the prefill
     r["comm_bytes"] = comm_total.bytes_sent + comm_total.bytes_received;
+    if (gpu_mem_in_use > 0) r["gpu_memory_in_use_bytes"] = gpu_mem_in_use;
     nlohmann::ordered_json ops;
     double timed = 0;
     for (const auto& [k, v] : split) timed += v;
@@ -375,6 +381,9 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
         line += buf;
       }
       std::printf("%s (of %.3f s in timed ops)\n", line.c_str(), timed);
+    }
+    if (root && gpu_mem_in_use > 0) {
+      std::printf("          GPU memory in use after the prefill: %s\n", format_bytes(gpu_mem_in_use).c_str());
     }
     if (root && !decode_split.empty()) {
       std::string line = "          decode ms/token:";
