@@ -6,7 +6,11 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
+#include <utility>
+
+#include "kernels/cuda_check.h"
 
 namespace hylo::kernels::cuda {
 
@@ -45,6 +49,39 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   __syncthreads();
   v = lane < warps ? scratch[lane] : 0.0f;
   return warp_sum(v);
+}
+
+// Host side: stream-ordered launch with programmatic dependent launch (PDL) when `pdl` is set (the kernel then
+// calls cudaGridDependencySynchronize before reading what the previous kernel wrote).
+template <class... Exp, class... Act>
+void launch_pdl(void (*kernel)(Exp...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream, bool pdl,
+                Act&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  HYLO_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Act>(args)...));
+}
+
+// Whether PDL may be used on `stream`: sm_90+ (compute capability cached per device: decode launches this per
+// layer and token) and an explicit stream (the legacy default stream keeps its implicit synchronization).
+inline bool pdl_allowed(cudaStream_t stream) {
+  if (stream == nullptr || stream == cudaStreamLegacy || stream == cudaStreamPerThread) return false;
+  int dev = 0;
+  HYLO_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::atomic<int> major_cache[64];  // 0: not known yet
+  int major = dev >= 0 && dev < 64 ? major_cache[dev].load(std::memory_order_relaxed) : 0;
+  if (major == 0) {
+    HYLO_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    if (dev >= 0 && dev < 64) major_cache[dev].store(major, std::memory_order_relaxed);
+  }
+  return major >= 9;
 }
 
 }  // namespace hylo::kernels::cuda

@@ -209,28 +209,6 @@ __global__ void __launch_bounds__(kExpThreads) expand_o_tiled(MlaShape s, std::i
   }
 }
 
-// Launch with the programmatic-serialization attribute where it helps and is safe: sm_90+, an explicit stream
-// (the legacy default stream keeps its implicit synchronization).
-template <class... Exp, class... Act>
-void launch_maybe_pdl(void (*kernel)(Exp...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
-                      Act&&... args) {
-  int dev = 0, major = 0;
-  HYLO_CUDA_CHECK(cudaGetDevice(&dev));
-  HYLO_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  const bool pdl = major >= 9 && stream != nullptr && stream != cudaStreamLegacy && stream != cudaStreamPerThread;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  HYLO_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Act>(args)...));
-}
-
 }  // namespace
 
 void mla_assemble_kv_cuda(const MlaShape& s, std::int64_t n, const bf16* kv, const bf16* cache, bf16* K, bf16* V,
@@ -251,8 +229,8 @@ void mla_absorb_q_cuda(const MlaShape& s, std::int64_t T, const float* q, const 
     const bool vec = s.r % 8 == 0 && reinterpret_cast<std::uintptr_t>(kv_b) % 16 == 0;
     const dim3 grid(static_cast<unsigned>(s.n_kv_heads), static_cast<unsigned>(ceil_div(s.r, kAbsCols)),
                     static_cast<unsigned>(ceil_div(T * hpg, kAbsRows)));
-    launch_maybe_pdl(absorb_q_tiled, grid, dim3(kAbsThreads), static_cast<std::size_t>(smem), stream, s, T, q, kv_b,
-                     q_lat, q_pe, vec);
+    cuda::launch_pdl(absorb_q_tiled, grid, dim3(kAbsThreads), static_cast<std::size_t>(smem), stream,
+                     cuda::pdl_allowed(stream), s, T, q, kv_b, q_lat, q_pe, vec);
     return;
   }
   const dim3 grid(static_cast<unsigned>(s.n_heads), static_cast<unsigned>(T));  // T: decode steps (small)
@@ -269,8 +247,8 @@ void mla_expand_o_cuda(const MlaShape& s, std::int64_t T, const float* o_lat, co
     const bool vec = s.r % 8 == 0 && reinterpret_cast<std::uintptr_t>(kv_b) % 16 == 0;
     const dim3 grid(static_cast<unsigned>(s.n_kv_heads), static_cast<unsigned>(ceil_div(s.dv, kExpCols)),
                     static_cast<unsigned>(ceil_div(T * hpg, kExpRows)));
-    launch_maybe_pdl(expand_o_tiled, grid, dim3(kExpThreads), static_cast<std::size_t>(smem), stream, s, T, o_lat,
-                     kv_b, o, vec);
+    cuda::launch_pdl(expand_o_tiled, grid, dim3(kExpThreads), static_cast<std::size_t>(smem), stream,
+                     cuda::pdl_allowed(stream), s, T, o_lat, kv_b, o, vec);
     return;
   }
   const dim3 grid(static_cast<unsigned>(s.n_heads), static_cast<unsigned>(T));

@@ -564,42 +564,21 @@ __global__ void __launch_bounds__(kMergeThreads)
 // Per-device facts and one-time kernel attributes, cached (the op is called once per layer and token: host work
 // per call must stay at a few launches).
 struct DeviceInfo {
-  int sms = 0, max_smem = 0, major = 0;
+  int sms = 0, max_smem = 0;
 };
 
 DeviceInfo device_info(int dev) {
-  static std::atomic<int> cache[64][3];  // 0: unknown
-  if (dev >= 0 && dev < 64 && cache[dev][0].load(std::memory_order_relaxed) > 0)
-    return {cache[dev][0].load(std::memory_order_relaxed), cache[dev][1].load(std::memory_order_relaxed),
-            cache[dev][2].load(std::memory_order_relaxed)};
+  static std::atomic<int> cache[64][2];  // 0: unknown
+  if (dev >= 0 && dev < 64 && cache[dev][0].load(std::memory_order_acquire) > 0)
+    return {cache[dev][0].load(std::memory_order_relaxed), cache[dev][1].load(std::memory_order_relaxed)};
   DeviceInfo d;
   HYLO_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
   HYLO_CUDA_CHECK(cudaDeviceGetAttribute(&d.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  HYLO_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev));
   if (dev >= 0 && dev < 64) {
     cache[dev][1].store(d.max_smem, std::memory_order_relaxed);
-    cache[dev][2].store(d.major, std::memory_order_relaxed);
     cache[dev][0].store(d.sms, std::memory_order_release);
   }
   return d;
-}
-
-// Launch with the programmatic-serialization attribute on sm_90+ and explicit streams (the legacy default
-// stream keeps its implicit synchronization).
-template <class... Exp, class... Act>
-void launch(void (*kernel)(Exp...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream, bool pdl,
-            Act&&... args) {
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  HYLO_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Act>(args)...));
 }
 
 template <int MT, int QK, int NTW>
@@ -615,8 +594,8 @@ void launch_split(const MlaArgs& a, int dev, const DeviceInfo& d, std::int64_t s
   // where possible so that a block keeps its row group (and its Q fragments) across items.
   std::int64_t grid = std::min<std::int64_t>(a.n_items, d.sms);
   if (grid >= a.n_rg) grid = grid / a.n_rg * a.n_rg;
-  launch(mla_split_kernel<MT, QK, NTW>, dim3(static_cast<unsigned>(grid)), dim3(kThreads),
-         static_cast<std::size_t>(smem), stream, pdl, a);
+  cuda::launch_pdl(mla_split_kernel<MT, QK, NTW>, dim3(static_cast<unsigned>(grid)), dim3(kThreads),
+                   static_cast<std::size_t>(smem), stream, pdl, a);
 }
 
 std::int64_t split_of(const MlaDecodeCudaParams& p) {
@@ -678,7 +657,7 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
   int dev = 0;
   HYLO_CUDA_CHECK(cudaGetDevice(&dev));
   const DeviceInfo d = device_info(dev);
-  const bool pdl = d.major >= 9 && stream != nullptr && stream != cudaStreamLegacy && stream != cudaStreamPerThread;
+  const bool pdl = cuda::pdl_allowed(stream);
   if (n_split > 0) {
     const int ldk = a.dk_pad + 8;
     const int n_k16 = a.dk_pad / 16;
@@ -709,8 +688,8 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
       launch_split<1, 10, 8>(a, dev, d, smem, stream, pdl);  // up to r 512, dr 128
   }
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>((a.r + kMergeCols - 1) / kMergeCols));
-  launch(mla_merge_kernel, grid, dim3(kMergeThreads), 0, stream, pdl && n_split > 0, rows, a.r, n_split,
-         static_cast<const float*>(a.part_o), static_cast<const float*>(a.part_lse), p.o_lat, p.lse);
+  cuda::launch_pdl(mla_merge_kernel, grid, dim3(kMergeThreads), 0, stream, pdl && n_split > 0, rows, a.r, n_split,
+                   static_cast<const float*>(a.part_o), static_cast<const float*>(a.part_lse), p.o_lat, p.lse);
 }
 
 }  // namespace hylo::kernels

@@ -11,9 +11,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
+#include "kernels/cuda_check.h"
 #include "kernels/device_buffer.h"
 
 namespace hylo::gpu_test {
@@ -63,6 +65,69 @@ inline bool have_gpu() {
   int n = 0;
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
+
+// A stream owned by a test. sync() also surfaces any asynchronous kernel fault at the op that caused it.
+class Stream {
+ public:
+  Stream() { HYLO_CUDA_CHECK(cudaStreamCreate(&s_)); }
+  ~Stream() { cudaStreamDestroy(s_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return s_; }
+  void sync() const { HYLO_CUDA_CHECK(cudaStreamSynchronize(s_)); }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+inline constexpr std::uint32_t kSentinelBits = 0x7fc0beefu;  // a quiet NaN with a payload no arithmetic produces
+
+inline float sentinel() {
+  float f;
+  std::memcpy(&f, &kSentinelBits, sizeof f);
+  return f;
+}
+
+inline bool is_sentinel(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u == kSentinelBits;
+}
+
+// n device floats, initialised from `init` (or to the sentinel when init is empty), with Guard sentinel floats on
+// both sides: an op writing outside its buffer fails the current test (check_guards, download), one that leaves
+// an output element unwritten shows a NaN.
+template <std::int64_t Guard>
+class Guarded {
+ public:
+  explicit Guarded(std::int64_t n, const std::vector<float>& init = {}) : n_(n) {
+    std::vector<float> host(static_cast<std::size_t>(n + 2 * Guard), sentinel());
+    if (!init.empty()) {
+      EXPECT_EQ(static_cast<std::int64_t>(init.size()), n);
+      std::copy_n(init.begin(), std::min<std::int64_t>(n, static_cast<std::int64_t>(init.size())), host.begin() + Guard);
+    }
+    buf_.upload(host);
+  }
+  float* get() { return buf_.get() + Guard; }
+  void check_guards() const {
+    std::vector<float> lo(static_cast<std::size_t>(Guard)), hi(static_cast<std::size_t>(Guard));
+    HYLO_CUDA_CHECK(cudaMemcpy(lo.data(), buf_.get(), lo.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    HYLO_CUDA_CHECK(cudaMemcpy(hi.data(), buf_.get() + Guard + n_, hi.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    const auto broken = std::count_if(lo.begin(), lo.end(), [](float f) { return !is_sentinel(f); }) +
+                        std::count_if(hi.begin(), hi.end(), [](float f) { return !is_sentinel(f); });
+    EXPECT_EQ(broken, 0) << "guard floats overwritten around a " << n_ << "-float buffer";
+  }
+  // The n floats (after check_guards).
+  std::vector<float> download() const {
+    check_guards();
+    const std::vector<float> host = buf_.download();
+    return std::vector<float>(host.begin() + Guard, host.begin() + Guard + n_);
+  }
+
+ private:
+  std::int64_t n_;
+  kernels::DeviceBuffer<float> buf_;
+};
 
 }  // namespace hylo::gpu_test
 

@@ -57,59 +57,11 @@ std::size_t sz(int64_t n) { return static_cast<std::size_t>(n); }
 // ---------------------------------------------------------------------------------------------------------
 // Infrastructure: a stream, guarded device buffers, comparisons (as in test_scans_cuda.cpp).
 
-class Stream {
- public:
-  Stream() { HYLO_CUDA_CHECK(cudaStreamCreate(&s_)); }
-  ~Stream() { cudaStreamDestroy(s_); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  cudaStream_t get() const { return s_; }
-  void sync() const { HYLO_CUDA_CHECK(cudaStreamSynchronize(s_)); }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
-
 constexpr int64_t kGuard = 67;
-constexpr std::uint32_t kSentinelBits = 0x7fc0beefu;  // a quiet NaN with a payload no arithmetic produces
-
-float sentinel() {
-  float f;
-  std::memcpy(&f, &kSentinelBits, sizeof f);
-  return f;
-}
-
-bool is_sentinel(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u == kSentinelBits;
-}
-
-// n device floats from `init` (or the sentinel), with kGuard sentinel floats on both sides.
-class Guarded {
- public:
-  explicit Guarded(int64_t n, const Vec& init = {}) : n_(n) {
-    Vec host(sz(n + 2 * kGuard), sentinel());
-    if (!init.empty()) {
-      EXPECT_EQ(static_cast<int64_t>(init.size()), n);
-      std::copy_n(init.begin(), std::min<int64_t>(n, static_cast<int64_t>(init.size())), host.begin() + kGuard);
-    }
-    buf_.upload(host);
-  }
-  float* get() { return buf_.get() + kGuard; }
-  Vec download() const {
-    const Vec host = buf_.download();
-    int64_t broken = 0;
-    for (int64_t i = 0; i < kGuard; ++i)
-      broken += (is_sentinel(host[sz(i)]) ? 0 : 1) + (is_sentinel(host[sz(n_ + kGuard + i)]) ? 0 : 1);
-    EXPECT_EQ(broken, 0) << "guard floats overwritten around a " << n_ << "-float output";
-    return Vec(host.begin() + kGuard, host.begin() + kGuard + n_);
-  }
-
- private:
-  int64_t n_;
-  DeviceBuffer<float> buf_;
-};
+using gpu_test::is_sentinel;
+using gpu_test::sentinel;
+using gpu_test::Stream;
+using Guarded = gpu_test::Guarded<kGuard>;
 
 bool bit_equal(const Vec& x, const Vec& y) {
   return x.size() == y.size() && (x.empty() || std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);

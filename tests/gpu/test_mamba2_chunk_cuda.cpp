@@ -59,67 +59,11 @@ std::size_t sz(int64_t n) { return static_cast<std::size_t>(n); }
 // ---------------------------------------------------------------------------------------------------------
 // Infrastructure: a stream, guarded device buffers.
 
-class Stream {
- public:
-  Stream() { HYLO_CUDA_CHECK(cudaStreamCreate(&s_)); }
-  ~Stream() { cudaStreamDestroy(s_); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  cudaStream_t get() const { return s_; }
-  void sync() const { HYLO_CUDA_CHECK(cudaStreamSynchronize(s_)); }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
-
 constexpr int64_t kGuard = 64;  // floats: 256 bytes, so get() keeps cudaMalloc's alignment (the workspace needs 16)
-constexpr std::uint32_t kSentinelBits = 0x7fc0beefu;  // a quiet NaN with a payload no arithmetic produces
-
-float sentinel() {
-  float f;
-  std::memcpy(&f, &kSentinelBits, sizeof f);
-  return f;
-}
-
-bool is_sentinel(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u == kSentinelBits;
-}
-
-// n device floats, initialised from `init` (or to the sentinel when init is empty), with kGuard sentinel floats
-// on both sides.
-class Guarded {
- public:
-  explicit Guarded(int64_t n, const Vec& init = {}) : n_(n) {
-    Vec host(sz(n + 2 * kGuard), sentinel());
-    if (!init.empty()) {
-      EXPECT_EQ(static_cast<int64_t>(init.size()), n);
-      std::copy_n(init.begin(), std::min<int64_t>(n, static_cast<int64_t>(init.size())), host.begin() + kGuard);
-    }
-    buf_.upload(host);
-  }
-  float* get() { return buf_.get() + kGuard; }
-  // Fails the current test if a guard float changed: the op wrote outside its buffer.
-  void check_guards() const {
-    Vec lo(sz(kGuard)), hi(sz(kGuard));
-    HYLO_CUDA_CHECK(cudaMemcpy(lo.data(), buf_.get(), sz(kGuard) * sizeof(float), cudaMemcpyDeviceToHost));
-    HYLO_CUDA_CHECK(
-        cudaMemcpy(hi.data(), buf_.get() + kGuard + n_, sz(kGuard) * sizeof(float), cudaMemcpyDeviceToHost));
-    const int64_t broken = std::count_if(lo.begin(), lo.end(), [](float f) { return !is_sentinel(f); }) +
-                           std::count_if(hi.begin(), hi.end(), [](float f) { return !is_sentinel(f); });
-    EXPECT_EQ(broken, 0) << "guard floats overwritten around a " << n_ << "-float buffer";
-  }
-  Vec download() const {
-    check_guards();
-    const Vec host = buf_.download();
-    return Vec(host.begin() + kGuard, host.begin() + kGuard + n_);
-  }
-
- private:
-  int64_t n_;
-  DeviceBuffer<float> buf_;
-};
+using gpu_test::is_sentinel;
+using gpu_test::sentinel;
+using gpu_test::Stream;
+using Guarded = gpu_test::Guarded<kGuard>;
 
 bool bit_equal(const Vec& x, const Vec& y) {
   return x.size() == y.size() && (x.empty() || std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
