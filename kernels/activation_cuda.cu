@@ -34,6 +34,7 @@ __device__ __forceinline__ std::int64_t flat_stride() { return static_cast<std::
 
 template <class TOut>
 __global__ void swiglu_kernel(SwigluCudaParams p, std::int64_t gs, std::int64_t us, std::int64_t os) {
+  cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
   for (std::int64_t r = blockIdx.y; r < p.rows; r += gridDim.y) {
     const float* g = p.gate + r * gs;
     const float* u = p.up + r * us;
@@ -51,6 +52,7 @@ __global__ void add_inplace_kernel(float* y, const float* x, std::int64_t n) {
 }
 
 __global__ void embedding_kernel(EmbeddingCudaParams p) {
+  cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
   for (std::int64_t t = blockIdx.y; t < p.T; t += gridDim.y) {
     const std::int64_t local = static_cast<std::int64_t>(p.ids[t]) - p.vocab_begin;
     const bool mine = local >= 0 && local < p.vocab_local;
@@ -61,6 +63,7 @@ __global__ void embedding_kernel(EmbeddingCudaParams p) {
 }
 
 __global__ void convert_bf16_kernel(const float* x, bf16* y, std::int64_t n) {
+  cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
   for (std::int64_t i = flat_index(); i < n; i += flat_stride()) y[i] = cuda::from_float<bf16>(x[i]);
 }
 

@@ -20,7 +20,8 @@ struct CausalConv1dCudaParams {
   std::int64_t x_stride = 0;
   const float* w = nullptr;     // [channels, K]
   const float* bias = nullptr;  // [channels] or null
-  float* state = nullptr;       // [K-1, channels] in/out (contiguous); must not alias x or y
+  float* state = nullptr;       // [K-1, channels] in/out, row stride state_stride; must not alias x or y
+  std::int64_t state_stride = 0;  // elements between state rows (0: channels): a slice of a wider stacked state
   float* y = nullptr;           // [T, channels] contiguous; must not alias x
   bool silu = true;
 };

@@ -51,6 +51,24 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return warp_sum(v);
 }
 
+// Programmatic dependent launch (sm_90). A kernel launched with the programmatic-serialization attribute (launch_pdl
+// below) may start while its predecessor in the stream finishes: pdl_wait() blocks until that predecessor has
+// completed and its writes are visible, so everything before it may only read memory no kernel writes (weights).
+// Every such kernel calls pdl_wait() before touching activations, so completion of a kernel still implies
+// completion of all earlier work in the stream. pdl_trigger() lets the next kernel in the stream launch early (its
+// blocks then run their pre-wait part beside this kernel's tail): harmless when the next one was launched plainly.
+// Both are no-ops without the attribute and below sm_90.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // Host side: stream-ordered launch with programmatic dependent launch (PDL) when `pdl` is set (the kernel then
 // calls cudaGridDependencySynchronize before reading what the previous kernel wrote).
 template <class... Exp, class... Act>

@@ -48,6 +48,7 @@ constexpr int kPrepRowsPerBlock = kPrepThreads / 32;  // one warp per (t, k-head
 // q <- q * qscale / sqrt(sum q^2 + 1e-6), k <- k / sqrt(sum k^2 + 1e-6): the CPU twin's exact expressions.
 __global__ void __launch_bounds__(kPrepThreads) gdn_l2norm_qk_kernel(float* q, float* k, int64_t rows, int64_t dk,
                                                                       float qscale) {
+  cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kPrepRowsPerBlock + (threadIdx.x >> 5);
   if (r >= rows) return;  // whole warps leave; no block barrier below
   const int lane = static_cast<int>(threadIdx.x & 31);
@@ -72,6 +73,7 @@ __global__ void __launch_bounds__(kPrepThreads) gdn_l2norm_qk_kernel(float* q, f
 __device__ __forceinline__ float softplus_f(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
 __global__ void __launch_bounds__(kPrepThreads) gdn_gates_kernel(GdnPrepareParams p, int64_t n) {
+  cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
   const int64_t x = static_cast<int64_t>(blockIdx.x) * kPrepThreads + threadIdx.x;
   if (x >= n) return;
   const int64_t h = x % p.n_v_heads;
@@ -87,6 +89,7 @@ constexpr int kCols = 32;              // state columns per block, one per lane
 
 template <int R>  // state rows per thread: dk <= kWarps * R
 __global__ void __launch_bounds__(kThreads) gdn_recurrent_kernel(GdnScanParams p) {
+  cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
   constexpr int DK = kWarps * R;          // padded dk
   constexpr int L = DK <= 128 ? 16 : 8;   // tokens per stage (shared memory budget, see the file comment)
   __shared__ float sk[L][DK];             // k_t, zero beyond dk

@@ -52,6 +52,7 @@ __device__ __forceinline__ double softplus_d(double v) { return v > 20.0 ? v : l
 // kCorrection: y_t += exp(cum_t) * (state_in row . C_t); reads only C, dt, dt_bias, A_log, y.
 template <int K, Mode kMode>
 __global__ void __launch_bounds__(kThreads) mamba2_recurrent_kernel(Mamba2ScanParams p, const float* state_in) {
+  cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
   constexpr bool kIsScan = kMode == Mode::kScan;
   constexpr int NP = 32 * K;             // padded d_state
   constexpr int kBRows = kIsScan ? kStage : 1;  // the correction needs no B / x / dt staging

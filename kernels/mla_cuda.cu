@@ -30,21 +30,8 @@ __global__ void assemble_kv(MlaShape s, std::int64_t n, const bf16* kv, const bf
   }
 }
 
-// Programmatic dependent launch (sm_90): a kernel launched with the programmatic-serialization attribute may start
-// while its predecessor in the stream finishes; pdl_wait() blocks until that predecessor has completed and its
-// writes are visible. Everything before it may only read memory no kernel writes (here: the kv_b weights). Every
-// block calls pdl_wait() before touching activations, so completion of a kernel still implies completion of all
-// earlier work in the stream. No-ops without the attribute and below sm_90.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
+using cuda::pdl_trigger;
+using cuda::pdl_wait;
 
 // Legacy layouts kept for shapes whose tiles do not fit 48 KB of shared memory (dn > 256 or r > 768).
 // One block per (token, head); threads over the r latent columns.
@@ -112,7 +99,7 @@ __global__ void __launch_bounds__(kAbsThreads) absorb_q_tiled(MlaShape s, std::i
     }
   }
   pdl_wait();
-  pdl_launch_dependents();
+  pdl_trigger();
   const std::int64_t n_rr = T * hpg;  // rows of this group: rr = t * hpg + (h - g hpg)
   const std::int64_t dqk = s.dn + s.dr;
   for (int idx = threadIdx.x; idx < kAbsRows * dn; idx += kAbsThreads) {
@@ -180,7 +167,7 @@ __global__ void __launch_bounds__(kExpThreads) expand_o_tiled(MlaShape s, std::i
       ws[idx] = wuv[static_cast<std::int64_t>(e0) * r + idx];
   }
   pdl_wait();
-  pdl_launch_dependents();
+  pdl_trigger();
   const std::int64_t n_rr = T * hpg;
   for (int idx = threadIdx.x; idx < kExpRows * r; idx += kExpThreads) {
     const std::int64_t rr = rr0 + idx / r;
@@ -209,7 +196,43 @@ __global__ void __launch_bounds__(kExpThreads) expand_o_tiled(MlaShape s, std::i
   }
 }
 
+// One block per token: the norm's sum of squares over r (block_sum), then c and the rotated k_pe pairs.
+__global__ void append_latent(MlaLatentAppendParams p) {
+  cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  __shared__ float scratch[32];
+  const std::int64_t t = blockIdx.x;
+  const std::int64_t lat = p.r + p.dr;
+  const float* x = p.ckv + t * (p.ckv_stride > 0 ? p.ckv_stride : lat);
+  const std::int64_t pos = (p.pos_dev != nullptr ? static_cast<std::int64_t>(*p.pos_dev) : p.pos0) + t;
+  bf16* out = p.cache + pos * lat;
+  float s = 1.0f;
+  if (p.norm_w != nullptr) {
+    float ss = 0.0f;
+    for (std::int64_t i = threadIdx.x; i < p.r; i += blockDim.x) ss += x[i] * x[i];
+    s = 1.0f / sqrtf(cuda::block_sum(ss, scratch) / static_cast<float>(p.r) + p.eps);
+  }
+  for (std::int64_t i = threadIdx.x; i < p.r; i += blockDim.x)
+    out[i] = __float2bfloat16_rn(p.norm_w != nullptr ? p.norm_w[i] * (x[i] * s) : x[i]);
+  for (std::int64_t j = threadIdx.x; j < p.dr / 2; j += blockDim.x) {
+    const double a = static_cast<double>(pos) * p.inv_freq[j];
+    double sn, cs;
+    sincos(a, &sn, &cs);
+    cs *= p.attention_factor;
+    sn *= p.attention_factor;
+    const double x0 = x[p.r + 2 * j], x1 = x[p.r + 2 * j + 1];
+    out[p.r + 2 * j] = __float2bfloat16_rn(static_cast<float>(x0 * cs - x1 * sn));
+    out[p.r + 2 * j + 1] = __float2bfloat16_rn(static_cast<float>(x0 * sn + x1 * cs));
+  }
+}
+
 }  // namespace
+
+void mla_append_latent_cuda(const MlaLatentAppendParams& p, cudaStream_t stream) {
+  if (p.T <= 0) return;
+  const int threads = static_cast<int>(std::clamp<std::int64_t>(ceil_div(std::max(p.r, p.dr / 2), 32) * 32, 32, 256));
+  append_latent<<<static_cast<unsigned>(p.T), threads, 0, stream>>>(p);
+  HYLO_CUDA_LAUNCH_CHECK();
+}
 
 void mla_assemble_kv_cuda(const MlaShape& s, std::int64_t n, const bf16* kv, const bf16* cache, bf16* K, bf16* V,
                           cudaStream_t stream) {

@@ -28,6 +28,26 @@ struct MlaShape {
 void mla_assemble_kv_cuda(const MlaShape& s, std::int64_t n, const __nv_bfloat16* kv, const __nv_bfloat16* cache,
                           __nv_bfloat16* K, __nv_bfloat16* V, cudaStream_t stream);
 
+// The new tokens' latents into the cache, one kernel (the prefill and decode glue of kv_a_proj's output): per token
+// c = kv_a_layernorm(ckv[0, r)) (rmsnorm_cuda's formula, fp32; skipped when norm_w is null), k_pe = RoPE(ckv[r, r+dr))
+// at the token's position (rope_interleaved_cuda's math: angles and rotation in double, one rounding to fp32), then
+// [c | k_pe] rounded once to bf16 into cache row pos0 + t. The same values as rmsnorm -> rope -> convert_bf16 in turn.
+struct MlaLatentAppendParams {
+  std::int64_t T = 0;                // tokens
+  std::int64_t r = 0;                // kv_lora_rank
+  std::int64_t dr = 0;               // qk_rope_head_dim (even)
+  const float* ckv = nullptr;        // [T, r + dr] fp32 kv_a_proj output, row stride ckv_stride (0: r + dr); not modified
+  std::int64_t ckv_stride = 0;
+  const float* norm_w = nullptr;     // [r] kv_a_layernorm weight (null: no norm)
+  float eps = 1e-6f;
+  const double* inv_freq = nullptr;  // [dr / 2] device (rope_frequencies)
+  double attention_factor = 1.0;
+  std::int64_t pos0 = 0;             // token t at position pos0 + t ...
+  const std::int32_t* pos_dev = nullptr;  // ... or, non-null, at *pos_dev + t read when the kernel runs (CUDA graphs)
+  __nv_bfloat16* cache = nullptr;    // [capacity, r + dr] bf16, row stride r + dr
+};
+void mla_append_latent_cuda(const MlaLatentAppendParams& p, cudaStream_t stream);
+
 // Absorb and expand are small GEMV-like products: one block per (kv group, column chunk, up to 16 rows (t, h)) with
 // the group's weight slice staged in shared memory (all loads in flight at once), the same fp32 summation order as
 // a plain loop. On sm_90 with an explicit stream they are launched as programmatic dependents: they read kv_b

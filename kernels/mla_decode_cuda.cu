@@ -69,6 +69,14 @@ constexpr std::int64_t kMaxSplits = 256;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// The default split of mla_decode_cuda_default_split, on both sides (a graph-captured call derives it from S on
+// the device).
+__host__ __device__ __forceinline__ std::int64_t default_split(std::int64_t S) {
+  const std::int64_t per = (S + kMaxSplits - 1) / kMaxSplits;
+  const std::int64_t split = (per + kBT - 1) / kBT * kBT;
+  return split > kMinSplit ? split : kMinSplit;
+}
+
 // By value: std::min takes references, which in device code can park int64 operands in local memory.
 __device__ __forceinline__ std::int64_t min64(std::int64_t x, std::int64_t y) { return x < y ? x : y; }
 
@@ -132,20 +140,10 @@ __device__ __forceinline__ void fence_barrier_init() {
 // Barrier among the consumer warps only (the producer warp never joins it).
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kCThreads) : "memory"); }
 
-// Programmatic dependent launch (see the file comment); no-ops without the launch attribute and below sm_90.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-
 struct MlaArgs {
   std::int64_t T, S, n_heads, rows, split, n_split, n_rg, n_items, cache_rs;
+  std::int64_t split_tokens;    // the caller's fixed split (0: default_split(S))
+  const std::int32_t* pos_dev;  // non-null: S = *pos_dev + T, read on the device (split, n_split, n_items follow)
   int r, dr, dk, dk_pad, n_slots;
   bool fast;  // cache pointer and row stride 16-byte aligned and dk % 8 == 0: rows by cp.async.bulk (sm_90)
   const float* q_lat;
@@ -165,7 +163,7 @@ std::int64_t slot_bytes(int ldk) { return std::int64_t{2} * kSlot * ldk; }
 // MT row tiles of 16 rows per item; QK: k steps per warp (the warp's Q fragments in registers: MT x QK x 8 regs);
 // NTW: 8-column output tiles per warp (r <= 8 * kCW * NTW).
 template <int MT, int QK, int NTW>
-__global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs a) {
+__global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs args) {
   constexpr int MR = 16 * MT;             // query rows per item
   constexpr int TPR = kCThreads / MR;     // softmax threads per row (16 or 8)
   constexpr int NCH = kBT / 4 / TPR;      // 4-token chunks per softmax thread (1 or 2)
@@ -173,7 +171,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs a)
   // gets at most 168 registers per thread.
   constexpr int kHL = MT * QK <= 5 ? 2 : 1;
   static_assert(kCThreads % MR == 0 && NCH >= 1 && NCH * 4 * TPR == kBT, "softmax layout");
-  const int ldk = a.dk_pad + 8;  // +16 bytes: conflict-free ldmatrix
+  const int ldk = args.dk_pad + 8;  // +16 bytes: conflict-free ldmatrix
   extern __shared__ __align__(128) unsigned char smem_raw[];
   float* Ss = reinterpret_cast<float*>(smem_raw + kBarBytes);  // [kKG][MR][kLDS] raw partial scores
   bf16* Ps = reinterpret_cast<bf16*>(Ss + kKG * MR * kLDS);      // [MR][kLDP]
@@ -183,9 +181,9 @@ __global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs a)
   const unsigned full0 = smem_u32(smem_raw), empty0 = full0 + kMaxSlots * 8;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const bool bulk = kHasBulk && a.fast;
+  const bool bulk = kHasBulk && args.fast;
   if (tid == 0) {
-    for (int s = 0; s < a.n_slots; ++s) {
+    for (int s = 0; s < args.n_slots; ++s) {
       mbar_init(full0 + 8 * s, bulk ? 1u : 32u);
       mbar_init(empty0 + 8 * s, static_cast<unsigned>(kCThreads));
     }
@@ -193,15 +191,22 @@ __global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs a)
   }
   // Padding columns dk..dk_pad of every ring row are zero for the whole kernel (bulk copies never write them; the
   // plain loads write zeros there themselves).
-  if (bulk && a.dk_pad > a.dk) {
-    const int pad = a.dk_pad - a.dk;  // 8
-    for (int idx = tid; idx < a.n_slots * kSlot * (pad / 8); idx += kThreads)
-      *reinterpret_cast<uint4*>(ring + (idx / (pad / 8)) * ldk + a.dk + (idx % (pad / 8)) * 8) =
+  if (bulk && args.dk_pad > args.dk) {
+    const int pad = args.dk_pad - args.dk;  // 8
+    for (int idx = tid; idx < args.n_slots * kSlot * (pad / 8); idx += kThreads)
+      *reinterpret_cast<uint4*>(ring + (idx / (pad / 8)) * ldk + args.dk + (idx % (pad / 8)) * 8) =
           make_uint4(0u, 0u, 0u, 0u);
   }
   __syncthreads();
   pdl_wait();  // q_lat / q_pe / cache written by earlier kernels are visible from here on
-  pdl_launch_dependents();
+  pdl_trigger();
+  MlaArgs a = args;
+  if (a.pos_dev != nullptr) {
+    a.S = *a.pos_dev + a.T;
+    a.split = a.split_tokens > 0 ? a.split_tokens : default_split(a.S);
+    a.n_split = (a.S + a.split - 1) / a.split;
+    a.n_items = a.n_split * a.n_rg;
+  }
 
   if (warp == kCW) {
     // ---------------------------------------------------------------- producer
@@ -506,9 +511,15 @@ constexpr int kMergeChunk = 1024;
 
 __global__ void __launch_bounds__(kMergeThreads)
     mla_merge_kernel(std::int64_t rows, int r, std::int64_t n_split, const float* __restrict__ part_o,
-                     const float* __restrict__ part_lse, float* __restrict__ o, float* __restrict__ lse) {
+                     const float* __restrict__ part_lse, float* __restrict__ o, float* __restrict__ lse,
+                     const std::int32_t* pos_dev, std::int64_t T, std::int64_t split_tokens) {
   pdl_wait();  // the partials of the split kernel are complete and visible
-  pdl_launch_dependents();
+  pdl_trigger();
+  if (pos_dev != nullptr) {  // S from the device, as in the split kernel
+    const std::int64_t S = *pos_dev + T;
+    const std::int64_t split = split_tokens > 0 ? split_tokens : default_split(S);
+    n_split = (S + split - 1) / split;
+  }
   __shared__ float w_s[kMergeChunk];
   __shared__ float red[32];
   __shared__ float part[kMergeGroups][kMergeCols];
@@ -599,21 +610,26 @@ void launch_split(const MlaArgs& a, int dev, const DeviceInfo& d, std::int64_t s
 }
 
 std::int64_t split_of(const MlaDecodeCudaParams& p) {
-  return p.split_tokens > 0 ? p.split_tokens : mla_decode_cuda_default_split(p.S);
+  return p.split_tokens > 0 ? p.split_tokens : default_split(p.S);
+}
+
+// Splits of the call (S > 0): ceil(S / split); with pos_dev, the most any S' <= S can have (the default split is
+// >= kMinSplit tokens and gives at most kMaxSplits).
+std::int64_t max_splits(const MlaDecodeCudaParams& p) {
+  if (p.pos_dev == nullptr || p.split_tokens > 0) {
+    const std::int64_t split = split_of(p);
+    return (p.S + split - 1) / split;
+  }
+  return std::min(kMaxSplits, (p.S + kMinSplit - 1) / kMinSplit);
 }
 
 }  // namespace
 
-std::int64_t mla_decode_cuda_default_split(std::int64_t S) {
-  const std::int64_t per = (S + kMaxSplits - 1) / kMaxSplits;
-  return std::max(kMinSplit, (per + kBT - 1) / kBT * kBT);
-}
+std::int64_t mla_decode_cuda_default_split(std::int64_t S) { return default_split(S); }
 
 std::int64_t mla_decode_cuda_workspace_bytes(const MlaDecodeCudaParams& p) {
   if (p.S <= 0 || p.T <= 0 || p.n_heads <= 0) return 0;
-  const std::int64_t split = split_of(p);
-  const std::int64_t n_split = (p.S + split - 1) / split;
-  return n_split * p.T * p.n_heads * (p.kv_lora_rank + 1) * static_cast<std::int64_t>(sizeof(float));
+  return max_splits(p) * p.T * p.n_heads * (p.kv_lora_rank + 1) * static_cast<std::int64_t>(sizeof(float));
 }
 
 void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
@@ -624,7 +640,9 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
   if (p.S < 0) throw std::invalid_argument("mla_decode_cuda: S < 0");
   const std::int64_t rows = p.T * p.n_heads;
   const std::int64_t split = split_of(p);
-  const std::int64_t n_split = p.S > 0 ? (p.S + split - 1) / split : 0;
+  // With pos_dev: the bound over every S' <= S (the kernels derive the actual value from *pos_dev), which places
+  // the LSE partials and sizes the grid.
+  const std::int64_t n_split = p.S > 0 ? max_splits(p) : 0;
   const std::int64_t need = mla_decode_cuda_workspace_bytes(p);
   if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
     throw std::invalid_argument("mla_decode_cuda: workspace of " + std::to_string(p.workspace_bytes) + " bytes, need " +
@@ -640,6 +658,8 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
   a.rows = rows;
   a.split = split;
   a.n_split = n_split;
+  a.split_tokens = p.split_tokens;
+  a.pos_dev = p.pos_dev;
   a.r = static_cast<int>(p.kv_lora_rank);
   a.dr = static_cast<int>(p.rope_dim);
   a.dk = a.r + a.dr;
@@ -689,7 +709,8 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
   }
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>((a.r + kMergeCols - 1) / kMergeCols));
   cuda::launch_pdl(mla_merge_kernel, grid, dim3(kMergeThreads), 0, stream, pdl && n_split > 0, rows, a.r, n_split,
-                   static_cast<const float*>(a.part_o), static_cast<const float*>(a.part_lse), p.o_lat, p.lse);
+                   static_cast<const float*>(a.part_o), static_cast<const float*>(a.part_lse), p.o_lat, p.lse, p.pos_dev,
+                   p.T, p.split_tokens);
 }
 
 }  // namespace hylo::kernels

@@ -27,6 +27,10 @@ struct MlaDecodeCudaParams {
   // Tokens per split (0: mla_decode_cuda_default_split(S)). A split is one block's range of tokens; partials are
   // merged in split order, so the result depends on S and this value only (deterministic, bitwise repeatable).
   std::int64_t split_tokens = 0;
+  // Non-null: the queries' first position is read from this device int32 when the kernels run, S = *pos_dev + T
+  // (a decode step captured in a CUDA graph once and replayed at every length); S above is then the largest value
+  // S may take (it sizes the workspace and the grid), and *pos_dev + T must not exceed it.
+  const std::int32_t* pos_dev = nullptr;
   // Scratch for the partials, at least mla_decode_cuda_workspace_bytes(*this) bytes, 16-byte aligned, not
   // shared with a concurrent call. Contents on entry do not matter.
   void* workspace = nullptr;
@@ -38,7 +42,8 @@ struct MlaDecodeCudaParams {
 std::int64_t mla_decode_cuda_default_split(std::int64_t S);
 
 // Bytes of workspace a call with these T, S, n_heads, kv_lora_rank and split_tokens needs:
-// n_split * T * n_heads * (r + 1) floats, n_split = ceil(S / split).
+// n_split * T * n_heads * (r + 1) floats, n_split = ceil(S / split); with pos_dev set, n_split is the most splits
+// any S' <= S can have (<= 256 with the default split).
 std::int64_t mla_decode_cuda_workspace_bytes(const MlaDecodeCudaParams& p);
 
 // Two kernels on `stream`: (1) a persistent grid (one block per SM) over the work items (split, group of up to 32

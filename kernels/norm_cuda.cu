@@ -37,6 +37,7 @@ __device__ __forceinline__ float inv_rms(float sum_sq, std::int64_t n, float eps
 
 template <class TOut>
 __global__ void rmsnorm_kernel(RmsNormCudaParams p, std::int64_t xs, std::int64_t ys) {
+  cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
   __shared__ float scratch[32];
   for (std::int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
     const float* x = p.x + r * xs;
@@ -53,6 +54,7 @@ __global__ void rmsnorm_kernel(RmsNormCudaParams p, std::int64_t xs, std::int64_
 
 template <class TOut>
 __global__ void add_rmsnorm_kernel(AddRmsNormCudaParams p, std::int64_t ys) {
+  cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
   __shared__ float scratch[32];
   for (std::int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
     float* x = p.x + r * p.dim;
@@ -72,6 +74,7 @@ __global__ void add_rmsnorm_kernel(AddRmsNormCudaParams p, std::int64_t ys) {
 
 template <class TOut>
 __global__ void gated_rmsnorm_kernel(GatedRmsNormCudaParams p, std::int64_t zs, std::int64_t groups) {
+  cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
   __shared__ float scratch[32];
   const bool gate_first = p.order == GateOrder::kGateThenNorm;
   for (std::int64_t b = blockIdx.x; b < p.rows * groups; b += gridDim.x) {

@@ -16,12 +16,14 @@ constexpr int kThreads = 256;
 constexpr std::int64_t kMaxBlocks = std::int64_t{1} << 16;
 
 __global__ void rope_interleaved_kernel(RopeCudaParams p, std::int64_t half) {
+  cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
   const std::int64_t n = p.T * half;
+  const std::int64_t pos0 = p.pos_dev != nullptr ? static_cast<std::int64_t>(*p.pos_dev) : p.pos0;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += stride) {
     const std::int64_t t = k / half, j = k % half;
     // pos is exact in double up to 2^53; the product's relative error 1e-16 is ~2e-10 rad at 2M positions.
-    const double a = static_cast<double>(p.pos0 + t) * p.inv_freq[j];
+    const double a = static_cast<double>(pos0 + t) * p.inv_freq[j];
     double s, c;
     sincos(a, &s, &c);
     c *= p.attention_factor;

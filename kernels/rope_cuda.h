@@ -21,6 +21,9 @@ struct RopeCudaParams {
   std::int64_t pos0 = 0;             // token t is at position pos0 + t
   const double* inv_freq = nullptr;  // [dim/2] device memory
   double attention_factor = 1.0;     // m: multiplies both cos and sin
+  // Non-null: pos0 is read from this device int32 when the kernel runs (a decode step captured in a CUDA graph
+  // once and replayed at every position); pos0 is then ignored.
+  const std::int32_t* pos_dev = nullptr;
 };
 
 // (x[2j], x[2j+1]) <- m * (x0 cos a - x1 sin a, x0 sin a + x1 cos a), a = pos * inv_freq[j], with the angle,

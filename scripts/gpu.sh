@@ -9,7 +9,7 @@
 # static; cuBLASLt, OpenMPI 4.1 and OpenBLAS resolve to that machine's own libraries).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-tests=(test_gpu_smoke test_gemm_cuda test_elementwise_cuda test_scans_cuda test_attention_cuda test_attention_cudnn test_mamba2_chunk_cuda test_gdn_chunk_cuda test_gemv_cuda test_cuda_engine)
+tests=(test_gpu_smoke test_gemm_cuda test_elementwise_cuda test_scans_cuda test_attention_cuda test_attention_cudnn test_mamba2_chunk_cuda test_gdn_chunk_cuda test_gemv_cuda test_sample_cuda test_cuda_engine)
 case "${1:-}" in
   pack)
     cmake -S . -B build-gpu -G Ninja -DHYLO_WERROR=ON >/dev/null || exit 1

@@ -252,6 +252,8 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
       std::vector<float> lg(static_cast<std::size_t>(V));
       engine->forward(warm, lg.data(), false);
       for (std::int32_t t : {1, 2}) engine->forward(std::span<const std::int32_t>(&t, 1), lg.data(), false);
+      const std::int32_t t = 3;
+      engine->forward_top(std::span<const std::int32_t>(&t, 1), 1);
       engine->reset();
     }
   }
@@ -297,21 +299,17 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
       split = engine->op_seconds();
       engine->set_profiling(false);
       const auto t1 = std::chrono::steady_clock::now();
+      // Greedy decode as `hylo generate` runs it on the GPU: each step returns its argmax (GPU top-1), 4 + 4 bytes.
       Sampler s(SamplingParams{});
-      for (std::int64_t i = 0; i < a.decode_steps; ++i) {
-        const std::int32_t t = s.sample(logits.data(), V);
-        engine->forward(std::span<const std::int32_t>(&t, 1), logits.data(), false);
-      }
+      std::int32_t t = s.sample(logits.data(), V);
+      for (std::int64_t i = 0; i < a.decode_steps; ++i) t = engine->forward_top(std::span<const std::int32_t>(&t, 1), 1)[0].second;
       decode_s = since(t1);
       // GPU time per op category of a few more (untimed) decode steps: where a decode step's time goes, and how
       // much of the wall time is host work / launch gaps (wall - GPU busy).
       if (a.profile && a.decode_steps > 0) {
         const std::int64_t n = std::min<std::int64_t>(a.decode_steps, kProfiledDecodeSteps);
         engine->set_profiling(true);
-        for (std::int64_t i = 0; i < n; ++i) {
-          const std::int32_t t = s.sample(logits.data(), V);
-          engine->forward(std::span<const std::int32_t>(&t, 1), logits.data(), false);
-        }
+        for (std::int64_t i = 0; i < n; ++i) t = engine->forward_top(std::span<const std::int32_t>(&t, 1), 1)[0].second;
         for (auto [k, v] : engine->op_seconds()) decode_split.emplace_back(k, 1e3 * v / static_cast<double>(n));
         engine->set_profiling(false);
       }

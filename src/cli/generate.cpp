@@ -29,6 +29,7 @@
 #include "comm/stats.h"
 #include "runtime/engine.h"
 #if HYLO_WITH_CUDA
+#include "kernels/sample_cuda.h"
 #include "runtime/cuda_engine.h"
 #endif
 #include "tokenizer/tokenizer.h"
@@ -320,21 +321,42 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
     stop.resize(static_cast<std::size_t>(n));
     world->broadcast(stop.data(), n * static_cast<std::int64_t>(sizeof(std::int32_t)), 0);
   }
+  // On the GPU, a decode step returns only the candidates the sampler needs (k best logits, computed there:
+  // greedy 8 bytes) instead of the vocabulary row; pure temperature / top-p still take the row.
+  std::function<std::int32_t(std::int32_t)> gpu_next;
+#if HYLO_WITH_CUDA
+  // (top_k above the GPU top-k's limit also takes the row).
+  if (cuda_engine && sampler.candidates_needed() > 0 &&
+      sampler.candidates_needed() <= std::min<std::int64_t>(kernels::kTopkMax, V)) {
+    const int k = sampler.candidates_needed();
+    gpu_next = [&, k](std::int32_t t) {
+      auto best = cuda_engine->forward_top(std::span<const std::int32_t>(&t, 1), k);
+      comm::CommLabel label("sample");
+      return sampler.sample_top(std::move(best));
+    };
+  }
+#endif
   std::optional<StreamingDecoder> stream;
   if (tok) stream.emplace(*tok, /*skip_special=*/false);
   std::string text_out;
   const auto t_decode = std::chrono::steady_clock::now();
+  std::int32_t next = 0;
+  {
+    comm::CommLabel label("sample");
+    next = sample_sharded(sampler, step.data(), vocab_begin, Vl, V, tp_comm);  // from the prefill's logits
+  }
   for (std::int64_t i = 0; i < a.max_new_tokens; ++i) {
-    std::int32_t next = 0;
-    {
-      comm::CommLabel label("sample");
-      next = sample_sharded(sampler, step.data(), vocab_begin, Vl, V, tp_comm);
-    }
     out.push_back(next);
     if (stream) text_out += stream->push(next);
     const bool eos = !a.ignore_eos && std::find(stop.begin(), stop.end(), next) != stop.end();
     if (eos || i + 1 == a.max_new_tokens) break;
-    step_fn(next, step.data());
+    if (gpu_next) {
+      next = gpu_next(next);
+    } else {
+      step_fn(next, step.data());
+      comm::CommLabel label("sample");
+      next = sample_sharded(sampler, step.data(), vocab_begin, Vl, V, tp_comm);
+    }
   }
   const double decode_s = seconds_since(t_decode);
   const auto steps = static_cast<double>(std::max<std::size_t>(out.size(), 1) - 1);

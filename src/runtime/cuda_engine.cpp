@@ -25,6 +25,7 @@
 #include "kernels/mla_cuda.h"
 #include "kernels/mla_decode_cuda.h"
 #include "kernels/norm_cuda.h"
+#include "kernels/sample_cuda.h"
 #include "kernels/rope.h"
 #include "kernels/rope_cuda.h"
 #include "common/log.h"
@@ -66,7 +67,7 @@ struct DevMamba {
 };
 struct DevGdn {
   DBuf<bf16> qkvgab, o;  // q | k | v | g | a | b projections stacked: [2 Kd + 2 Vd + 2 Hv, H]
-  DBuf<float> q_conv, k_conv, v_conv, A_log, dt_bias, o_norm;
+  DBuf<float> qkv_conv, A_log, dt_bias, o_norm;  // q | k | v conv taps stacked: [2 Kd + Vd, K]
 };
 struct DevLayer {
   MixerKind kind = MixerKind::kMLA;
@@ -80,7 +81,7 @@ struct DevState {
   DBuf<bf16> latents;  // [capacity, r + dr]
   DBuf<bf16> Kc, Vc;   // prefill K/V cache: [capacity, nKV, dn + dr], [capacity, nKV, dv] (when on)
   std::int64_t kv_valid = 0;  // positions [0, kv_valid) of Kc / Vc hold their decompressed K/V
-  DBuf<float> conv, ssm, conv_q, conv_k, conv_v, gdn;
+  DBuf<float> conv, ssm, conv_qkv, gdn;  // conv_qkv: [K - 1, 2 Kd + Vd], the GDN convs' states side by side
 };
 
 std::uint64_t mat_bytes(std::int64_t rows, std::int64_t cols) { return static_cast<std::uint64_t>(rows * cols) * 2; }
@@ -131,6 +132,16 @@ struct CudaEngine::Impl {
   float softmax_scale = 1.0f;
   // Workspace (sized for the prefill chunk C).
   DBuf<std::int32_t> ids;
+  // A decode step's inputs, {token, position}, copied in one H2D before it runs: every kernel of the step reads the
+  // position from here, so one captured CUDA graph replays the step at any position.
+  DBuf<std::int32_t> step;
+  cudaGraphExec_t step_graph = nullptr;  // the captured decode step (options.decode_graph), built on first use
+  // GPU top-k of the last logits row (forward_top).
+  DBuf<float> top_vals;
+  DBuf<std::int32_t> top_ids;
+  DBuf<float> top_ws;
+  std::int64_t top_ws_bytes = 0;
+  int top_k = 0;
   DBuf<float> x, f1, f2, f3, f4, f5, f6, f7, f8, fused, lse, lse_b, ob, logits;
   DBuf<bf16> h, b1, b2, kvb, K, V;
   DBuf<float> dec_part;  // mla decode workspace
@@ -186,6 +197,115 @@ struct CudaEngine::Impl {
       free_events.push_back(m.stop);
     }
     marks.clear();
+  }
+
+  bool decode_gemv = true;  // CudaEngineOptions::decode_gemv
+  float eps = 1e-5f;        // rms_norm_eps of the config
+
+  // y = x W^T: the GEMV for 1-4 rows (decode: bandwidth-bound, one pass over W), cuBLASLt otherwise.
+  void linear(const bf16* xin, std::int64_t rows, const DBuf<bf16>& w, std::int64_t out, std::int64_t in, void* y,
+              bool y_bf16, bool accumulate, std::int64_t x_stride = 0, std::int64_t y_stride = 0) {
+    k::LinearCudaParams p;
+    p.rows = rows;
+    p.out = out;
+    p.in = in;
+    p.x = xin;
+    p.x_stride = x_stride;
+    p.w = w.get();
+    p.y = y;
+    p.y_stride = y_stride;
+    p.y_bf16 = y_bf16;
+    p.accumulate = accumulate;
+    timed("gemm", [&] {
+      if (decode_gemv && rows <= 4 && k::gemv_cuda_supports(p)) {
+        k::gemv_cuda(p, stream);
+      } else {
+        lt.linear(p, stream);
+      }
+    });
+  }
+  // RMSNorm of the fp32 rows at x (dense, hidden wide) with weight w, as a projection input.
+  k::GemvInput rms(const float* rows, const DBuf<float>& w) const {
+    k::GemvInput in;
+    in.kind = k::GemvInputKind::kRmsNorm;
+    in.a = rows;
+    in.w = w.get();
+    in.eps = eps;
+    return in;
+  }
+  // The bf16 input of a projection, [rows, in] dense into xbuf, by its own kernel.
+  void make_input(const k::GemvInput& xin, std::int64_t rows, std::int64_t in, bf16* xbuf) {
+    timed("norm + elementwise", [&] {
+      switch (xin.kind) {
+        case k::GemvInputKind::kRmsNorm: {
+          k::RmsNormCudaParams p;
+          p.rows = rows;
+          p.dim = in;
+          p.x = xin.a;
+          p.x_stride = xin.a_stride;
+          p.w = xin.w;
+          p.y = xbuf;
+          p.y_bf16 = true;
+          p.eps = xin.eps;
+          k::rmsnorm_cuda(p, stream);
+          break;
+        }
+        case k::GemvInputKind::kSwiglu: {
+          k::SwigluCudaParams p;
+          p.rows = rows;
+          p.dim = in;
+          p.gate = xin.a;
+          p.gate_stride = xin.a_stride;
+          p.up = xin.b;
+          p.up_stride = xin.b_stride;
+          p.out = xbuf;
+          p.out_bf16 = true;
+          k::swiglu_cuda(p, stream);
+          break;
+        }
+        case k::GemvInputKind::kGatedRmsNorm: {
+          k::GatedRmsNormCudaParams p;  // x dense [rows, in]
+          p.rows = rows;
+          p.dim = in;
+          p.group = xin.group;
+          p.x = xin.a;
+          p.z = xin.b;
+          p.z_stride = xin.b_stride;
+          p.w = xin.w;
+          p.weight_per_group = xin.weight_per_group;
+          p.y = xbuf;
+          p.y_bf16 = true;
+          p.eps = xin.eps;
+          p.order = xin.order;
+          k::gated_rmsnorm_cuda(p, stream);
+          break;
+        }
+      }
+    });
+  }
+  // y = input(xin) W^T. An RMSNorm input of 1-2 rows (decode) runs inside the GEMV (kernels/gemv_cuda.h, GemvInput):
+  // one kernel that builds its bf16 input from the fp32 rows itself; returns true and leaves xbuf untouched.
+  // Otherwise the input's own kernel into xbuf, then the projection; returns false. Measured on the H200
+  // (test_gemv_cuda's fused benchmark, graph-timed): the one-block-per-row rmsnorm kernel costs ~6 us at rows 1, so
+  // fusing it wins 1.2-2.1x per projection; SwiGLU and the gated norms are cheap as kernels (~2 us) but costly
+  // when every GEMV block recomputes its whole wide input (0.2-0.7x), and so is any fusion at 4 rows.
+  bool project(const k::GemvInput& xin, std::int64_t rows, std::int64_t in, bf16* xbuf, const DBuf<bf16>& w,
+               std::int64_t out, void* y, bool y_bf16, bool accumulate) {
+    k::LinearCudaParams p;
+    p.rows = rows;
+    p.out = out;
+    p.in = in;
+    p.w = w.get();
+    p.y = y;
+    p.y_bf16 = y_bf16;
+    p.accumulate = accumulate;
+    if (decode_gemv && rows <= 2 && xin.kind == k::GemvInputKind::kRmsNorm && k::gemv_cuda_supports(p, xin)) {
+      timed("gemm", [&] { k::gemv_cuda(p, xin, stream); });
+      return true;
+    }
+    make_input(xin, rows, in, xbuf);
+    linear(xbuf, rows, w, out, in, y, y_bf16, accumulate);
+    return false;
   }
 };
 
@@ -289,10 +409,16 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& w, std::int64_t c
                 std::to_string(capacity_) + " tokens need " + plan_.describe() + " (+ " + format_bytes(margin) +
                     " margin) but the GPU has " + format_bytes(free_b) + " free of " + format_bytes(total_b) + "; " + fix);
   }
+  if (capacity_ > std::numeric_limits<std::int32_t>::max()) {
+    throw Error(ErrorKind::kUsage, "", "capacity", "the sequence capacity " + std::to_string(capacity_) +
+                                                       " exceeds 2^31 - 1 tokens (positions are int32 on the GPU)");
+  }
   check_mla_supported(config_, w);
   impl_ = std::make_unique<Impl>();
   auto& m = *impl_;
   HYLO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+  m.decode_gemv = options_.decode_gemv;
+  m.eps = static_cast<float>(config_.rms_norm_eps);
   if (options_.cudnn_attention && config_.count(MixerKind::kMLA) > 0) {
     if (k::CudnnAttention::available()) {
       m.cudnn = std::make_unique<k::CudnnAttention>();
@@ -349,15 +475,16 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& w, std::int64_t c
         const auto& c = config_.gdn;
         d.gdn.qkvgab = upload_bf16_rows({&s.gdn.q, &s.gdn.k, &s.gdn.v, &s.gdn.g, &s.gdn.a, &s.gdn.b});
         d.gdn.o = upload_bf16(s.gdn.o);
-        d.gdn.q_conv = upload_f32(s.gdn.q_conv);
-        d.gdn.k_conv = upload_f32(s.gdn.k_conv);
-        d.gdn.v_conv = upload_f32(s.gdn.v_conv);
+        {
+          std::vector<float> taps(s.gdn.q_conv.data);
+          taps.insert(taps.end(), s.gdn.k_conv.data.begin(), s.gdn.k_conv.data.end());
+          taps.insert(taps.end(), s.gdn.v_conv.data.begin(), s.gdn.v_conv.data.end());
+          d.gdn.qkv_conv = DBuf<float>(taps);
+        }
         d.gdn.A_log = upload_f32(s.gdn.A_log);
         d.gdn.dt_bias = upload_f32(s.gdn.dt_bias);
         d.gdn.o_norm = upload_f32(s.gdn.o_norm);
-        st.conv_q.resize((c.conv_size - 1) * c.key_dim());
-        st.conv_k.resize((c.conv_size - 1) * c.key_dim());
-        st.conv_v.resize((c.conv_size - 1) * c.value_dim());
+        st.conv_qkv.resize((c.conv_size - 1) * (2 * c.key_dim() + c.value_dim()));
         st.gdn.resize(c.num_v_heads * c.head_k_dim * c.head_v_dim);
         break;
       }
@@ -413,6 +540,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& w, std::int64_t c
   m.b1.resize(C * wide_b);
   m.b2.resize(C * wide_b);
   m.logits.resize(config_.vocab_size);
+  m.step.resize(2);
   reset();
 }
 
@@ -423,6 +551,7 @@ CudaEngine::~CudaEngine() {
     cudaEventDestroy(m.start);
     cudaEventDestroy(m.stop);
   }
+  if (impl_->step_graph) cudaGraphExecDestroy(impl_->step_graph);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
 }
 
@@ -455,7 +584,7 @@ std::string CudaEngine::device_name() const {
 
 void CudaEngine::reset() {
   for (auto& s : impl_->states) {
-    for (auto* b : {&s.conv, &s.ssm, &s.conv_q, &s.conv_k, &s.conv_v, &s.gdn}) b->zero();
+    for (auto* b : {&s.conv, &s.ssm, &s.conv_qkv, &s.gdn}) b->zero();
     s.latents.zero();
     s.kv_valid = 0;
   }
@@ -464,6 +593,37 @@ void CudaEngine::reset() {
 }
 
 void CudaEngine::forward(std::span<const std::int32_t> tokens, float* logits, bool all_logits) {
+  forward_impl(tokens, logits, all_logits, false);
+}
+
+std::vector<std::pair<float, std::int32_t>> CudaEngine::forward_top(std::span<const std::int32_t> tokens, int k) {
+  const std::int64_t V = config_.vocab_size;
+  if (k < 1 || k > std::min<std::int64_t>(k::kTopkMax, V)) {
+    throw Error(ErrorKind::kUsage, "", "top-k", "k = " + std::to_string(k) + " candidates requested; the GPU top-k takes 1.." +
+                                                    std::to_string(std::min<std::int64_t>(k::kTopkMax, V)));
+  }
+  if (tokens.empty()) throw Error(ErrorKind::kUsage, "", "top-k", "no tokens to run");
+  auto& m = *impl_;
+  if (k > m.top_k) {
+    m.top_ws_bytes = k::topk_cuda_workspace_bytes(V, k);
+    m.top_ws.resize(m.top_ws_bytes / 4 + 4);
+    m.top_vals.resize(k);
+    m.top_ids.resize(k);
+    m.top_k = k;
+  }
+  forward_impl(tokens, nullptr, false, true);  // the last row's logits stay in m.logits
+  k::topk_cuda(m.logits.get(), V, k, m.top_vals.get(), m.top_ids.get(), m.top_ws.get(), m.top_ws_bytes, m.stream);
+  std::vector<float> vals(static_cast<std::size_t>(k));
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(k));
+  HYLO_CUDA_CHECK(cudaMemcpyAsync(vals.data(), m.top_vals.get(), sizeof(float) * vals.size(), cudaMemcpyDeviceToHost, m.stream));
+  HYLO_CUDA_CHECK(cudaMemcpyAsync(ids.data(), m.top_ids.get(), sizeof(std::int32_t) * ids.size(), cudaMemcpyDeviceToHost, m.stream));
+  HYLO_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  std::vector<std::pair<float, std::int32_t>> out(static_cast<std::size_t>(k));
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = {vals[i], ids[i]};
+  return out;
+}
+
+void CudaEngine::forward_impl(std::span<const std::int32_t> tokens, float* logits, bool all_logits, bool last_on_device) {
   const auto T = static_cast<std::int64_t>(tokens.size());
   if (T == 0) return;
   if (length_ + T > capacity_) {
@@ -484,7 +644,8 @@ void CudaEngine::forward(std::span<const std::int32_t> tokens, float* logits, bo
     const std::int64_t n = std::min(C, T - b);
     const bool last = b + n == T;
     float* dst = logits == nullptr ? nullptr : (all_logits ? logits + b * V : (last ? logits : nullptr));
-    forward_chunk(tokens.subspan(static_cast<std::size_t>(b), static_cast<std::size_t>(n)), dst, all_logits);
+    forward_chunk(tokens.subspan(static_cast<std::size_t>(b), static_cast<std::size_t>(n)), dst, all_logits,
+                  last_on_device && last);
   }
 }
 
@@ -513,49 +674,80 @@ double CudaEngine::prepare_prefill(std::int64_t tokens) {
   return m.cudnn->graph_build_seconds() - before;
 }
 
-void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logits, bool all_logits) {
+void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logits, bool all_logits, bool head_on_device) {
   auto& m = *impl_;
   cudaStream_t st = m.stream;
   const auto T = static_cast<std::int64_t>(tokens.size());
-  const std::int64_t H = config_.hidden_size, V = config_.vocab_size, pos0 = length_;
-  const float eps = static_cast<float>(config_.rms_norm_eps);
-  HYLO_CUDA_CHECK(cudaMemcpyAsync(m.ids.get(), tokens.data(), sizeof(std::int32_t) * static_cast<std::size_t>(T),
-                                  cudaMemcpyHostToDevice, st));
+  const std::int64_t V = config_.vocab_size;
+  if (T == 1) {
+    run_step(tokens[0]);  // computes its logits row into m.logits
+  } else {
+    HYLO_CUDA_CHECK(cudaMemcpyAsync(m.ids.get(), tokens.data(), sizeof(std::int32_t) * static_cast<std::size_t>(T),
+                                    cudaMemcpyHostToDevice, st));
+    enqueue_layers(T, length_, false);
+    if (head_on_device && logits == nullptr) enqueue_head(T - 1);
+  }
+  length_ += T;
+  if (logits != nullptr) {
+    const std::int64_t rows = all_logits ? T : 1;
+    for (std::int64_t r0 = 0; r0 < rows; ++r0) {
+      if (T > 1) enqueue_head(T - rows + r0);
+      HYLO_CUDA_CHECK(cudaMemcpyAsync(logits + r0 * V, m.logits.get(), sizeof(float) * static_cast<std::size_t>(V),
+                                      cudaMemcpyDeviceToHost, st));
+    }
+  }
+  HYLO_CUDA_CHECK(cudaStreamSynchronize(st));
+  m.collect();
+}
 
+void CudaEngine::run_step(std::int32_t token) {
+  auto& m = *impl_;
+  cudaStream_t st = m.stream;
+  // Pageable source: the copy stages it before returning, so the stack array may go.
+  const std::int32_t in[2] = {token, static_cast<std::int32_t>(length_)};
+  HYLO_CUDA_CHECK(cudaMemcpyAsync(m.step.get(), in, sizeof in, cudaMemcpyHostToDevice, st));
+  if (!options_.decode_graph || m.profiling) {
+    enqueue_layers(1, length_, true);
+    enqueue_head(0);
+    return;
+  }
+  if (m.step_graph == nullptr) {
+    // Captured once: nothing in the step depends on host values that change between steps (the position is read
+    // from m.step). Relaxed mode: first-use host calls of the kernels (attributes, cuBLASLt plans) are allowed.
+    cudaGraph_t g = nullptr;
+    HYLO_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed));
+    try {
+      enqueue_layers(1, length_, true);
+      enqueue_head(0);
+    } catch (...) {
+      if (cudaStreamEndCapture(st, &g) == cudaSuccess && g != nullptr) cudaGraphDestroy(g);
+      throw;
+    }
+    HYLO_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+    const cudaError_t e = cudaGraphInstantiate(&m.step_graph, g, 0);
+    cudaGraphDestroy(g);
+    HYLO_CUDA_CHECK(e);
+  }
+  HYLO_CUDA_CHECK(cudaGraphLaunch(m.step_graph, st));
+}
+
+void CudaEngine::enqueue_head(std::int64_t row) {
+  auto& m = *impl_;
+  const std::int64_t H = config_.hidden_size, V = config_.vocab_size;
+  const DBuf<bf16>& head = m.head.size() > 0 ? m.head : m.embed;
+  m.project(m.rms(m.x.get() + row * H, m.final_norm), 1, H, m.h.get(), head, V, m.logits.get(), false, false);
+}
+
+void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
+  auto& m = *impl_;
+  cudaStream_t st = m.stream;
+  const std::int64_t H = config_.hidden_size, V = config_.vocab_size;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  // A decode step reads its token and position from m.step (graph-capturable); a prefill chunk passes pos0.
+  const std::int32_t* pos_dev = step ? m.step.get() + 1 : nullptr;
   auto linear = [&](const bf16* x, std::int64_t rows, const DBuf<bf16>& w, std::int64_t out, std::int64_t in, void* y,
                     bool y_bf16, bool accumulate, std::int64_t x_stride = 0, std::int64_t y_stride = 0) {
-    k::LinearCudaParams p;
-    p.rows = rows;
-    p.out = out;
-    p.in = in;
-    p.x = x;
-    p.x_stride = x_stride;
-    p.w = w.get();
-    p.y = y;
-    p.y_stride = y_stride;
-    p.y_bf16 = y_bf16;
-    p.accumulate = accumulate;
-    m.timed("gemm", [&] {
-      if (options_.decode_gemv && rows <= 4 && k::gemv_cuda_supports(p)) {
-        k::gemv_cuda(p, st);  // decode: bandwidth-bound, one pass over W
-      } else {
-        m.lt.linear(p, st);
-      }
-    });
-  };
-  auto rmsnorm = [&](const float* x, std::int64_t rows, std::int64_t dim, const DBuf<float>& w, void* y, bool y_bf16,
-                     std::int64_t x_stride = 0, std::int64_t y_stride = 0) {
-    k::RmsNormCudaParams p;
-    p.rows = rows;
-    p.dim = dim;
-    p.x = x;
-    p.x_stride = x_stride;
-    p.w = w.get();
-    p.y = y;
-    p.y_stride = y_stride;
-    p.y_bf16 = y_bf16;
-    p.eps = eps;
-    m.timed("norm + elementwise", [&] { k::rmsnorm_cuda(p, st); });
+    m.linear(x, rows, w, out, in, y, y_bf16, accumulate, x_stride, y_stride);
   };
   // Causal attention of T queries at positions pos0.. over keys [0, S) (K/V contiguous [S, nKV, d]); o bf16
   // [T, nH, dv]. cuDNN SDPA where it takes the shape, else the own kernel (fp32 o, then rounded to bf16).
@@ -614,7 +806,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
     k::EmbeddingCudaParams p;
     p.T = T;
     p.hidden = H;
-    p.ids = m.ids.get();
+    p.ids = step ? m.step.get() : m.ids.get();
     p.table = m.embed.get();
     p.vocab_begin = 0;
     p.vocab_local = V;
@@ -624,7 +816,8 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
   for (std::size_t li = 0; li < m.layers.size(); ++li) {
     auto& L = m.layers[li];
     auto& S = m.states[li];
-    rmsnorm(m.x.get(), T, H, L.input_norm, m.h.get(), true);
+    // The input norm runs inside the mixer's first projection (fused into the GEMV of a decode step).
+    const k::GemvInput in_norm = m.rms(m.x.get(), L.input_norm);
     switch (L.kind) {
       case MixerKind::kMLA: {
         const auto& a = config_.mla;
@@ -634,23 +827,38 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
         float* qa = m.f1.get();
         float* q = m.f2.get();
         float* ckv = m.f3.get();
-        linear(m.h.get(), T, L.mla.q_a, ql, H, qa, false, false);
+        // h = norm(x) is written only when the norm is not fused into q_a's GEMV; kv_a then reads it.
+        const bool fused = m.project(in_norm, T, H, m.h.get(), L.mla.q_a, ql, qa, false, false);
         if (L.mla.q_a_norm.size() > 0) {
-          rmsnorm(qa, T, ql, L.mla.q_a_norm, m.b1.get(), true);
+          m.project(m.rms(qa, L.mla.q_a_norm), T, ql, m.b1.get(), L.mla.q_b, nH * dqk, q, false, false);
         } else {
           k::convert_bf16_cuda(qa, m.b1.get(), T * ql, st);
+          linear(m.b1.get(), T, L.mla.q_b, nH * dqk, ql, q, false, false);
         }
-        linear(m.b1.get(), T, L.mla.q_b, nH * dqk, ql, q, false, false);
-        linear(m.h.get(), T, L.mla.kv_a, lat, H, ckv, false, false);
-        if (L.mla.kv_a_norm.size() > 0) rmsnorm(ckv, T, r, L.mla.kv_a_norm, ckv, false, lat, lat);
-        {
-          k::RopeCudaParams rq{T, nH, dr, q + dn, nH * dqk, dqk, pos0, m.inv_freq.get(), m.rope_factor};
-          k::rope_interleaved_cuda(rq, st);
-          k::RopeCudaParams rk{T, 1, dr, ckv + r, lat, 0, pos0, m.inv_freq.get(), m.rope_factor};
-          k::rope_interleaved_cuda(rk, st);
+        if (fused) {
+          m.project(in_norm, T, H, m.h.get(), L.mla.kv_a, lat, ckv, false, false);
+        } else {
+          linear(m.h.get(), T, L.mla.kv_a, lat, H, ckv, false, false);
         }
         bf16* cache = S.latents.get();
-        k::convert_bf16_cuda(ckv, cache + pos0 * lat, T * lat, st);
+        m.timed("norm + elementwise", [&] {
+          k::RopeCudaParams rq{T, nH, dr, q + dn, nH * dqk, dqk, pos0, m.inv_freq.get(), m.rope_factor, pos_dev};
+          k::rope_interleaved_cuda(rq, st);
+          // kv_a_layernorm, RoPE of k_pe and the bf16 rounding into the cache rows, in one kernel.
+          k::MlaLatentAppendParams ap;
+          ap.T = T;
+          ap.r = r;
+          ap.dr = dr;
+          ap.ckv = ckv;
+          ap.norm_w = L.mla.kv_a_norm.size() > 0 ? L.mla.kv_a_norm.get() : nullptr;
+          ap.eps = eps;
+          ap.inv_freq = m.inv_freq.get();
+          ap.attention_factor = m.rope_factor;
+          ap.pos0 = pos0;
+          ap.pos_dev = pos_dev;
+          ap.cache = cache;
+          k::mla_append_latent_cuda(ap, st);
+        });
         const std::int64_t Sk = pos0 + T;
         if (T == 1) {
           // Absorbed decode over the whole latent cache.
@@ -660,7 +868,8 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
           m.timed("mla decode", [&] { k::mla_absorb_q_cuda(shape, 1, q, L.mla.kv_b.get(), q_lat, q_pe, st); });
           k::MlaDecodeCudaParams p;
           p.T = 1;
-          p.S = Sk;
+          p.S = pos_dev != nullptr ? capacity_ : Sk;  // with pos_dev: the bound; S = position + 1 on the device
+          p.pos_dev = pos_dev;
           p.n_heads = nH;
           p.kv_lora_rank = r;
           p.rope_dim = dr;
@@ -734,7 +943,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
         const std::int64_t Cc = c.conv_channels(), rows = c.in_proj_rows();
         float* zx = m.f1.get();
         float* xbc = m.f2.get();
-        linear(m.h.get(), T, L.mamba.in_proj, rows, H, zx, false, false);
+        m.project(in_norm, T, H, m.h.get(), L.mamba.in_proj, rows, zx, false, false);
         {
           k::CausalConv1dCudaParams p;
           p.T = T;
@@ -787,20 +996,17 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
             k::mamba2_scan_cuda(p, st);  // decode step (recurrent), or chunked scans turned off
           }
         });
-        k::GatedRmsNormCudaParams g;
-        g.rows = T;
-        g.dim = di;
-        g.group = P;
-        g.x = y;
-        g.z = zx;
-        g.z_stride = rows;
+        // Gated norm (gate, then norm per head) into out_proj, accumulated into the residual.
+        k::GemvInput g;
+        g.kind = k::GemvInputKind::kGatedRmsNorm;
+        g.a = y;
+        g.b = zx;
+        g.b_stride = rows;
         g.w = L.mamba.norm.get();
-        g.y = m.b2.get();
-        g.y_bf16 = true;
-        g.eps = 1e-5f;
+        g.group = P;
         g.order = k::GateOrder::kGateThenNorm;
-        m.timed("norm + elementwise", [&] { k::gated_rmsnorm_cuda(g, st); });
-        linear(m.b2.get(), T, L.mamba.out, H, di, m.x.get(), false, true);
+        g.eps = 1e-5f;
+        m.project(g, T, di, m.b2.get(), L.mamba.out, H, m.x.get(), false, true);
         break;
       }
       case MixerKind::kGDN: {
@@ -810,10 +1016,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
         // made contiguous for the prepare op (a single row already is).
         const std::int64_t W = 2 * Kd + 2 * Vd + 2 * Hv;
         float* y = m.fused.get();
-        linear(m.h.get(), T, L.gdn.qkvgab, W, H, y, false, false);
-        float* q = y;
-        float* kk = y + Kd;
-        float* v = y + 2 * Kd;
+        m.project(in_norm, T, H, m.h.get(), L.gdn.qkvgab, W, y, false, false);
         float* gate = y + 2 * Kd + Vd;
         float* a = y + 2 * Kd + 2 * Vd;
         float* b = a + Hv;
@@ -826,22 +1029,33 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
         float* qc = m.f6.get();
         float* kc = m.f7.get();
         float* vc = m.f8.get();
-        auto conv = [&](const float* in, const DBuf<float>& w, DBuf<float>& state, std::int64_t ch, float* out) {
+        // The q, k, v convs over channel ranges [0, Kd), [Kd, 2 Kd), [2 Kd, 2 Kd + Vd) of the stacked taps and
+        // state. A decode step runs them as one call (its outputs are then contiguous slices of one row); a prefill
+        // chunk as three, each output contiguous [T, ch] as the scans take them.
+        const std::int64_t Cqkv = 2 * Kd + Vd;
+        auto conv = [&](std::int64_t c0, std::int64_t ch, float* out) {
           k::CausalConv1dCudaParams p;
           p.T = T;
           p.channels = ch;
           p.kernel = c.conv_size;
-          p.x = in;
+          p.x = y + c0;
           p.x_stride = W;
-          p.w = w.get();
-          p.state = state.get();
+          p.w = L.gdn.qkv_conv.get() + c0 * c.conv_size;
+          p.state = S.conv_qkv.get() + c0;
+          p.state_stride = Cqkv;
           p.y = out;
           p.silu = true;
           m.timed("conv", [&] { k::causal_conv1d_cuda(p, st); });
         };
-        conv(q, L.gdn.q_conv, S.conv_q, Kd, qc);
-        conv(kk, L.gdn.k_conv, S.conv_k, Kd, kc);
-        conv(v, L.gdn.v_conv, S.conv_v, Vd, vc);
+        if (T == 1 && static_cast<std::int64_t>(m.f6.size()) >= Cqkv) {
+          conv(0, Cqkv, qc);
+          kc = qc + Kd;
+          vc = qc + 2 * Kd;
+        } else {
+          conv(0, Kd, qc);
+          conv(Kd, Kd, kc);
+          conv(2 * Kd, Vd, vc);
+        }
         float* g = m.f2.get();
         float* beta = g + T * Hv;
         k::GdnPrepareParams pp{};
@@ -879,54 +1093,33 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
             k::gdn_scan_cuda(sp, st);  // decode step (recurrent), chunked scans off, or sizes it does not take
           }
         });
-        k::GatedRmsNormCudaParams gn;
-        gn.rows = T;
-        gn.dim = Vd;
-        gn.group = c.head_v_dim;
-        gn.x = o;
-        gn.z = gate;
-        gn.z_stride = W;
+        // Gated norm (norm per head, then gate) into o_proj, accumulated into the residual.
+        k::GemvInput gn;
+        gn.kind = k::GemvInputKind::kGatedRmsNorm;
+        gn.a = o;
+        gn.b = gate;
+        gn.b_stride = W;
         gn.w = L.gdn.o_norm.get();
+        gn.group = c.head_v_dim;
         gn.weight_per_group = true;
-        gn.y = m.b2.get();
-        gn.y_bf16 = true;
-        gn.eps = static_cast<float>(c.norm_eps);
         gn.order = k::GateOrder::kNormThenGate;
-        m.timed("norm + elementwise", [&] { k::gated_rmsnorm_cuda(gn, st); });
-        linear(m.b2.get(), T, L.gdn.o, H, Vd, m.x.get(), false, true);
+        gn.eps = static_cast<float>(c.norm_eps);
+        m.project(gn, T, Vd, m.b2.get(), L.gdn.o, H, m.x.get(), false, true);
         break;
       }
     }
-    // MLP: post-norm, gate/up, SwiGLU (bf16 out), down accumulated into the residual.
+    // MLP: post-norm into gate|up, SwiGLU into down (accumulated into the residual); both fused into the GEMVs of
+    // a decode step.
     const std::int64_t I = config_.intermediate_size;
-    rmsnorm(m.x.get(), T, H, L.post_norm, m.h.get(), true);
-    linear(m.h.get(), T, L.gate_up, 2 * I, H, m.fused.get(), false, false);
-    k::SwigluCudaParams sw;
-    sw.rows = T;
-    sw.dim = I;
-    sw.gate = m.fused.get();
-    sw.up = m.fused.get() + I;
-    sw.gate_stride = 2 * I;
-    sw.up_stride = 2 * I;
-    sw.out = m.b1.get();
-    sw.out_bf16 = true;
-    m.timed("norm + elementwise", [&] { k::swiglu_cuda(sw, st); });
-    linear(m.b1.get(), T, L.down, H, I, m.x.get(), false, true);
+    m.project(m.rms(m.x.get(), L.post_norm), T, H, m.h.get(), L.gate_up, 2 * I, m.fused.get(), false, false);
+    k::GemvInput sw;
+    sw.kind = k::GemvInputKind::kSwiglu;
+    sw.a = m.fused.get();
+    sw.a_stride = 2 * I;
+    sw.b = m.fused.get() + I;
+    sw.b_stride = 2 * I;
+    m.project(sw, T, I, m.b1.get(), L.down, H, m.x.get(), false, true);
   }
-  length_ += T;
-  if (logits != nullptr) {
-    const std::int64_t rows = all_logits ? T : 1;
-    const DBuf<bf16>& head = m.head.size() > 0 ? m.head : m.embed;
-    for (std::int64_t r0 = 0; r0 < rows; ++r0) {
-      const std::int64_t row = T - rows + r0;
-      rmsnorm(m.x.get() + row * H, 1, H, m.final_norm, m.h.get(), true);
-      linear(m.h.get(), 1, head, V, H, m.logits.get(), false, false);
-      HYLO_CUDA_CHECK(cudaMemcpyAsync(logits + r0 * V, m.logits.get(), sizeof(float) * static_cast<std::size_t>(V),
-                                      cudaMemcpyDeviceToHost, st));
-    }
-  }
-  HYLO_CUDA_CHECK(cudaStreamSynchronize(st));
-  m.collect();
 }
 
 }  // namespace hylo

@@ -12,6 +12,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/config.h"
@@ -32,6 +33,9 @@ struct CudaEngineOptions {
   // token): each chunk then decompresses only its own tokens and attends in one call. Dropped automatically
   // (with a log line) when it does not fit; then every chunk re-decompresses the cached latents block by block.
   bool prefill_kv_cache = true;
+  // Decode steps (one token) replay one captured CUDA graph: ~300 kernels per step launched as one, the position
+  // read from device memory. Off: the same kernels launched one by one (always so while profiling).
+  bool decode_graph = true;
 };
 
 // Bytes the engine needs on the GPU, by part.
@@ -69,6 +73,11 @@ class CudaEngine {
   // else [V] of the last token. Prompts longer than prefill_chunk are processed chunk by chunk.
   void forward(std::span<const std::int32_t> tokens, float* logits, bool all_logits);
 
+  // forward() that returns, instead of logits, the k best (logit, id) of the last token's logits, best first, ties
+  // by the lower id, computed on the GPU (1 <= k <= 256; k = 1: greedy). A decode step then brings back 8 k bytes
+  // instead of the vocabulary row; Sampler::sample_top draws from them what Sampler::sample would from the row.
+  std::vector<std::pair<float, std::int32_t>> forward_top(std::span<const std::int32_t> tokens, int k);
+
   // Builds, ahead of time, what a prefill of `tokens` more tokens from the current length will need that is
   // built once per shape and cached (the cuDNN attention graphs of every chunk: ~0.05-0.5 s each on first use).
   // Optional: forward() builds them on demand; a server calls this at startup for its longest prompt so that
@@ -85,7 +94,11 @@ class CudaEngine {
 
  private:
   struct Impl;
-  void forward_chunk(std::span<const std::int32_t> tokens, float* logits, bool all_logits);
+  void forward_impl(std::span<const std::int32_t> tokens, float* logits, bool all_logits, bool last_on_device);
+  void forward_chunk(std::span<const std::int32_t> tokens, float* logits, bool all_logits, bool head_on_device);
+  void enqueue_layers(std::int64_t T, std::int64_t pos0, bool step);  // embedding + every layer of T tokens
+  void enqueue_head(std::int64_t row);                                // final norm + LM head of one row -> logits
+  void run_step(std::int32_t token);                                  // a decode step (graph or launches), no sync
   ModelConfig config_;
   CudaEngineOptions options_;
   CudaMemoryPlan plan_;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "comm/communicator.h"
 #include "common/error.h"
@@ -73,6 +74,24 @@ std::int32_t Sampler::sample_candidates(std::vector<std::pair<float, std::int32_
     if (u < acc) return c[i].second;
   }
   return c[keep - 1].second;
+}
+
+int Sampler::candidates_needed() const {
+  if (params_.temperature == 0.0f) return 1;
+  if (params_.top_k > 0) {
+    return static_cast<int>(std::min<std::int64_t>(params_.top_k, std::numeric_limits<int>::max()));
+  }
+  return 0;
+}
+
+std::int32_t Sampler::sample_top(std::vector<std::pair<float, std::int32_t>> best) {
+  if (best.empty()) throw Error(ErrorKind::kInternal, "", "sampler", "no top-k candidates");
+  if (candidates_needed() == 0) {
+    throw Error(ErrorKind::kInternal, "", "sampler",
+                "top-k candidates cannot reproduce pure temperature / top-p sampling (it needs the full row)");
+  }
+  if (params_.temperature == 0.0f) return best[0].second;
+  return sample_candidates(std::move(best));
 }
 
 std::int32_t sample_sharded(Sampler& sampler, const float* logits, std::int64_t vocab_begin, std::int64_t vocab_local,

@@ -32,6 +32,19 @@ class Sampler {
   // sampler passes only each rank's local top-k. Temperature > 0 only.
   std::int32_t sample_candidates(std::vector<std::pair<float, std::int32_t>> candidates);
 
+  // Sampling from a device top-k (kernels/sample_cuda.h): how many of the row's best (logit, id) pairs sample_top
+  // needs to draw what sample() would draw from the full row: 1 for greedy, top_k when top_k > 0 (the top-p cut
+  // then applies within them), 0 for pure temperature / top-p without top_k (the nucleus needs the full row).
+  // Clamped to INT_MAX. A count above what the device top-k returns (kTopkMax) also needs the full row, unless the
+  // vocabulary is that small (then its min(count, vocab) best are the whole row).
+  int candidates_needed() const;
+  // The token sample() would draw from the full logits, given `best`: the row's min(candidates_needed(), vocab)
+  // best (logit, id) pairs sorted as topk_cuda returns them (logit descending, ties by the lower id). Greedy:
+  // best[0] (no random draw, like sample()); top-k: sample_candidates(best) (one draw from the same RNG stream,
+  // so seeded samplers stay in step with sample()). Error(kInternal) for an empty `best` or when
+  // candidates_needed() is 0.
+  std::int32_t sample_top(std::vector<std::pair<float, std::int32_t>> best);
+
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;

@@ -20,11 +20,14 @@
 #include <vector>
 
 #include "gpu_test.h"
+#include "kernels/activation_cuda.h"
 #include "kernels/attention.h"
 #include "kernels/attention_cuda.h"
 #include "kernels/mla_cuda.h"
 #include "kernels/mla_decode.h"
 #include "kernels/mla_decode_cuda.h"
+#include "kernels/norm_cuda.h"
+#include "kernels/rope_cuda.h"
 
 namespace hylo {
 namespace {
@@ -451,8 +454,9 @@ AttnOut mla_ref(const MlaCase& c, const MlaQueries& q, const std::vector<float>&
 }
 
 // Runs mla_decode_cuda with its own workspace (filled with 0xFF bytes: NaN, so stale contents would show).
+// s_bound > 0: S is passed the graph-capture way, as a device position (S - T) with s_bound as the upper bound.
 AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_bfloat16>& cache,
-                std::int64_t cache_row_stride = 0) {
+                std::int64_t cache_row_stride = 0, std::int64_t s_bound = 0) {
   DeviceBuffer<float> dql(q.q_lat), dqp(q.q_pe);
   DeviceBuffer<float> o(std::vector<float>(static_cast<std::size_t>(c.T * c.H * c.r), kNaN));
   DeviceBuffer<float> lse(std::vector<float>(static_cast<std::size_t>(c.T * c.H), kNaN));
@@ -470,6 +474,11 @@ AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_b
   p.lse = lse.get();
   p.scale = mla_scale(c);
   p.split_tokens = c.split;
+  DeviceBuffer<std::int32_t> pos(std::vector<std::int32_t>{static_cast<std::int32_t>(c.S - c.T)});
+  if (s_bound > 0) {
+    p.S = s_bound;
+    p.pos_dev = pos.get();
+  }
   const std::int64_t ws_bytes = kernels::mla_decode_cuda_workspace_bytes(p);
   DeviceBuffer<float> ws((ws_bytes + 3) / 4);
   if (ws.size() > 0) HYLO_CUDA_CHECK(cudaMemset(ws.get(), 0xFF, ws.bytes()));
@@ -570,6 +579,28 @@ TEST(MlaDecodeCuda, DeterministicBitwise) {
   ASSERT_EQ(a.o.size(), b.o.size());
   EXPECT_EQ(std::memcmp(a.o.data(), b.o.data(), a.o.size() * sizeof(float)), 0) << "o_lat differs between runs";
   EXPECT_EQ(std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)), 0) << "lse differs between runs";
+}
+
+// S read from the device (pos_dev, for CUDA graphs; p.S is then only a bound) gives bitwise the host-S result:
+// the kernels derive the same split and number of splits from it. Bounds far above S (the engine passes its
+// capacity) and just above; default and fixed splits; the engine's MLA shapes.
+TEST(MlaDecodeCuda, DevicePositionEqualsHostLength) {
+  const MlaCase cases[] = {{1, 24, 128, 64, 1, 0},    {100, 24, 128, 64, 1, 0},  {4097, 24, 128, 64, 1, 0},
+                           {70000, 24, 128, 64, 1, 0}, {4097, 16, 512, 64, 2, 0}, {70000, 16, 512, 64, 1, 0},
+                           {3001, 16, 256, 64, 1, 100}};
+  std::uint64_t seed = 61000;
+  for (const MlaCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    const auto cache = to_bf16(random_vector(c.S * (c.r + c.dr), seed += 7));
+    const DeviceBuffer<__nv_bfloat16> dcache(cache);
+    const MlaQueries q = make_queries(c, seed += 7);
+    const AttnOut host = mla_gpu(c, q, dcache);
+    for (const std::int64_t bound : {c.S, c.S + 1, std::int64_t{1} << 21}) {
+      const AttnOut dev = mla_gpu(c, q, dcache, 0, bound);
+      EXPECT_EQ(std::memcmp(host.o.data(), dev.o.data(), host.o.size() * sizeof(float)), 0) << "bound " << bound;
+      EXPECT_EQ(std::memcmp(host.lse.data(), dev.lse.data(), host.lse.size() * sizeof(float)), 0) << "bound " << bound;
+    }
+  }
 }
 
 TEST(MlaDecodeCuda, EmptyCacheAndBadArguments) {
@@ -741,6 +772,68 @@ TEST(MlaDecodeCuda, ExplicitStreamMatchesDefaultStream) {
 }
 
 // mla_absorb_q_cuda / mla_expand_o_cuda against fp64 loops (weights bf16, q and o_lat fp32; expand rounds to bf16).
+// The fused latent append (kv_a_layernorm + RoPE of k_pe + bf16 into the cache rows) against the three kernels it
+// replaces run in turn (rmsnorm_cuda in place, rope_interleaved_cuda, convert_bf16_cuda): bitwise equal cache rows,
+// with and without the norm, position from the host or from the device, rows before and after left untouched.
+TEST(MlaAppendLatentCuda, EqualsNormRopeConvert) {
+  struct Case {
+    std::int64_t T, r, dr, pos;
+    bool norm, dev;
+  };
+  const Case cases[] = {{1, 128, 64, 1000, true, true},  {1, 512, 64, 5, true, false},   {37, 128, 64, 0, true, false},
+                        {37, 512, 64, 70001, false, false}, {3, 96, 32, 2000000, true, true}};
+  std::uint64_t seed = 77000;
+  for (const Case& c : cases) {
+    SCOPED_TRACE("T " + std::to_string(c.T) + " r " + std::to_string(c.r) + " pos " + std::to_string(c.pos) +
+                 (c.norm ? " norm" : "") + (c.dev ? " pos_dev" : ""));
+    const std::int64_t lat = c.r + c.dr, rows = c.pos + c.T + 2;
+    const auto ckv = random_vector(c.T * lat, seed += 3);
+    const auto w = random_vector(c.r, seed += 3, 0.5f);
+    std::vector<double> inv(static_cast<std::size_t>(c.dr / 2));
+    for (std::size_t j = 0; j < inv.size(); ++j) inv[j] = std::pow(10000.0, -2.0 * static_cast<double>(j) / static_cast<double>(c.dr));
+    const DeviceBuffer<double> dinv(inv);
+    const DeviceBuffer<float> dw(w), dckv(ckv);
+    const std::vector<__nv_bfloat16> fill(static_cast<std::size_t>(rows * lat), __float2bfloat16_rn(-3.0f));
+    DeviceBuffer<__nv_bfloat16> fused(fill), separate(fill);
+    const DeviceBuffer<std::int32_t> pos(std::vector<std::int32_t>{static_cast<std::int32_t>(c.pos)});
+
+    kernels::MlaLatentAppendParams p;
+    p.T = c.T;
+    p.r = c.r;
+    p.dr = c.dr;
+    p.ckv = dckv.get();
+    p.norm_w = c.norm ? dw.get() : nullptr;
+    p.eps = 1e-6f;
+    p.inv_freq = dinv.get();
+    p.attention_factor = 1.25;
+    p.pos0 = c.dev ? 0 : c.pos;
+    p.pos_dev = c.dev ? pos.get() : nullptr;
+    p.cache = fused.get();
+    kernels::mla_append_latent_cuda(p, nullptr);
+
+    DeviceBuffer<float> work(ckv);
+    if (c.norm) {
+      kernels::RmsNormCudaParams n;
+      n.rows = c.T;
+      n.dim = c.r;
+      n.x = work.get();
+      n.x_stride = lat;
+      n.w = dw.get();
+      n.y = work.get();
+      n.y_stride = lat;
+      n.eps = 1e-6f;
+      kernels::rmsnorm_cuda(n, nullptr);
+    }
+    kernels::RopeCudaParams rp{c.T, 1, c.dr, work.get() + c.r, lat, 0, c.pos, dinv.get(), 1.25};
+    kernels::rope_interleaved_cuda(rp, nullptr);
+    kernels::convert_bf16_cuda(work.get(), separate.get() + c.pos * lat, c.T * lat, nullptr);
+    HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto a = fused.download(), b = separate.download();
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(__nv_bfloat16)), 0);
+  }
+}
+
 TEST(MlaAbsorbExpandCuda, MatchesReference) {
   struct Case {
     std::int64_t nH, nKV, r, dn, dr, dv, T;

@@ -7,7 +7,9 @@
 //   - chunked prefill with tiny chunks and attention blocks (every chunk / block / merge path) on 700 tokens;
 //   - the reduced-width released layouts of tests/golden (HF-made checkpoints): last-position logits <= 2e-2;
 //   - the memory planner refuses an impossible capacity with the numbers and a CP degree.
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <random>
@@ -183,7 +185,9 @@ TEST(CudaEngine, GoldenReducedWidthLayouts) {
 // sequence (the prefill K/V cache must first fill the positions the decode steps added), 2 more decode steps.
 // Variants: the defaults (cuDNN attention, prefill K/V cache, chunked scans, GEMV decode), and each of them
 // switched off in turn (own attention kernel; latents re-decompressed per block of 100 keys, straddling chunks;
-// recurrent scans; cuBLASLt decode). Every step's logits within 2e-2 of the CPU.
+// recurrent scans; cuBLASLt decode, which also runs the norms / SwiGLU as their own kernels instead of inside
+// the GEMVs; decode steps launched one kernel at a time instead of one captured graph). Every step's logits
+// within 2e-2 of the CPU.
 TEST(CudaEngine, EveryEnginePathMatchesCpu) {
   namespace fs = std::filesystem;
   const char* src = std::getenv("HYLO_SOURCE_DIR");
@@ -198,7 +202,7 @@ TEST(CudaEngine, EveryEnginePathMatchesCpu) {
     const char* name;
     CudaEngineOptions o;
   };
-  std::vector<Variant> variants(5);
+  std::vector<Variant> variants(6);
   variants[0].name = "defaults";
   variants[1].name = "own attention kernel";
   variants[1].o.cudnn_attention = false;
@@ -209,6 +213,8 @@ TEST(CudaEngine, EveryEnginePathMatchesCpu) {
   variants[3].o.chunked_scans = false;
   variants[4].name = "cuBLASLt decode";
   variants[4].o.decode_gemv = false;
+  variants[5].name = "decode steps launched (no CUDA graph)";
+  variants[5].o.decode_graph = false;
   for (auto& v : variants) {
     SCOPED_TRACE(v.name);
     v.o.prefill_chunk = 64;
@@ -237,6 +243,63 @@ TEST(CudaEngine, EveryEnginePathMatchesCpu) {
     EXPECT_LE(worst, 2e-2);
     EXPECT_EQ(gpu.length(), 201 + 3 + 77 + 2);
   }
+}
+
+// The captured decode graph replays exactly the kernels a launched step runs (positions read from the device):
+// logits bitwise equal, step after step, across a prefill continuation. forward_top's GPU top-k equals the host's
+// top-k (ties by the lower id) of the same engine's logits, values bitwise; k = 1 is the greedy token.
+TEST(CudaEngine, DecodeGraphAndGpuTopKMatchLaunchedSteps) {
+  namespace fs = std::filesystem;
+  const char* src = std::getenv("HYLO_SOURCE_DIR");
+  const fs::path dir = fs::path(src != nullptr ? src : HYLO_SOURCE_DIR) / "tests" / "golden" / "mixed";
+  const ModelConfig cfg = load_model_config(dir);
+  const auto ckpt = SafetensorsCheckpoint::open(dir);
+  const ModelWeights w = load_model_weights(cfg, bind_weights(cfg, ckpt));
+  const std::int64_t V = cfg.vocab_size;
+  CudaEngineOptions launched;
+  launched.decode_graph = false;
+  CudaEngine graph(cfg, w, 200), plain(cfg, w, 200, launched), top(cfg, w, 200);
+  const auto p1 = prompt_of(70, V, 31), p2 = prompt_of(9, V, 32);
+  std::vector<float> lg(static_cast<std::size_t>(V)), lp(lg.size());
+  graph.forward(p1, lg.data(), false);
+  plain.forward(p1, lp.data(), false);
+  top.forward(p1, nullptr, false);
+  auto host_top = [&](int k) {
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(V));
+    for (std::int64_t i = 0; i < V; ++i) ids[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+    std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), [&](std::int32_t a, std::int32_t b) {
+      const float x = lg[static_cast<std::size_t>(a)], y = lg[static_cast<std::size_t>(b)];
+      return x > y || (x == y && a < b);
+    });
+    ids.resize(static_cast<std::size_t>(k));
+    return ids;
+  };
+  std::int32_t t = host_top(1)[0];
+  int steps = 0;
+  for (int i = 0; i < 8; ++i) {
+    if (i == 4) {  // a prefill in between: the graph must keep working at the new positions
+      graph.forward(p2, lg.data(), false);
+      plain.forward(p2, lp.data(), false);
+      top.forward(p2, nullptr, false);
+      t = host_top(1)[0];
+    }
+    graph.forward(std::span<const std::int32_t>(&t, 1), lg.data(), false);
+    plain.forward(std::span<const std::int32_t>(&t, 1), lp.data(), false);
+    ASSERT_EQ(std::memcmp(lg.data(), lp.data(), sizeof(float) * lg.size()), 0) << "step " << i;
+    const int k = i % 2 == 0 ? 1 : 40;
+    const auto best = top.forward_top(std::span<const std::int32_t>(&t, 1), k);
+    const auto want = host_top(k);
+    ASSERT_EQ(best.size(), want.size());
+    for (std::size_t j = 0; j < want.size(); ++j) {
+      EXPECT_EQ(best[j].second, want[j]) << "step " << i << " rank " << j;
+      EXPECT_EQ(best[j].first, lg[static_cast<std::size_t>(want[j])]) << "step " << i << " rank " << j;
+    }
+    t = want[0];
+    ++steps;
+  }
+  EXPECT_EQ(steps, 8);
+  EXPECT_EQ(graph.length(), 70 + 9 + 8);
+  EXPECT_EQ(top.length(), graph.length());
 }
 
 TEST(CudaEngine, RefusesWhatCannotFitWithTheNumbers) {

@@ -684,6 +684,50 @@ TEST(CausalConv1dCuda, SplitCallsEqualOneCall) {
   expect_bitwise("conv split calls vs CPU twin: state", state_split.download(), state_ref);
 }
 
+// Slices of one stacked state (state_stride = the stacked width, e.g. the GDN q | k | v convs) behave exactly as
+// separate dense states: y and every state column bitwise equal, for a one-kernel call (T <= 32) and a longer one.
+TEST(CausalConv1dCuda, StackedStateSlicesEqualSeparateStates) {
+  const std::int64_t parts[] = {33, 64, 17}, K = 4, keep = K - 1, Ct = 33 + 64 + 17;
+  for (const std::int64_t T : {std::int64_t{1}, std::int64_t{5}, std::int64_t{40}}) {
+    SCOPED_TRACE("T " + std::to_string(T));
+    const auto x = random_vector(T * Ct, 111);
+    const auto w = random_vector(Ct * K, 112, 0.5f);
+    const auto state0 = random_vector(keep * Ct, 113);
+    DeviceBuffer<float> dx(x), dw(w), stacked(state0), y_stacked(T * Ct);
+    std::vector<float> y_sep_all(sz(T * Ct)), state_sep_all(sz(keep * Ct));
+    std::int64_t c0 = 0;
+    for (const std::int64_t C : parts) {
+      std::vector<float> st(sz(keep * C));
+      for (std::int64_t i = 0; i < keep; ++i)
+        for (std::int64_t c = 0; c < C; ++c) st[sz(i * C + c)] = state0[sz(i * Ct + c0 + c)];
+      DeviceBuffer<float> dense(st), y(T * C);
+      auto call = [&](float* state, std::int64_t state_stride, float* out) {
+        kernels::CausalConv1dCudaParams p;
+        p.T = T;
+        p.channels = C;
+        p.kernel = K;
+        p.x = dx.get() + c0;
+        p.x_stride = Ct;
+        p.w = dw.get() + c0 * K;
+        p.state = state;
+        p.state_stride = state_stride;
+        p.y = out;
+        kernels::causal_conv1d_cuda(p, nullptr);
+      };
+      call(dense.get(), 0, y.get());
+      call(stacked.get() + c0, Ct, y_stacked.get() + c0 * T);  // y of each part dense [T, C] at offset c0 T
+      sync();
+      const auto yd = y.download(), sd = dense.download();
+      for (std::int64_t i = 0; i < T * C; ++i) y_sep_all[sz(c0 * T + i)] = yd[sz(i)];
+      for (std::int64_t i = 0; i < keep; ++i)
+        for (std::int64_t c = 0; c < C; ++c) state_sep_all[sz(i * Ct + c0 + c)] = sd[sz(i * C + c)];
+      c0 += C;
+    }
+    expect_bitwise("stacked vs separate: y", y_stacked.download(), y_sep_all);
+    expect_bitwise("stacked vs separate: state", stacked.download(), state_sep_all);
+  }
+}
+
 // ------------------------------------------------------------------------------------------------ zero sizes
 
 TEST(ElementwiseCuda, ZeroSizesAreNoOps) {
