@@ -74,6 +74,8 @@ void add_bench_command(CLI::App& app, BenchArgs& a) {
   b->add_option("--json", a.json, "Write the results as JSON");
   b->add_flag("!--no-profile", a.profile, "Skip the per-op time split");
   b->add_flag("--cublas-decode", a.cublas_decode, "Decode projections through cuBLASLt instead of the GEMV kernel (A/B)");
+  b->add_flag("--no-decode-graph", a.no_decode_graph,
+              "Launch each decode step's kernels one by one instead of replaying one captured CUDA graph (A/B)");
   b->add_flag("--recurrent-scans", a.recurrent_scans,
               "GPU prefill scans by the token-by-token kernels instead of the chunked ones (for comparison)");
   b->add_option("--threads", a.threads, "CPU threads (0: all)")->capture_default_str();
@@ -195,6 +197,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     o.prefill_chunk = a.chunk_size;
     o.chunked_scans = !a.recurrent_scans;
     o.decode_gemv = !a.cublas_decode;
+    o.decode_graph = !a.no_decode_graph;
     engine.emplace(cfg, weights, longest + a.decode_steps + kProfiledDecodeSteps + 1, o);
     device_name = engine->device_name();
     const bool h200 = device_name.find("H200") != std::string::npos;

@@ -28,6 +28,7 @@ struct BenchArgs {
   std::string json;                       // write results here
   bool profile = true;                    // per-op split (CUDA events)
   bool cublas_decode = false;    // decode projections through cuBLASLt instead of the GEMV kernel (A/B)
+  bool no_decode_graph = false;  // decode steps launched kernel by kernel instead of one captured CUDA graph (A/B)
   bool recurrent_scans = false;  // prefill scans by the recurrent kernels instead of the chunked ones (A/B)
   int threads = 0;
   int tp = 1, cp = 1, dp = 1;             // layout (hylo-launch passes these); CPU runtime only for now
