@@ -1,0 +1,128 @@
+// NCCL transport: the Communicator interface (communicator.h) on DEVICE buffers, for ranks that each drive one GPU.
+//
+// Bootstrap: one NCCL communicator per MPI communicator (world, tp, cp, dp): rank 0 of the group makes the
+// ncclUniqueId, MPI broadcasts it, every rank joins with ncclCommInitRankConfig. Call select_local_device() (or
+// cudaSetDevice yourself) before creating any: a rank's GPU is fixed for its whole life.
+//
+// Streams: every operation is enqueued on the communicator's own streams (created here, non-blocking w.r.t. the
+// legacy stream): collectives and blocking transfers on stream(); nonblocking point-to-point transfers are queued
+// and issued together, as one NCCL group, at the first wait() (or blocking call) after them, so that the usual
+// "isend to next, irecv from prev, wait both" of a ring cannot deadlock (NCCL has no tags and a lone send waits
+// for its receiver). Tags are accepted and ignored: NCCL matches point-to-point transfers per peer in posting
+// order, so the callers must post matching transfers in the same order (the ring and the exchange do).
+// Blocking calls return when the transfer is complete on the GPU (the caller's buffers are free again).
+// Callers that want to overlap with their own kernels make those kernels wait on stream() (event_after()).
+//
+// Watchdog (RELIABILITY.md): the NCCL communicator is non-blocking (config.blocking = 0) and every wait polls both
+// the GPU work and ncclCommGetAsyncError with a deadline (NcclOptions::timeout_seconds). A peer that never joins
+// (stuck, dead, or out of step) or an NCCL error ends the wait: the communicator is aborted (ncclCommAbort) and
+// CommError names this rank and host, the communicator, the operation and the deadline; the caller then ends the
+// job (MpiSession::abort), so a stuck rank never hangs the others forever.
+//
+// Summation order of allreduce is NCCL's (ring / tree by size): reproducible for a fixed topology and size.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "comm/mpi_communicator.h"
+
+namespace hylo::comm {
+
+// This process's rank among the ranks of its node (MPI_Comm_split_type SHARED over `world`; collective) and the
+// device picked from it: local_rank % visible devices, set current with cudaSetDevice. Throws CommError when no
+// CUDA device is visible, naming the rank and host. With more local ranks than devices, ranks share devices
+// (allowed for tests; a log line in the caller is appropriate).
+struct LocalDevice {
+  int local_rank = 0;
+  int local_size = 1;
+  int device = 0;
+  int device_count = 0;
+};
+LocalDevice select_local_device(const MpiCommunicator& world);
+
+struct NcclOptions {
+  double timeout_seconds = 600.0;  // a wait longer than this aborts the communicator (watchdog)
+};
+
+class NcclCommunicator final : public Communicator {
+ public:
+  // Collective over `mpi`'s ranks: same rank order and size as `mpi`, named like it (or `name`), counted in the
+  // same stats table. The current CUDA device is this rank's device from now on.
+  static std::unique_ptr<NcclCommunicator> create(const MpiCommunicator& mpi, NcclOptions options = {},
+                                                  std::string name = {});
+  ~NcclCommunicator() override;
+  NcclCommunicator(const NcclCommunicator&) = delete;
+  NcclCommunicator& operator=(const NcclCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  int device() const { return device_; }
+  cudaStream_t stream() const { return stream_; }
+  const NcclOptions& options() const { return options_; }
+  // NCCL's version string ("2.28.3") and the transport name for reports.
+  static std::string version();
+
+  // Aborts the NCCL communicator now (ncclCommAbort): every pending and later operation fails. Idempotent.
+  void abort() noexcept;
+  bool aborted() const { return aborted_; }
+
+ protected:
+  void do_send(const void* data, std::int64_t bytes, int dest, int tag) override;
+  void do_recv(void* data, std::int64_t bytes, int source, int tag) override;
+  std::unique_ptr<PendingOp> do_isend(const void* data, std::int64_t bytes, int dest, int tag) override;
+  std::unique_ptr<PendingOp> do_irecv(void* data, std::int64_t bytes, int source, int tag) override;
+  void do_allreduce_sum(float* data, std::int64_t count) override;
+  void do_allreduce_sum(double* data, std::int64_t count) override;
+  void do_allgather(const void* send, void* recv, std::int64_t bytes_per_rank) override;
+  void do_allgatherv(const void* data, std::int64_t bytes, GatheredBytes& out) override;
+  void do_broadcast(void* data, std::int64_t bytes, int root) override;
+  void do_barrier() override;
+
+ private:
+  friend class NcclPendingOp;
+  struct P2p {
+    bool send = false;
+    void* data = nullptr;
+    std::int64_t bytes = 0;
+    int peer = 0;
+  };
+  // The point-to-point transfers posted since the last flush share one P2pGroup: its event is recorded when the
+  // group is issued, and every request of the group waits for it.
+  struct P2pGroup {
+    cudaEvent_t event = nullptr;
+    bool flushed = false;
+    ~P2pGroup();
+  };
+  NcclCommunicator(std::string name, std::shared_ptr<CommStats> stats, NcclOptions options);
+  // Issues the queued point-to-point transfers as one NCCL group on stream_ and records the group's event.
+  void flush(const char* op);
+  std::shared_ptr<P2pGroup> enqueue(bool send, const void* data, std::int64_t bytes, int peer);
+  void check_device_buffer(const char* op, const void* data, std::int64_t bytes) const;
+  // Blocks until `event` completes, polling NCCL's async error and the deadline (the watchdog).
+  void wait_event(cudaEvent_t event, const char* op);
+  // Enqueued-work completion of stream_ (records an event, waits with the watchdog).
+  void sync(const char* op);
+  // An NCCL call's result on the non-blocking communicator: waits out ncclInProgress, throws on errors.
+  void check(ncclResult_t rc, const char* stmt, const char* op);
+  [[noreturn]] void fail(const char* op, const std::string& why);
+
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  std::vector<P2p> queue_;       // posted, not yet issued point-to-point transfers
+  std::shared_ptr<P2pGroup> open_;  // the group they will be issued as (null: none queued)
+  int rank_ = 0;
+  int size_ = 0;
+  int device_ = 0;
+  NcclOptions options_;
+  bool aborted_ = false;
+  std::byte* scratch_ = nullptr;  // device scratch for barrier / allgatherv sizes
+};
+
+}  // namespace hylo::comm
