@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -195,6 +196,49 @@ TEST(NcclComm, RingOfNonblockingTransfers) {
   // Accounted like every transport: the stats table has the labelled operations.
   EXPECT_GT(s.nccl->stats().total({}, "nccl-world", "isend").calls, 0);
   EXPECT_GT(s.nccl->stats().total({}, "nccl-world", "barrier").calls, 0);
+}
+
+// Bandwidth of the two patterns the CP runtime uses (prints only; no timing is asserted): the ring step (isend to
+// next + irecv from prev, each rank moving `bytes` both ways) and a float allreduce; median of 5 after a warm-up.
+TEST(NcclComm, BandwidthReport) {
+  Fixture s;
+  const int n = s.world.size(), r = s.world.rank();
+  const std::int64_t bytes = std::int64_t{256} << 20;
+  Dev a(static_cast<std::size_t>(bytes)), b(static_cast<std::size_t>(bytes));
+  cudaMemset(a.p, 1, a.n);
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::vector<double> ring, ar;
+  for (int it = 0; it < 6; ++it) {
+    s.nccl->barrier();
+    auto t0 = std::chrono::steady_clock::now();
+    {
+      Request sr = s.nccl->isend(a.p, bytes, (r + 1) % n, 0);
+      Request rr = s.nccl->irecv(b.p, bytes, (r + n - 1) % n, 0);
+      sr.wait();
+      rr.wait();
+    }
+    const double t_ring = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    s.nccl->barrier();
+    t0 = std::chrono::steady_clock::now();
+    s.nccl->allreduce_sum(a.as<float>(), bytes / 4);
+    const double t_ar = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (it > 0) {
+      ring.push_back(t_ring);
+      ar.push_back(t_ar);
+    }
+  }
+  if (r == 0) {
+    const double tr = median(ring), ta = median(ar);
+    // allreduce "bus bandwidth" (nccl-tests convention): bytes x 2 (n - 1) / n / time.
+    std::printf("  %d ranks, 256 MiB: ring step %.2f ms = %.0f GB/s per direction per rank; allreduce %.2f ms = %.0f GB/s "
+                "bus bandwidth\n",
+                n, tr * 1e3, static_cast<double>(bytes) / tr / 1e9, ta * 1e3,
+                static_cast<double>(bytes) * 2.0 * (n - 1) / n / ta / 1e9);
+  }
+  EXPECT_EQ(ring.size(), 5u);
 }
 
 TEST(NcclComm, HostBuffersAreRefusedClearly) {
