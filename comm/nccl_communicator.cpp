@@ -322,6 +322,24 @@ void NcclCommunicator::do_broadcast(void* data, std::int64_t bytes, int root) {
   sync("broadcast");
 }
 
+void NcclCommunicator::allreduce_sum_on(float* data, std::int64_t count, cudaStream_t stream) {
+  if (count < 0) throw std::invalid_argument("NCCL allreduce_sum_on: negative count");
+  if (count == 0) return;
+  flush("allreduce");
+  check(ncclAllReduce(data, data, static_cast<std::size_t>(count), ncclFloat32, ncclSum, comm_, stream), "ncclAllReduce",
+        "allreduce");
+  stats().record(name(), "allreduce_sum (stream)", count * 4, count * 4, 0.0);
+}
+
+void NcclCommunicator::allgather_on(const void* send, void* recv, std::int64_t bytes_per_rank, cudaStream_t stream) {
+  if (bytes_per_rank < 0) throw std::invalid_argument("NCCL allgather_on: negative size");
+  if (bytes_per_rank == 0) return;
+  flush("allgather");
+  check(ncclAllGather(send, recv, static_cast<std::size_t>(bytes_per_rank), ncclUint8, comm_, stream), "ncclAllGather",
+        "allgather");
+  stats().record(name(), "allgather (stream)", bytes_per_rank, bytes_per_rank * (size_ - 1), 0.0);
+}
+
 void NcclCommunicator::do_barrier() {
   flush("barrier");
   auto* one = reinterpret_cast<float*>(scratch_);  // a zero, summed

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include "common/error.h"
 #include "kernels/activation_cuda.h"
@@ -31,6 +32,10 @@
 #include "common/log.h"
 #include "model/inspect.h"
 #include "runtime/mla_rope.h"
+#include "model/tp_shard.h"
+#if HYLO_WITH_NCCL
+#include "comm/nccl_communicator.h"
+#endif
 
 namespace hylo {
 
@@ -140,6 +145,8 @@ struct CudaEngine::Impl {
   DBuf<float> top_vals;
   DBuf<std::int32_t> top_ids;
   DBuf<float> top_ws;
+  DBuf<float> top_all_vals;  // TP: every rank's candidates
+  DBuf<std::int32_t> top_all_ids;
   std::int64_t top_ws_bytes = 0;
   int top_k = 0;
   DBuf<float> x, f1, f2, f3, f4, f5, f6, f7, f8, fused, lse, lse_b, ob, logits;
@@ -373,8 +380,32 @@ CudaMemoryPlan plan_cuda_memory(const ModelConfig& c, const CudaEngineOptions& o
   return p;
 }
 
-CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& w, std::int64_t capacity, CudaEngineOptions options)
-    : config_(std::move(config)), options_(options), capacity_(capacity) {
+CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int64_t capacity, CudaEngineOptions options,
+                       comm::NcclCommunicator* tp)
+    : config_(std::move(config)), options_(options), capacity_(capacity), tp_(tp) {
+  vocab_total_ = config_.vocab_size;
+  std::optional<ModelWeights> shard;
+  if (tp_ != nullptr && tp_->size() > 1) {
+#if HYLO_WITH_NCCL
+    tp_size_ = tp_->size();
+    tp_rank_ = tp_->rank();
+    options_.device = tp_->device();
+    ModelConfig local = tp_local_config(config_, tp_size_);
+    if (config_.vocab_size % tp_size_ != 0) {
+      throw Error(ErrorKind::kUsage, "", "tp", "the vocabulary (" + std::to_string(config_.vocab_size) +
+                                                   ") does not divide by TP " + std::to_string(tp_size_));
+    }
+    local.vocab_size = config_.vocab_size / tp_size_;
+    vocab_begin_ = local.vocab_size * tp_rank_;
+    shard = shard_model_weights(weights, config_, tp_rank_, tp_size_);
+    config_ = std::move(local);
+#else
+    throw Error(ErrorKind::kUsage, "", "tp", "tensor parallelism on GPUs needs a build with NCCL");
+#endif
+  } else {
+    tp_ = nullptr;
+  }
+  const ModelWeights& w = shard ? *shard : weights;
   if (capacity < 1) throw Error(ErrorKind::kUsage, "", "capacity", "the sequence capacity must be at least 1 token");
   if (options_.prefill_chunk < 1 || options_.attention_block < 1) {
     throw Error(ErrorKind::kUsage, "", "cuda engine options", "chunk and block sizes must be at least 1");
@@ -583,6 +614,7 @@ std::string CudaEngine::device_name() const {
 }
 
 void CudaEngine::reset() {
+  HYLO_CUDA_CHECK(cudaSetDevice(options_.device));
   for (auto& s : impl_->states) {
     for (auto* b : {&s.conv, &s.ssm, &s.conv_qkv, &s.gdn}) b->zero();
     s.latents.zero();
@@ -613,19 +645,47 @@ std::vector<std::pair<float, std::int32_t>> CudaEngine::forward_top(std::span<co
   }
   forward_impl(tokens, nullptr, false, true);  // the last row's logits stay in m.logits
   k::topk_cuda(m.logits.get(), V, k, m.top_vals.get(), m.top_ids.get(), m.top_ws.get(), m.top_ws_bytes, m.stream);
-  std::vector<float> vals(static_cast<std::size_t>(k));
-  std::vector<std::int32_t> ids(static_cast<std::size_t>(k));
-  HYLO_CUDA_CHECK(cudaMemcpyAsync(vals.data(), m.top_vals.get(), sizeof(float) * vals.size(), cudaMemcpyDeviceToHost, m.stream));
-  HYLO_CUDA_CHECK(cudaMemcpyAsync(ids.data(), m.top_ids.get(), sizeof(std::int32_t) * ids.size(), cudaMemcpyDeviceToHost, m.stream));
+  // TP: every rank's k best (the global k best are among them) gathered on every rank, then merged on the host.
+  const float* vals_d = m.top_vals.get();
+  const std::int32_t* ids_d = m.top_ids.get();
+  const auto n = static_cast<std::size_t>(k) * static_cast<std::size_t>(tp_size_);
+#if HYLO_WITH_NCCL
+  if (tp_ != nullptr) {
+    if (static_cast<std::size_t>(m.top_all_vals.size()) < n) {
+      m.top_all_vals.resize(static_cast<std::int64_t>(n));
+      m.top_all_ids.resize(static_cast<std::int64_t>(n));
+    }
+    tp_->allgather_on(m.top_vals.get(), m.top_all_vals.get(), 4 * k, m.stream);
+    tp_->allgather_on(m.top_ids.get(), m.top_all_ids.get(), 4 * k, m.stream);
+    vals_d = m.top_all_vals.get();
+    ids_d = m.top_all_ids.get();
+  }
+#endif
+  std::vector<float> vals(n);
+  std::vector<std::int32_t> ids(n);
+  HYLO_CUDA_CHECK(cudaMemcpyAsync(vals.data(), vals_d, sizeof(float) * n, cudaMemcpyDeviceToHost, m.stream));
+  HYLO_CUDA_CHECK(cudaMemcpyAsync(ids.data(), ids_d, sizeof(std::int32_t) * n, cudaMemcpyDeviceToHost, m.stream));
   HYLO_CUDA_CHECK(cudaStreamSynchronize(m.stream));
-  std::vector<std::pair<float, std::int32_t>> out(static_cast<std::size_t>(k));
-  for (std::size_t i = 0; i < out.size(); ++i) out[i] = {vals[i], ids[i]};
+  std::vector<std::pair<float, std::int32_t>> out(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto rank = static_cast<std::int64_t>(i / static_cast<std::size_t>(k));
+    out[i] = {vals[i], static_cast<std::int32_t>(ids[i] + rank * V)};  // local id -> global
+  }
+  if (tp_size_ > 1) {
+    // The same order as one process's top-k: value descending, ties by the lower id (values are never NaN here
+    // unless the model is broken; NaN sorts as the kernel's order does not matter then).
+    std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
+    out.resize(static_cast<std::size_t>(k));
+  }
   return out;
 }
 
 void CudaEngine::forward_impl(std::span<const std::int32_t> tokens, float* logits, bool all_logits, bool last_on_device) {
   const auto T = static_cast<std::int64_t>(tokens.size());
   if (T == 0) return;
+  HYLO_CUDA_CHECK(cudaSetDevice(options_.device));  // several engines (devices) may share a process
   if (length_ + T > capacity_) {
     throw Error(ErrorKind::kUsage, "", "capacity",
                 std::to_string(length_) + " + " + std::to_string(T) + " tokens exceed the sequence capacity " +
@@ -633,10 +693,10 @@ void CudaEngine::forward_impl(std::span<const std::int32_t> tokens, float* logit
   }
   for (std::int64_t t = 0; t < T; ++t) {
     const auto id = tokens[static_cast<std::size_t>(t)];
-    if (id < 0 || id >= config_.vocab_size) {
+    if (id < 0 || id >= vocab_total_) {
       throw Error(ErrorKind::kUsage, "", "token", "token id " + std::to_string(id) + " at position " +
                                                        std::to_string(length_ + t) + " is outside the vocabulary [0, " +
-                                                       std::to_string(config_.vocab_size) + ")");
+                                                       std::to_string(vocab_total_) + ")");
     }
   }
   const std::int64_t C = std::min(options_.prefill_chunk, capacity_), V = config_.vocab_size;
@@ -650,6 +710,7 @@ void CudaEngine::forward_impl(std::span<const std::int32_t> tokens, float* logit
 }
 
 double CudaEngine::prepare_prefill(std::int64_t tokens) {
+  HYLO_CUDA_CHECK(cudaSetDevice(options_.device));
   auto& m = *impl_;
   if (!m.cudnn || !options_.prefill_kv_cache || config_.count(MixerKind::kMLA) == 0) return 0.0;
   const double before = m.cudnn->graph_build_seconds();
@@ -808,11 +869,15 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
     p.hidden = H;
     p.ids = step ? m.step.get() : m.ids.get();
     p.table = m.embed.get();
-    p.vocab_begin = 0;
+    p.vocab_begin = vocab_begin_;  // TP: this rank's rows, zeros elsewhere, then the all-reduce
     p.vocab_local = V;
     p.out = m.x.get();
     k::embedding_cuda(p, st);
+    tp_allreduce_residual(T);
   }
+  // TP: the projections out of a mixer / the MLP add into the residual on rank 0 only; the other ranks write their
+  // partial sums over it, and the all-reduce leaves x_old + sum of partials everywhere.
+  const bool add_residual = tp_rank_ == 0;
   for (std::size_t li = 0; li < m.layers.size(); ++li) {
     auto& L = m.layers[li];
     auto& S = m.states[li];
@@ -934,7 +999,7 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
           }
           k::convert_bf16_cuda(o, m.b2.get(), T * nH * dv, st);
         }
-        linear(m.b2.get(), T, L.mla.out, H, nH * dv, m.x.get(), false, true);
+        linear(m.b2.get(), T, L.mla.out, H, nH * dv, m.x.get(), false, add_residual);
         break;
       }
       case MixerKind::kMamba2: {
@@ -1006,7 +1071,7 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
         g.group = P;
         g.order = k::GateOrder::kGateThenNorm;
         g.eps = 1e-5f;
-        m.project(g, T, di, m.b2.get(), L.mamba.out, H, m.x.get(), false, true);
+        m.project(g, T, di, m.b2.get(), L.mamba.out, H, m.x.get(), false, add_residual);
         break;
       }
       case MixerKind::kGDN: {
@@ -1104,10 +1169,11 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
         gn.weight_per_group = true;
         gn.order = k::GateOrder::kNormThenGate;
         gn.eps = static_cast<float>(c.norm_eps);
-        m.project(gn, T, Vd, m.b2.get(), L.gdn.o, H, m.x.get(), false, true);
+        m.project(gn, T, Vd, m.b2.get(), L.gdn.o, H, m.x.get(), false, add_residual);
         break;
       }
     }
+    tp_allreduce_residual(T);
     // MLP: post-norm into gate|up, SwiGLU into down (accumulated into the residual); both fused into the GEMVs of
     // a decode step.
     const std::int64_t I = config_.intermediate_size;
@@ -1118,8 +1184,19 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
     sw.a_stride = 2 * I;
     sw.b = m.fused.get() + I;
     sw.b_stride = 2 * I;
-    m.project(sw, T, I, m.b1.get(), L.down, H, m.x.get(), false, true);
+    m.project(sw, T, I, m.b1.get(), L.down, H, m.x.get(), false, add_residual);
+    tp_allreduce_residual(T);
   }
+}
+
+void CudaEngine::tp_allreduce_residual(std::int64_t T) {
+#if HYLO_WITH_NCCL
+  if (tp_ == nullptr) return;
+  auto& m = *impl_;
+  m.timed("tp allreduce", [&] { tp_->allreduce_sum_on(m.x.get(), T * config_.hidden_size, m.stream); });
+#else
+  (void)T;
+#endif
 }
 
 }  // namespace hylo

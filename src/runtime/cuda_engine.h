@@ -20,6 +20,10 @@
 
 namespace hylo {
 
+namespace comm {
+class NcclCommunicator;
+}
+
 struct CudaEngineOptions {
   int device = 0;
   std::int64_t prefill_chunk = 8192;      // tokens per forward pass of a prefill (bounds the workspace)
@@ -55,12 +59,24 @@ class CudaEngine {
  public:
   // Uploads the weights (bf16 matrices, fp32 vectors). `capacity`: the most tokens (prompt + generated) the
   // sequence will hold; refused with the numbers when the plan exceeds the device's free memory.
-  CudaEngine(ModelConfig config, const ModelWeights& weights, std::int64_t capacity, CudaEngineOptions options = {});
+  //
+  // Tensor parallelism: with `tp` (an NCCL communicator of the TP group, size > 1; builds with NCCL) the engine
+  // holds TP rank tp->rank()'s shard (model/tp_shard.h: heads and inner sizes divided, vocab by contiguous
+  // range) on the communicator's device, all-reduces the residual stream after the embedding, every mixer and
+  // every MLP on its stream (rank 0 adds the old residual, the others their partial sums only), and returns logits
+  // of its vocab slice [vocab_begin(), vocab_begin() + config().vocab_size). forward_top merges every rank's
+  // candidates, so it returns the global top-k on every rank. Every rank runs the same calls in the same order.
+  CudaEngine(ModelConfig config, const ModelWeights& weights, std::int64_t capacity, CudaEngineOptions options = {},
+             comm::NcclCommunicator* tp = nullptr);
   ~CudaEngine();
   CudaEngine(const CudaEngine&) = delete;
   CudaEngine& operator=(const CudaEngine&) = delete;
 
+  // This rank's config (the whole model without TP; with TP its local shard, vocab_size = its vocab slice).
   const ModelConfig& config() const { return config_; }
+  std::int64_t vocab_begin() const { return vocab_begin_; }
+  std::int64_t vocab_total() const { return vocab_total_; }
+  int tp_size() const { return tp_size_; }
   const CudaMemoryPlan& plan() const { return plan_; }
   std::int64_t length() const { return length_; }
   std::int64_t capacity() const { return capacity_; }
@@ -99,11 +115,17 @@ class CudaEngine {
   void enqueue_layers(std::int64_t T, std::int64_t pos0, bool step);  // embedding + every layer of T tokens
   void enqueue_head(std::int64_t row);                                // final norm + LM head of one row -> logits
   void run_step(std::int32_t token);                                  // a decode step (graph or launches), no sync
+  void tp_allreduce_residual(std::int64_t T);                         // TP: sum the residual stream's partials
   ModelConfig config_;
   CudaEngineOptions options_;
   CudaMemoryPlan plan_;
   std::int64_t capacity_ = 0;
   std::int64_t length_ = 0;
+  comm::NcclCommunicator* tp_ = nullptr;
+  int tp_size_ = 1;
+  int tp_rank_ = 0;
+  std::int64_t vocab_begin_ = 0;
+  std::int64_t vocab_total_ = 0;
   std::unique_ptr<Impl> impl_;
 };
 
