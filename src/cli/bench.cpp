@@ -31,6 +31,9 @@
 #include <cuda_runtime.h>
 
 #include "runtime/cuda_engine.h"
+#if HYLO_WITH_NCCL
+#include "comm/nccl_communicator.h"
+#endif
 #endif
 
 extern "C" void openblas_set_num_threads(int);
@@ -79,8 +82,8 @@ void add_bench_command(CLI::App& app, BenchArgs& a) {
   b->add_flag("--recurrent-scans", a.recurrent_scans,
               "GPU prefill scans by the token-by-token kernels instead of the chunked ones (for comparison)");
   b->add_option("--threads", a.threads, "CPU threads (0: all)")->capture_default_str();
-  b->add_option("--tp", a.tp, "Tensor-parallel ranks (1 only for now)");
-  b->add_option("--cp", a.cp, "Context-parallel ranks (1 only for now)");
+  b->add_option("--tp", a.tp, "Tensor-parallel ranks (CPU; GPU over NCCL, one GPU per rank: start with hylo-launch / mpirun)");
+  b->add_option("--cp", a.cp, "Context-parallel ranks (CPU runtime only for now)");
   b->add_option("--dp", a.dp, "Data-parallel replicas (1 only for now)");
   b->callback([] {});
 }
@@ -139,10 +142,10 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
                     "; start it with hylo-launch --tp/--cp (or mpirun -np tp x cp)");
   }
   if (a.dp != 1) throw Error(ErrorKind::kUsage, "", "--dp", "bench measures one sequence: use --dp 1");
-  if (nranks > 1 && a.device == "cuda") {
-    throw Error(ErrorKind::kUsage, "", "--device",
-                "multi-GPU bench (TP/CP over NCCL) is not implemented yet; --device cpu runs the distributed CPU "
-                "runtime with the same algorithms");
+  if (nranks > 1 && a.device == "cuda" && a.cp > 1) {
+    throw Error(ErrorKind::kUsage, "", "--cp",
+                "context parallelism on GPUs is not implemented yet (TP is: --tp N --cp 1); --device cpu runs the "
+                "distributed CPU runtime with CP");
   }
   std::optional<comm::ParallelComms> pc;
   if (nranks > 1) {
@@ -189,16 +192,38 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
   out["runs"] = nlohmann::json::array();
 
 #if HYLO_WITH_CUDA
+#if HYLO_WITH_NCCL
+  std::unique_ptr<comm::NcclCommunicator> nccl_tp;  // declared before the engine: destroyed after it
+#endif
   std::optional<CudaEngine> engine;
   std::string device_name = "cpu";
   double peak = a.peak_tflops, hbm = a.hbm_tbps;
+  // With TP the engine returns its vocab slice; every rank's slice gathered over the TP group (host, MPI).
+  auto gather_vocab = [&](const std::vector<float>& slice) {
+    if (!pc || a.tp == 1) return slice;
+    std::vector<float> all(slice.size() * static_cast<std::size_t>(a.tp));
+    pc->tp.allgather(slice.data(), all.data(), static_cast<std::int64_t>(slice.size() * sizeof(float)));
+    return all;
+  };
   if (gpu) {
     CudaEngineOptions o;
     o.prefill_chunk = a.chunk_size;
     o.chunked_scans = !a.recurrent_scans;
     o.decode_gemv = !a.cublas_decode;
     o.decode_graph = !a.no_decode_graph;
-    engine.emplace(cfg, weights, longest + a.decode_steps + kProfiledDecodeSteps + 1, o);
+    comm::NcclCommunicator* tp = nullptr;
+    if (a.tp > 1) {
+#if HYLO_WITH_NCCL
+      const comm::LocalDevice dev = comm::select_local_device(*world);
+      nccl_tp = comm::NcclCommunicator::create(pc->tp);
+      tp = nccl_tp.get();
+      if (root) spdlog::info("TP {} over NCCL {} (rank 0 on device {} of {})", a.tp, comm::NcclCommunicator::version(),
+                             dev.device, dev.device_count);
+#else
+      throw Error(ErrorKind::kUsage, "", "--tp", "this hylo was built without NCCL: TP on GPUs is unavailable");
+#endif
+    }
+    engine.emplace(cfg, weights, longest + a.decode_steps + kProfiledDecodeSteps + 1, o, tp);
     device_name = engine->device_name();
     const bool h200 = device_name.find("H200") != std::string::npos;
     const bool h100 = device_name.find("H100") != std::string::npos;
@@ -224,19 +249,19 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
       }
       CpuEngine cpu(cfg, weights);
       SequenceState st = cpu.new_sequence();
-      std::vector<float> ref, got(static_cast<std::size_t>(V));
+      std::vector<float> ref, got(static_cast<std::size_t>(engine->config().vocab_size));
       cpu.prefill(st, prompt, 0, ref, false);
       const double floor = rel_l2(ref, lx);
       const double bound = std::max(2e-2, 1.25 * floor);
       engine->forward(prompt, got.data(), false);
-      double worst = rel_l2(got, ref);
+      double worst = rel_l2(gather_vocab(got), ref);
       for (int i = 0; i < 2; ++i) {
         const std::int32_t t = static_cast<std::int32_t>(Sampler(SamplingParams{}).sample(ref.data(), V));
         cpu.forward(st, std::span<const std::int32_t>(&t, 1), ref.data(), false);
         engine->forward(std::span<const std::int32_t>(&t, 1), got.data(), false);
-        worst = std::max(worst, rel_l2(got, ref));
+        worst = std::max(worst, rel_l2(gather_vocab(got), ref));
       }
-      std::printf("verify          %lld-token prefill + 2 decode steps vs the CPU reference on the same bf16 weights: "
+      if (root) std::printf("verify          %lld-token prefill + 2 decode steps vs the CPU reference on the same bf16 weights: "
                   "logits rel L2 %.2e; bf16-weight floor of this model %.2e -> limit %.2e (%.1f s)\n",
                   static_cast<long long>(a.verify_tokens), worst, floor, bound, since(t_v));
       out["verify_rel_l2"] = worst;
@@ -252,7 +277,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     // first launch) and build the cuBLASLt plans before anything is timed.
     {
       const auto warm = random_prompt(std::min<std::int64_t>(a.chunk_size, longest), V, a.seed + 7);
-      std::vector<float> lg(static_cast<std::size_t>(V));
+      std::vector<float> lg(static_cast<std::size_t>(engine->config().vocab_size));
       engine->forward(warm, lg.data(), false);
       for (std::int32_t t : {1, 2}) engine->forward(std::span<const std::int32_t>(&t, 1), lg.data(), false);
       const std::int32_t t = 3;
@@ -280,7 +305,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
               "decode ms/t", "decode GB/s", "vs floor");
   for (const std::int64_t L : lengths) {
     const auto prompt = random_prompt(L, V, a.seed + 2 + static_cast<std::uint64_t>(L));
-    std::vector<float> logits(static_cast<std::size_t>(V));
+    std::vector<float> logits(static_cast<std::size_t>(V));  // with TP on GPUs: this rank's slice, then gathered
     double prefill_s = 0, decode_s = 0;
     std::vector<std::pair<std::string, double>> split, decode_split;  // seconds / ms per decode token
     std::uint64_t gpu_mem_in_use = 0;  // device memory in use after the prefill (whole device, all processes)
@@ -292,9 +317,12 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
       const double build_s = engine->prepare_prefill(L);
       graph_build_total += build_s;
       engine->set_profiling(a.profile);
+      std::vector<float> slice(static_cast<std::size_t>(engine->config().vocab_size));
+      if (world) world->barrier();
       const auto t0 = std::chrono::steady_clock::now();
-      engine->forward(prompt, logits.data(), false);
+      engine->forward(prompt, slice.data(), false);
       prefill_s = since(t0);
+      logits = gather_vocab(slice);
       {
         std::size_t free_b = 0, total_b = 0;  // everything is allocated up front: this is the peak but for cuDNN
         if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) gpu_mem_in_use = total_b - free_b;  // growth
@@ -341,11 +369,13 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     }
     const double flops = prefill_flops(cfg, fp, L);
     const double tflops = flops / prefill_s / 1e12;
-    const double mfu = peak > 0 ? tflops / peak : 0;
+    // With TP on GPUs the work and the bandwidth are spread over nranks devices.
+    const double devices = gpu ? static_cast<double>(nranks) : 1.0;
+    const double mfu = peak > 0 ? tflops / (peak * devices) : 0;
     const double ms = a.decode_steps > 0 ? 1e3 * decode_s / static_cast<double>(a.decode_steps) : 0;
     const double bytes = decode_bytes(fp, L + a.decode_steps / 2);
     const double gbs = ms > 0 ? bytes / (ms * 1e-3) / 1e9 : 0;
-    const double floor_ms = hbm > 0 ? bytes / (hbm * 1e12) * 1e3 : 0;
+    const double floor_ms = hbm > 0 ? bytes / (hbm * 1e12 * devices) * 1e3 : 0;
     if (root) std::printf("%-9lld %10.3f %12.0f %10.1f %7.1f%% %12.3f %12.0f %9.2fx\n", static_cast<long long>(L), prefill_s,
                 static_cast<double>(L) / prefill_s, tflops, 100 * mfu, ms, gbs, floor_ms > 0 ? ms / floor_ms : 0.0);
     nlohmann::ordered_json r;
@@ -405,6 +435,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
   }
 #endif
   if (!root) return 0;
+  if (gpu && nranks > 1) std::printf("%d GPUs (TP %d): MFU and the decode floor count all of them\n", nranks, a.tp);
   std::printf("device %s; MFU against %.0f TFLOP/s; decode floor = (2 x params + context x KV bytes/token + states) / "
               "%.2f TB/s; prefill FLOPs = 2 P_body L + n_MLA nH (dn+dr+dv) L^2\n",
               device_name.c_str(), peak, hbm);
