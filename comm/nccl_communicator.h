@@ -71,7 +71,8 @@ class NcclCommunicator final : public Communicator {
 
   // Stream-ordered collectives for GPU engines: enqueued on the CALLER's stream after the work already there, not
   // waited for (the caller's later kernels on that stream see the result); capturable in a CUDA graph. Counted in
-  // the stats table with their bytes and zero seconds (the time is the stream's). Same rules as the blocking
+  // the stats table with their bytes and zero seconds (the time is the stream's) when enqueued: replays of a
+  // captured graph are not counted again. Same rules as the blocking
   // calls: every rank, same order, same sizes; device buffers.
   void allreduce_sum_on(float* data, std::int64_t count, cudaStream_t stream);
   void allgather_on(const void* send, void* recv, std::int64_t bytes_per_rank, cudaStream_t stream);

@@ -31,6 +31,9 @@
 #if HYLO_WITH_CUDA
 #include "kernels/sample_cuda.h"
 #include "runtime/cuda_engine.h"
+#if HYLO_WITH_NCCL
+#include "comm/nccl_communicator.h"
+#endif
 #endif
 #include "tokenizer/tokenizer.h"
 
@@ -171,10 +174,10 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
 #if !HYLO_WITH_CUDA
   if (gpu) throw Error(ErrorKind::kUsage, "", "--device", "this hylo was built without CUDA (no nvcc at build time)");
 #endif
-  if (gpu && distributed && world->size() > 1) {
-    throw Error(ErrorKind::kUsage, "", "--device",
-                "multi-GPU runs (TP/CP over NCCL) are not implemented yet; use one rank with --device cuda, or the CPU "
-                "backend for --tp/--cp");
+  if (gpu && distributed && world->size() > 1 && a.cp > 1) {
+    throw Error(ErrorKind::kUsage, "", "--cp",
+                "context parallelism on GPUs is not implemented yet (TP is: --tp N --cp 1, one GPU per rank); the CPU "
+                "backend runs --cp");
   }
   if (gpu && !a.dump_logits.empty()) {
     throw Error(ErrorKind::kUsage, a.dump_logits, "--dump-logits", "is a CPU-engine check; use --device cpu");
@@ -233,6 +236,9 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
   // runs one decode step into `step`.
   std::optional<CpuEngine> cpu_engine;
 #if HYLO_WITH_CUDA
+#if HYLO_WITH_NCCL
+  std::unique_ptr<comm::NcclCommunicator> nccl_tp;  // declared before the engine: destroyed after it
+#endif
   std::optional<CudaEngine> cuda_engine;
 #endif
   std::vector<float> logits;
@@ -246,14 +252,31 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
     CudaEngineOptions co;
     co.prefill_chunk = a.chunk_size;
     const std::int64_t capacity = a.capacity > 0 ? a.capacity : P + std::max<std::int64_t>(a.max_new_tokens, 1);
-    cuda_engine.emplace(cfg, load_model_weights(cfg, bound), capacity, co);
-    spdlog::info("loaded {} ({} parameters) on {} in {:.2f} s; GPU memory {}", a.model,
-                 format_count(compute_footprint(cfg, bound.options).parameters), cuda_engine->device_name(),
-                 seconds_since(t_load), cuda_engine->plan().describe());
-    spdlog::info("prefill attention: {}", cuda_engine->describe_attention());
+    comm::NcclCommunicator* tp = nullptr;
+    if (pc && pc->tp.size() > 1) {
+#if HYLO_WITH_NCCL
+      const comm::LocalDevice dev = comm::select_local_device(*world);
+      nccl_tp = comm::NcclCommunicator::create(pc->tp);
+      tp = nccl_tp.get();
+      if (root) spdlog::info("TP {} over NCCL {}, one GPU per rank (rank 0: device {} of {})", pc->tp.size(),
+                             comm::NcclCommunicator::version(), dev.device, dev.device_count);
+#else
+      throw Error(ErrorKind::kUsage, "", "--tp", "this hylo was built without NCCL: TP on GPUs is unavailable");
+#endif
+    }
+    cuda_engine.emplace(cfg, load_model_weights(cfg, bound), capacity, co, tp);
+    Vl = cuda_engine->config().vocab_size;
+    vocab_begin = cuda_engine->vocab_begin();
+    tp_size = cuda_engine->tp_size();
+    if (root) {
+      spdlog::info("loaded {} ({} parameters) on {} in {:.2f} s; GPU memory {}{}", a.model,
+                   format_count(compute_footprint(cfg, bound.options).parameters), cuda_engine->device_name(),
+                   seconds_since(t_load), cuda_engine->plan().describe(), tp_size > 1 ? " per GPU" : "");
+      spdlog::info("prefill attention: {}", cuda_engine->describe_attention());
+    }
     comm::CommStats::global()->reset();
     t_prefill = std::chrono::steady_clock::now();
-    logits.assign(static_cast<std::size_t>(V), 0.0f);
+    logits.assign(static_cast<std::size_t>(Vl), 0.0f);
     cuda_engine->forward(prompt, logits.data(), false);
     step_fn = [&](std::int32_t t, float* out) { cuda_engine->forward(std::span<const std::int32_t>(&t, 1), out, false); };
     cache_line = "MLA latent cache " + format_bytes(cuda_engine->plan().latent_cache) + " (bf16, planned for " +
@@ -380,7 +403,13 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
     std::printf("decode          %zu tokens\n", out.size());
   }
   std::printf("cache           %s\n", cache_line.c_str());
-  std::printf("device          %s\n", gpu ? "cuda (one GPU, bf16)" : "cpu (float32 reference engine)");
+  if (gpu) {
+    std::printf("device          cuda (%s, bf16)\n",
+                tp_size > 1 ? (std::to_string(tp_size) + " GPUs, TP " + std::to_string(tp_size) + " over NCCL").c_str()
+                            : "one GPU");
+  } else {
+    std::printf("device          cpu (float32 reference engine)\n");
+  }
   if (all) std::printf("logits          %s (%lld x %lld float32)\n", a.dump_logits.c_str(), static_cast<long long>(P), static_cast<long long>(V));
   if (distributed) {
     std::printf("layout          %s, %s split\n", pc->state.describe().c_str(), std::string(comm::to_string(split)).c_str());
