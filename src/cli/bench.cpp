@@ -219,6 +219,10 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
       tp = nccl_tp.get();
       if (root) spdlog::info("TP {} over NCCL {} (rank 0 on device {} of {})", a.tp, comm::NcclCommunicator::version(),
                              dev.device, dev.device_count);
+      if (dev.local_size > dev.device_count && dev.local_rank == 0) {
+        spdlog::warn("{} ranks on this node share {} GPU(s): each GPU runs several ranks (slow; start one rank per GPU)",
+                     dev.local_size, dev.device_count);
+      }
 #else
       throw Error(ErrorKind::kUsage, "", "--tp", "this hylo was built without NCCL: TP on GPUs is unavailable");
 #endif
