@@ -25,28 +25,15 @@
 #include "comm/parallel_state.h"
 #include "comm/ring.h"
 #include "comm/stats.h"
+#include "comm_test_data.h"
 #include "mpi_gtest_main.h"
 
 using namespace hylo::comm;
+using hylo::comm_test::count_wrong;
+using hylo::comm_test::make_block;
+using hylo::comm_test::pattern;
 
 namespace {
-
-// A byte that depends on who made the block and where in it: misplaced or stale bytes show up.
-std::byte pattern(int origin, std::int64_t i) {
-  return static_cast<std::byte>((origin * 131 + i * 7 + (i >> 8) * 13 + 1) & 0xff);
-}
-
-std::vector<std::byte> make_block(int origin, std::int64_t bytes) {
-  std::vector<std::byte> b(static_cast<std::size_t>(bytes));
-  for (std::int64_t i = 0; i < bytes; ++i) b[static_cast<std::size_t>(i)] = pattern(origin, i);
-  return b;
-}
-
-std::int64_t count_wrong(std::span<const std::byte> got, int origin) {
-  std::int64_t wrong = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) wrong += got[i] != pattern(origin, static_cast<std::int64_t>(i));
-  return wrong;
-}
 
 // A world communicator with its own stats table, so tests can check exact byte counts.
 MpiCommunicator fresh_world(std::int64_t max_message = MpiCommunicator::kDefaultMaxMessageBytes) {

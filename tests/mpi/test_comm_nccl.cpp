@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -21,26 +22,17 @@
 #include "comm/mpi_communicator.h"
 #include "comm/nccl_communicator.h"
 #include "comm/stats.h"
+#include "comm_test_data.h"
 #include "mpi_gtest_main.h"
 
 using namespace hylo::comm;
+using hylo::comm_test::make_block;
 
 namespace {
 
-std::byte pattern(int origin, std::int64_t i) {
-  return static_cast<std::byte>((origin * 131 + i * 7 + (i >> 8) * 13 + 1) & 0xff);
-}
-
-std::vector<std::byte> make_block(int origin, std::int64_t bytes) {
-  std::vector<std::byte> b(static_cast<std::size_t>(bytes));
-  for (std::int64_t i = 0; i < bytes; ++i) b[static_cast<std::size_t>(i)] = pattern(origin, i);
-  return b;
-}
-
+// Bytes of the `bytes` at `got` that differ from make_block(origin, bytes).
 std::int64_t count_wrong(const std::byte* got, int origin, std::int64_t bytes) {
-  std::int64_t wrong = 0;
-  for (std::int64_t i = 0; i < bytes; ++i) wrong += got[i] != pattern(origin, i) ? 1 : 0;
-  return wrong;
+  return hylo::comm_test::count_wrong(std::span<const std::byte>(got, static_cast<std::size_t>(bytes)), origin);
 }
 
 // A device buffer for the tests.
