@@ -204,7 +204,12 @@ __global__ void append_latent(MlaLatentAppendParams p) {
   const std::int64_t lat = p.r + p.dr;
   const float* x = p.ckv + t * (p.ckv_stride > 0 ? p.ckv_stride : lat);
   const std::int64_t pos = (p.pos_dev != nullptr ? static_cast<std::int64_t>(*p.pos_dev) : p.pos0) + t;
-  bf16* out = p.cache + pos * lat;
+  std::int64_t row = p.row0 >= 0 ? p.row0 + t : pos;
+  if (p.row_dev != nullptr) {
+    if (*p.row_dev < 0) return;  // uniform over the block: before any barrier
+    row = static_cast<std::int64_t>(*p.row_dev) + t;
+  }
+  bf16* out = p.cache + row * lat;
   float s = 1.0f;
   if (p.norm_w != nullptr) {
     float ss = 0.0f;

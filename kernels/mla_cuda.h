@@ -45,6 +45,11 @@ struct MlaLatentAppendParams {
   std::int64_t pos0 = 0;             // token t at position pos0 + t ...
   const std::int32_t* pos_dev = nullptr;  // ... or, non-null, at *pos_dev + t read when the kernel runs (CUDA graphs)
   __nv_bfloat16* cache = nullptr;    // [capacity, r + dr] bf16, row stride r + dr
+  // The cache row of token t is its position unless (context parallelism: a rank's shard holds its tokens in local
+  // order) row0 >= 0 gives row0 + t, or row_dev (non-null, read when the kernel runs) gives *row_dev + t, where
+  // *row_dev < 0 writes nothing (a decode step whose latent another CP rank stores).
+  std::int64_t row0 = -1;
+  const std::int32_t* row_dev = nullptr;
 };
 void mla_append_latent_cuda(const MlaLatentAppendParams& p, cudaStream_t stream);
 

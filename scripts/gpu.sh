@@ -13,12 +13,12 @@ tests=(test_gpu_smoke test_gemm_cuda test_elementwise_cuda test_scans_cuda test_
 case "${1:-}" in
   pack)
     cmake -S . -B build-gpu -G Ninja -DHYLO_WERROR=ON >/dev/null || exit 1
-    cmake --build build-gpu -j "$(nproc)" --target hylo "${tests[@]}" test_comm_nccl test_cuda_tp || exit 1
+    cmake --build build-gpu -j "$(nproc)" --target hylo "${tests[@]}" test_comm_nccl test_cuda_tp test_cuda_cp || exit 1
     # One xz tarball: the device tool carries at most 64 MiB, the stripped binaries are ~65 MB, the tarball ~9 MB.
     rm -rf .carry && mkdir -p .carry/bin
     cp build-gpu/src/hylo .carry/bin/hylo
     for t in "${tests[@]}"; do cp "build-gpu/tests/$t" ".carry/bin/$t"; done
-    cp build-gpu/tests/mpi/test_comm_nccl build-gpu/tests/mpi/test_cuda_tp .carry/bin/
+    cp build-gpu/tests/mpi/test_comm_nccl build-gpu/tests/mpi/test_cuda_tp build-gpu/tests/mpi/test_cuda_cp .carry/bin/
     strip .carry/bin/* 2>/dev/null
     tar -cJf .carry/hylo-gpu.tar.xz -C .carry/bin . && rm -rf .carry/bin
     du -sh .carry
@@ -59,10 +59,18 @@ case "${1:-}" in
       case $rc in 0) r="pass" ;; 77) r="skip" ;; *) r="FAIL($rc)" ;; esac
       tests+=(test_cuda_tp)
       result[test_cuda_tp]="$r (2 ranks) $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}') s"
+      # CP = every GPU (zigzag and contiguous; with 4: TP 2 x CP 2 too) against one GPU.
+      start=$(date +%s.%N)
+      timeout 400 mpirun --allow-run-as-root -np "$ngpu" -x NCCL_NVLS_ENABLE=0 -x HYLO_SOURCE_DIR .carry/bin/test_cuda_cp \
+        --gtest_color=no >"$out/test_cuda_cp.log" 2>&1
+      rc=$?
+      case $rc in 0) r="pass" ;; 77) r="skip" ;; *) r="FAIL($rc)" ;; esac
+      tests+=(test_cuda_cp)
+      result[test_cuda_cp]="$r ($ngpu ranks) $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}') s"
     fi
     echo "---- GPU tests ----"
     for t in "${tests[@]}"; do printf '%-24s %s\n' "$t" "${result[$t]}"; done
-    grep -h -E "^\s+(\[|hylo-tiny|greedy|chunk|linear|  )" "$out"/test_*.log | head -60 >"$out/summary.txt"
+    grep -h -E "^\s+(\[|hylo-tiny|greedy|chunk|linear|CP|TP|  )" "$out"/test_*.log | head -60 >"$out/summary.txt"
     grep -h -E "FAILED|Failure|error" "$out"/test_*.log | head -40
     ;;
   bench)

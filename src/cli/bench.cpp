@@ -83,7 +83,10 @@ void add_bench_command(CLI::App& app, BenchArgs& a) {
               "GPU prefill scans by the token-by-token kernels instead of the chunked ones (for comparison)");
   b->add_option("--threads", a.threads, "CPU threads (0: all)")->capture_default_str();
   b->add_option("--tp", a.tp, "Tensor-parallel ranks (CPU; GPU over NCCL, one GPU per rank: start with hylo-launch / mpirun)");
-  b->add_option("--cp", a.cp, "Context-parallel ranks (CPU runtime only for now)");
+  b->add_option("--cp", a.cp, "Context-parallel ranks (CPU runtime or GPUs over NCCL)");
+  b->add_option("--cp-split", a.cp_split, "How CP cuts the prompt: zigzag (balanced causal work) or contiguous")
+      ->check(CLI::IsMember({"zigzag", "contiguous"}))
+      ->capture_default_str();
   b->add_option("--dp", a.dp, "Data-parallel replicas (1 only for now)");
   b->callback([] {});
 }
@@ -142,11 +145,10 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
                     "; start it with hylo-launch --tp/--cp (or mpirun -np tp x cp)");
   }
   if (a.dp != 1) throw Error(ErrorKind::kUsage, "", "--dp", "bench measures one sequence: use --dp 1");
-  if (nranks > 1 && a.device == "cuda" && a.cp > 1) {
-    throw Error(ErrorKind::kUsage, "", "--cp",
-                "context parallelism on GPUs is not implemented yet (TP is: --tp N --cp 1); --device cpu runs the "
-                "distributed CPU runtime with CP");
+  if (a.cp_split != "zigzag" && a.cp_split != "contiguous") {
+    throw Error(ErrorKind::kUsage, "", "--cp-split", "'" + a.cp_split + "' is not a split: zigzag or contiguous");
   }
+  const comm::SeqSplit seq_split = a.cp_split == "zigzag" ? comm::SeqSplit::kZigzag : comm::SeqSplit::kContiguous;
   std::optional<comm::ParallelComms> pc;
   if (nranks > 1) {
     pc.emplace(comm::make_parallel_comms(comm::ParallelState(nranks, world->rank(), comm::Layout{a.dp, a.cp, a.tp}), *world));
@@ -193,7 +195,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
 
 #if HYLO_WITH_CUDA
 #if HYLO_WITH_NCCL
-  std::unique_ptr<comm::NcclCommunicator> nccl_tp;  // declared before the engine: destroyed after it
+  std::unique_ptr<comm::NcclCommunicator> nccl_tp, nccl_cp;  // declared before the engine: destroyed after it
 #endif
   std::optional<CudaEngine> engine;
   std::string device_name = "cpu";
@@ -212,22 +214,29 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     o.decode_gemv = !a.cublas_decode;
     o.decode_graph = !a.no_decode_graph;
     comm::NcclCommunicator* tp = nullptr;
-    if (a.tp > 1) {
+    comm::NcclCommunicator* cp = nullptr;
+    if (a.tp > 1 || a.cp > 1) {
 #if HYLO_WITH_NCCL
       const comm::LocalDevice dev = comm::select_local_device(*world);
-      nccl_tp = comm::NcclCommunicator::create(pc->tp);
-      tp = nccl_tp.get();
-      if (root) spdlog::info("TP {} over NCCL {} (rank 0 on device {} of {})", a.tp, comm::NcclCommunicator::version(),
-                             dev.device, dev.device_count);
+      if (a.tp > 1) {
+        nccl_tp = comm::NcclCommunicator::create(pc->tp);
+        tp = nccl_tp.get();
+      }
+      if (a.cp > 1) {
+        nccl_cp = comm::NcclCommunicator::create(pc->cp);
+        cp = nccl_cp.get();
+      }
+      if (root) spdlog::info("TP {} x CP {} ({}) over NCCL {} (rank 0 on device {} of {})", a.tp, a.cp, a.cp_split,
+                             comm::NcclCommunicator::version(), dev.device, dev.device_count);
       if (dev.local_size > dev.device_count && dev.local_rank == 0) {
         spdlog::warn("{} ranks on this node share {} GPU(s): each GPU runs several ranks (slow; start one rank per GPU)",
                      dev.local_size, dev.device_count);
       }
 #else
-      throw Error(ErrorKind::kUsage, "", "--tp", "this hylo was built without NCCL: TP on GPUs is unavailable");
+      throw Error(ErrorKind::kUsage, "", "--tp/--cp", "this hylo was built without NCCL: TP / CP on GPUs are unavailable");
 #endif
     }
-    engine.emplace(cfg, weights, longest + a.decode_steps + kProfiledDecodeSteps + 1, o, tp);
+    engine.emplace(cfg, weights, longest + a.decode_steps + kProfiledDecodeSteps + 1, o, tp, cp, seq_split);
     device_name = engine->device_name();
     const bool h200 = device_name.find("H200") != std::string::npos;
     const bool h100 = device_name.find("H100") != std::string::npos;
@@ -296,7 +305,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
   std::optional<CpuEngine> cpu_engine;
   if (!gpu) {
     EngineParallel par;
-    if (pc) par = EngineParallel{&pc->tp, &pc->cp, comm::SeqSplit::kZigzag};
+    if (pc) par = EngineParallel{&pc->tp, &pc->cp, seq_split};
     cpu_engine.emplace(cfg, weights, EngineOptions{}, par);
   }
   comm::Communicator* tp_comm = pc && a.tp > 1 ? &pc->tp : nullptr;
@@ -313,6 +322,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     double prefill_s = 0, decode_s = 0;
     std::vector<std::pair<std::string, double>> split, decode_split;  // seconds / ms per decode token
     std::uint64_t gpu_mem_in_use = 0;  // device memory in use after the prefill (whole device, all processes)
+    comm::CommRecord comm_total;
 #if HYLO_WITH_CUDA
     if (gpu) {
       engine->reset();
@@ -325,6 +335,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
       if (world) world->barrier();
       const auto t0 = std::chrono::steady_clock::now();
       engine->forward(prompt, slice.data(), false);
+      if (world) world->barrier();  // the time ends when the last rank is done
       prefill_s = since(t0);
       logits = gather_vocab(slice);
       {
@@ -333,6 +344,11 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
       }
       split = engine->op_seconds();
       engine->set_profiling(false);
+      // Exposed communication: the NCCL calls run on the engine's stream, so their event-timed spans (profiled
+      // categories "tp allreduce" / "cp exchange") are time the GPU spent on nothing else.
+      for (const auto& [k, v] : split) {
+        if (k == "tp allreduce" || k == "cp exchange") comm_total.seconds += v;
+      }
       const auto t1 = std::chrono::steady_clock::now();
       // Greedy decode as `hylo generate` runs it on the GPU: each step returns its argmax (GPU top-1), 4 + 4 bytes.
       Sampler s(SamplingParams{});
@@ -350,7 +366,6 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
       }
     }
 #endif
-    comm::CommRecord comm_total;
     if (!gpu) {
       // Distributed CPU runtime: ranks start together, the time ends when the last rank is done.
       SequenceState st = cpu_engine->new_sequence();
@@ -379,7 +394,11 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     const double ms = a.decode_steps > 0 ? 1e3 * decode_s / static_cast<double>(a.decode_steps) : 0;
     const double bytes = decode_bytes(fp, L + a.decode_steps / 2);
     const double gbs = ms > 0 ? bytes / (ms * 1e-3) / 1e9 : 0;
-    const double floor_ms = hbm > 0 ? bytes / (hbm * 1e12 * devices) * 1e3 : 0;
+    // The floor per GPU: TP splits weights, context and states; CP splits only the context (latent shards), every CP
+    // rank reads all of its TP shard's weights and states.
+    const double fixed = decode_bytes(fp, 0), context = bytes - fixed;
+    const double per_gpu = gpu ? fixed / a.tp + context / (static_cast<double>(a.tp) * a.cp) : bytes;
+    const double floor_ms = hbm > 0 ? per_gpu / (hbm * 1e12) * 1e3 : 0;
     if (root) std::printf("%-9lld %10.3f %12.0f %10.1f %7.1f%% %12.3f %12.0f %9.2fx\n", static_cast<long long>(L), prefill_s,
                 static_cast<double>(L) / prefill_s, tflops, 100 * mfu, ms, gbs, floor_ms > 0 ? ms / floor_ms : 0.0);
     nlohmann::ordered_json r;
@@ -439,7 +458,13 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
   }
 #endif
   if (!root) return 0;
-  if (gpu && nranks > 1) std::printf("%d GPUs (TP %d): MFU and the decode floor count all of them\n", nranks, a.tp);
+  if (gpu && nranks > 1) {
+    std::printf("%d GPUs (TP %d x CP %d, %s): MFU counts all of them; the decode floor is one GPU's bytes (TP shard of the "
+                "weights and states, its 1/(TP CP) of the context)\n", nranks, a.tp, a.cp, a.cp_split.c_str());
+  }
+  out["tp"] = a.tp;
+  out["cp"] = a.cp;
+  out["cp_split"] = a.cp_split;
   std::printf("device %s; MFU against %.0f TFLOP/s; decode floor = (2 x params + context x KV bytes/token + states) / "
               "%.2f TB/s; prefill FLOPs = 2 P_body L + n_MLA nH (dn+dr+dv) L^2\n",
               device_name.c_str(), peak, hbm);

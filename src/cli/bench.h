@@ -31,7 +31,8 @@ struct BenchArgs {
   bool no_decode_graph = false;  // decode steps launched kernel by kernel instead of one captured CUDA graph (A/B)
   bool recurrent_scans = false;  // prefill scans by the recurrent kernels instead of the chunked ones (A/B)
   int threads = 0;
-  int tp = 1, cp = 1, dp = 1;             // layout (hylo-launch passes these); CPU runtime only for now
+  int tp = 1, cp = 1, dp = 1;             // layout (hylo-launch passes these); CPU and CUDA
+  std::string cp_split = "zigzag";        // how CP cuts the prompt: zigzag or contiguous
 };
 
 void add_bench_command(CLI::App& app, BenchArgs& args);

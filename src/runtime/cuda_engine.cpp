@@ -15,6 +15,7 @@
 #include "kernels/attention_cuda.h"
 #include "kernels/attention_cudnn.h"
 #include "kernels/conv1d_cuda.h"
+#include "kernels/cp_compose_cuda.h"
 #include "kernels/cuda_check.h"
 #include "kernels/device_buffer.h"
 #include "kernels/gdn_chunk_cuda.h"
@@ -92,7 +93,7 @@ struct DevState {
 std::uint64_t mat_bytes(std::int64_t rows, std::int64_t cols) { return static_cast<std::uint64_t>(rows * cols) * 2; }
 
 // Scratch bytes of the chunked scan kernels for a prefill call of C tokens (0 when they are off or unused).
-std::int64_t scan_workspace_bytes(const ModelConfig& c, const CudaEngineOptions& o, std::int64_t C) {
+std::int64_t scan_workspace_bytes(const ModelConfig& c, const CudaEngineOptions& o, std::int64_t C, int cp = 1) {
   if (!o.chunked_scans || C < 2) return 0;
   std::int64_t bytes = 0;
   if (c.count(MixerKind::kMamba2) > 0) {
@@ -110,7 +111,7 @@ std::int64_t scan_workspace_bytes(const ModelConfig& c, const CudaEngineOptions&
     p.n_k_heads = c.gdn.num_k_heads;
     p.n_v_heads = c.gdn.num_v_heads;
     p.head_k_dim = c.gdn.head_k_dim;
-    p.head_v_dim = c.gdn.head_v_dim;
+    p.head_v_dim = cp > 1 ? std::max(c.gdn.head_v_dim, c.gdn.head_k_dim) : c.gdn.head_v_dim;  // CP: M's scan
     bytes = std::max(bytes, kernels::gdn_scan_chunked_workspace_bytes(p, o.gdn_chunk));
   }
   return bytes;
@@ -152,6 +153,13 @@ struct CudaEngine::Impl {
   DBuf<float> x, f1, f2, f3, f4, f5, f6, f7, f8, fused, lse, lse_b, ob, logits;
   DBuf<bf16> h, b1, b2, kvb, K, V;
   DBuf<float> dec_part;  // mla decode workspace
+  // Context parallelism (CudaEngine's cp): the local residual stream and ids, conv halos, state summaries (local and
+  // gathered), incoming states per slot, the composition's running state, gathered latents, the shared K/V, the
+  // decode partials (o_lat | lse) of this rank and of every rank.
+  DBuf<std::int32_t> cp_ids;
+  DBuf<float> cp_x, cp_halo, cp_halo_all, cp_conv_in, cp_conv, cp_sum, cp_sum_all, cp_in, cp_cur, cp_tmp, cp_ld, cp_eye;
+  DBuf<bf16> cp_gather, cp_K, cp_V;
+  DBuf<float> cp_part, cp_part_all;
   std::unique_ptr<k::CudnnAttention> cudnn;  // null: own attention kernel
   DBuf<float> scan_ws;   // chunked Mamba2 / GDN scan workspace (bytes: scan_ws_bytes)
   std::int64_t scan_ws_bytes = 0;
@@ -204,6 +212,59 @@ struct CudaEngine::Impl {
       free_events.push_back(m.stop);
     }
     marks.clear();
+  }
+
+  // Causal attention of T queries at positions q_offset.. over keys [0, S) (K/V contiguous [S, nKV, d]); o bf16
+  // [T, nH, dv]. cuDNN SDPA where it takes the shape, else the own kernel (fp32 o, then rounded to bf16).
+  void attend(const MlaConfig& a, const bf16* q, const bf16* Kp, const bf16* Vp, std::int64_t T_, std::int64_t S_,
+              std::int64_t q_offset, bf16* o) {
+    const std::int64_t dqk = a.qk_nope_head_dim + a.qk_rope_head_dim;
+    if (cudnn) {
+      k::AttentionCudnnParams p;
+      p.T = T_;
+      p.S = S_;
+      p.n_heads = a.num_heads;
+      p.n_kv_heads = a.num_kv_heads;
+      p.d_qk = dqk;
+      p.d_v = a.v_head_dim;
+      p.q = q;
+      p.k = Kp;
+      p.v = Vp;
+      p.o = o;
+      p.scale = softmax_scale;
+      p.causal = true;
+      p.q_offset = q_offset;
+      std::string why;
+      if (cudnn->supports(p, &why)) {
+        timed("attention", [&] { cudnn->run(p, stream); });
+        return;
+      }
+      spdlog::info("cuda engine: cuDNN attention does not take T {} S {} ({}); using the own kernel", T_, S_, why);
+      cudnn.reset();
+    }
+    k::AttentionCudaParams p;
+    p.T = T_;
+    p.S = S_;
+    p.n_heads = a.num_heads;
+    p.n_kv_heads = a.num_kv_heads;
+    p.d_qk = dqk;
+    p.d_v = a.v_head_dim;
+    p.q = q;
+    p.k = Kp;
+    p.v = Vp;
+    p.o = f4.get();
+    p.lse = lse.get();
+    p.scale = softmax_scale;
+    p.causal = true;
+    p.q_offset = q_offset;
+    timed("attention", [&] { k::attention_cuda(p, stream); });
+    k::convert_bf16_cuda(f4.get(), o, T_ * a.num_heads * a.v_head_dim, stream);
+  }
+  // Columns [col, col + width) of `rows` rows (row stride `stride`) into a dense [rows, width] buffer.
+  void copy_cols(const float* src, std::int64_t rows, std::int64_t stride, std::int64_t col, std::int64_t width, float* dst) {
+    if (rows == 0) return;
+    HYLO_CUDA_CHECK(cudaMemcpy2DAsync(dst, sizeof(float) * width, src + col, sizeof(float) * stride, sizeof(float) * width,
+                                      static_cast<std::size_t>(rows), cudaMemcpyDeviceToDevice, stream));
   }
 
   bool decode_gemv = true;  // CudaEngineOptions::decode_gemv
@@ -322,8 +383,14 @@ std::string CudaMemoryPlan::describe() const {
          (prefill_kv > 0 ? " + prefill K/V " + format_bytes(prefill_kv) : std::string()) + " = " + format_bytes(total());
 }
 
-CudaMemoryPlan plan_cuda_memory(const ModelConfig& c, const CudaEngineOptions& o, std::int64_t capacity) {
+std::int64_t cp_local_capacity(std::int64_t capacity, int cp) {
+  if (cp <= 1) return capacity;
+  return (capacity + cp - 1) / cp + 4;
+}
+
+CudaMemoryPlan plan_cuda_memory(const ModelConfig& c, const CudaEngineOptions& o, std::int64_t capacity, int cp) {
   CudaMemoryPlan p;
+  const std::int64_t local = cp_local_capacity(capacity, cp);
   const std::int64_t H = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
   p.weights = mat_bytes(V, H) * (c.tie_word_embeddings ? 1 : 2);
   std::int64_t widest = std::max<std::int64_t>(I, H);  // widest per-token activation of any layer
@@ -337,8 +404,8 @@ CudaMemoryPlan plan_cuda_memory(const ModelConfig& c, const CudaEngineOptions& o
                      mat_bytes(a.latent_dim(), H) +
                      mat_bytes(a.num_kv_heads * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank) +
                      mat_bytes(H, a.num_heads * a.v_head_dim);
-        p.latent_cache += static_cast<std::uint64_t>(capacity * a.latent_dim()) * 2;
-        if (o.prefill_kv_cache) {
+        p.latent_cache += static_cast<std::uint64_t>(local * a.latent_dim()) * 2;
+        if (o.prefill_kv_cache && cp <= 1) {
           p.prefill_kv += static_cast<std::uint64_t>(capacity * a.num_kv_heads) *
                           static_cast<std::uint64_t>(a.qk_nope_head_dim + a.qk_rope_head_dim + a.v_head_dim) * 2;
         }
@@ -369,7 +436,7 @@ CudaMemoryPlan plan_cuda_memory(const ModelConfig& c, const CudaEngineOptions& o
   // projections, the residual and LM-head logits of one row; K/V of one attention block.
   p.workspace = static_cast<std::uint64_t>(C) * static_cast<std::uint64_t>(widest) * (8 * 4 + 2 * 2) +
                 static_cast<std::uint64_t>(C) * static_cast<std::uint64_t>(fused_width(c)) * 4 +
-                static_cast<std::uint64_t>(scan_workspace_bytes(c, o, std::min(C, std::max<std::int64_t>(capacity, 1)))) +
+                static_cast<std::uint64_t>(scan_workspace_bytes(c, o, std::min(C, std::max<std::int64_t>(capacity, 1)), cp)) +
                 static_cast<std::uint64_t>(C * H) * (4 + 2) + static_cast<std::uint64_t>(V) * 4;
   if (c.count(MixerKind::kMLA) > 0) {
     const auto& a = c.mla;
@@ -377,13 +444,51 @@ CudaMemoryPlan plan_cuda_memory(const ModelConfig& c, const CudaEngineOptions& o
     p.workspace += static_cast<std::uint64_t>(B * a.num_kv_heads) *
                    static_cast<std::uint64_t>(2 * (a.qk_nope_head_dim + a.v_head_dim) + a.qk_nope_head_dim + a.qk_rope_head_dim) * 2;
   }
+  if (cp > 1) {
+    // The fp32 residual stream and token ids of this rank's share of the prompt, the CP exchange buffers (conv
+    // halos and state summaries, bounded by a few states per layer kind).
+    p.workspace += static_cast<std::uint64_t>(local) * static_cast<std::uint64_t>(H * 4 + 4);
+    std::uint64_t state = 0;
+    if (c.count(MixerKind::kMamba2) > 0) {
+      const auto& m = c.mamba2;
+      state = std::max<std::uint64_t>(state, static_cast<std::uint64_t>(m.num_heads * (1 + m.head_dim * m.d_state)));
+    }
+    if (c.count(MixerKind::kGDN) > 0) {
+      const auto& g = c.gdn;
+      state = std::max<std::uint64_t>(state, static_cast<std::uint64_t>(g.num_v_heads * g.head_k_dim * (g.head_k_dim + g.head_v_dim)));
+    }
+    p.workspace += state * 4 * static_cast<std::uint64_t>(2 * cp + 8);
+    if (c.count(MixerKind::kMLA) > 0) {
+      // One K/V buffer of every prompt position shared by the MLA layers, and one layer's gathered latents.
+      const auto& a = c.mla;
+      p.prefill_kv = static_cast<std::uint64_t>(capacity * a.num_kv_heads) *
+                         static_cast<std::uint64_t>(a.qk_nope_head_dim + a.qk_rope_head_dim + a.v_head_dim) * 2 +
+                     static_cast<std::uint64_t>(cp) * static_cast<std::uint64_t>(local * a.latent_dim()) * 2;
+    }
+  }
   return p;
 }
 
 CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int64_t capacity, CudaEngineOptions options,
-                       comm::NcclCommunicator* tp)
-    : config_(std::move(config)), options_(options), capacity_(capacity), tp_(tp) {
+                       comm::NcclCommunicator* tp, comm::NcclCommunicator* cp, comm::SeqSplit split)
+    : config_(std::move(config)), options_(options), capacity_(capacity), tp_(tp), cp_(cp), split_(split) {
   vocab_total_ = config_.vocab_size;
+  if (cp_ != nullptr && cp_->size() > 1) {
+#if HYLO_WITH_NCCL
+    cp_size_ = cp_->size();
+    cp_rank_ = cp_->rank();
+    options_.device = cp_->device();
+    if (tp_ != nullptr && tp_->size() > 1 && tp_->device() != cp_->device()) {
+      throw Error(ErrorKind::kUsage, "", "tp/cp", "the TP and CP communicators of a rank are on different devices (" +
+                                                      std::to_string(tp_->device()) + ", " + std::to_string(cp_->device()) + ")");
+    }
+#else
+    throw Error(ErrorKind::kUsage, "", "cp", "context parallelism on GPUs needs a build with NCCL");
+#endif
+  } else {
+    cp_ = nullptr;
+  }
+  local_cap_ = cp_local_capacity(capacity_, cp_size_);
   std::optional<ModelWeights> shard;
   if (tp_ != nullptr && tp_->size() > 1) {
 #if HYLO_WITH_NCCL
@@ -419,11 +524,12 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int
                                                      std::to_string(devices) + " visible)");
   }
   HYLO_CUDA_CHECK(cudaSetDevice(options_.device));
-  plan_ = plan_cuda_memory(config_, options_, capacity_);
+  if (cp_size_ > 1) options_.prefill_kv_cache = false;  // CP keeps one shared K/V buffer instead (planned below)
+  plan_ = plan_cuda_memory(config_, options_, capacity_, cp_size_);
   std::size_t free_b = 0, total_b = 0;
   HYLO_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   const std::uint64_t margin = std::uint64_t{512} << 20;  // cuBLASLt workspace, CUDA context growth
-  if (plan_.total() + margin > free_b && plan_.prefill_kv > 0) {
+  if (plan_.total() + margin > free_b && plan_.prefill_kv > 0 && cp_size_ == 1) {
     spdlog::info("cuda engine: the prefill K/V cache ({}) does not fit beside {}; prefill re-decompresses latents "
               "per block instead", format_bytes(plan_.prefill_kv), format_bytes(plan_.total() - plan_.prefill_kv));
     options_.prefill_kv_cache = false;
@@ -432,9 +538,9 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int
   if (plan_.total() + margin > free_b) {
     const std::uint64_t fixed = plan_.weights + plan_.states + plan_.workspace + margin;
     std::string fix = "shorten the prompt or the continuation";
-    if (fixed < free_b && plan_.latent_cache > 0) {
-      const auto cp = static_cast<std::uint64_t>(std::ceil(static_cast<double>(plan_.latent_cache) / static_cast<double>(free_b - fixed)));
-      fix = "context parallelism over " + std::to_string(cp) + " GPUs (--cp " + std::to_string(cp) + ") would fit it";
+    if (fixed < free_b && plan_.latent_cache > 0 && cp_size_ == 1) {
+      const auto need = static_cast<std::uint64_t>(std::ceil(static_cast<double>(plan_.latent_cache) / static_cast<double>(free_b - fixed)));
+      fix = "context parallelism over " + std::to_string(need) + " GPUs (--cp " + std::to_string(need) + ") would fit it";
     }
     throw Error(ErrorKind::kUsage, "", "memory",
                 std::to_string(capacity_) + " tokens need " + plan_.describe() + " (+ " + format_bytes(margin) +
@@ -481,7 +587,7 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int
         d.mla.out = upload_bf16(s.mla.out);
         if (!s.mla.q_a_norm.empty()) d.mla.q_a_norm = upload_f32(s.mla.q_a_norm);
         if (!s.mla.kv_a_norm.empty()) d.mla.kv_a_norm = upload_f32(s.mla.kv_a_norm);
-        st.latents.resize(capacity_ * config_.mla.latent_dim());
+        st.latents.resize(local_cap_ * config_.mla.latent_dim());
         if (options_.prefill_kv_cache) {
           const auto& a = config_.mla;
           st.Kc.resize(capacity_ * a.num_kv_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim));
@@ -566,12 +672,51 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int
   m.h.resize(C * H);
   for (auto* f : {&m.f1, &m.f2, &m.f3, &m.f4, &m.f5, &m.f6, &m.f7, &m.f8}) f->resize(C * widest);
   m.fused.resize(C * fused_width(config_));
-  m.scan_ws_bytes = scan_workspace_bytes(config_, options_, C);
+  m.scan_ws_bytes = scan_workspace_bytes(config_, options_, C, cp_size_);
   if (m.scan_ws_bytes > 0) m.scan_ws.resize(m.scan_ws_bytes / 4 + 4);
   m.b1.resize(C * wide_b);
   m.b2.resize(C * wide_b);
   m.logits.resize(config_.vocab_size);
-  m.step.resize(2);
+  m.step.resize(4);
+  if (cp_size_ > 1) {
+    m.cp_ids.resize(local_cap_);
+    m.cp_x.resize(local_cap_ * H);
+    std::int64_t state = 0, conv = 0;  // floats of the largest recurrent state (+ transition) and conv state
+    if (config_.count(MixerKind::kMamba2) > 0) {
+      const auto& c = config_.mamba2;
+      state = std::max(state, c.num_heads * (1 + c.head_dim * c.d_state));
+      conv = std::max(conv, (c.d_conv - 1) * c.conv_channels());
+    }
+    if (config_.count(MixerKind::kGDN) > 0) {
+      const auto& c = config_.gdn;
+      state = std::max(state, c.num_v_heads * c.head_k_dim * (c.head_k_dim + c.head_v_dim));
+      conv = std::max(conv, (c.conv_size - 1) * (2 * c.key_dim() + c.value_dim()));
+      std::vector<float> eye(static_cast<std::size_t>(c.num_v_heads * c.head_k_dim * c.head_k_dim), 0.0f);
+      for (std::int64_t h = 0; h < c.num_v_heads; ++h) {
+        for (std::int64_t i = 0; i < c.head_k_dim; ++i) eye[static_cast<std::size_t>((h * c.head_k_dim + i) * c.head_k_dim + i)] = 1.0f;
+      }
+      m.cp_eye.upload(eye);
+    }
+    const std::int64_t slots = 2;  // zigzag's; contiguous uses 1
+    m.cp_sum.resize(slots * state + 4);
+    m.cp_sum_all.resize(cp_size_ * slots * state + 4);
+    m.cp_in.resize(slots * state + 4);
+    m.cp_cur.resize(state + 4);
+    m.cp_tmp.resize(state + 4);
+    m.cp_ld.resize(state + 4);
+    m.cp_halo.resize(slots * conv + 4);
+    m.cp_halo_all.resize(cp_size_ * slots * conv + 4);
+    m.cp_conv_in.resize(slots * conv + 4);
+    m.cp_conv.resize(conv + 4);
+    if (config_.count(MixerKind::kMLA) > 0) {
+      const auto& a = config_.mla;
+      m.cp_gather.resize(cp_size_ * local_cap_ * a.latent_dim());
+      m.cp_K.resize(capacity_ * a.num_kv_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim));
+      m.cp_V.resize(capacity_ * a.num_kv_heads * a.v_head_dim);
+      m.cp_part.resize(a.num_heads * (a.kv_lora_rank + 1));
+      m.cp_part_all.resize(cp_size_ * a.num_heads * (a.kv_lora_rank + 1));
+    }
+  }
   reset();
 }
 
@@ -621,6 +766,7 @@ void CudaEngine::reset() {
     s.kv_valid = 0;
   }
   length_ = 0;
+  cp_rows_ = 0;
   HYLO_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
@@ -700,6 +846,27 @@ void CudaEngine::forward_impl(std::span<const std::int32_t> tokens, float* logit
     }
   }
   const std::int64_t C = std::min(options_.prefill_chunk, capacity_), V = config_.vocab_size;
+  if (cp_size_ > 1 && (length_ == 0 || T > 1)) {
+    if (length_ != 0) {
+      throw Error(ErrorKind::kUsage, "", "context parallelism",
+                  "after a context-parallel prefill only single-token steps run (this call has " + std::to_string(T) +
+                      " tokens at position " + std::to_string(length_) + "); reset() starts a new sequence");
+    }
+    if (all_logits && T > 1) {
+      throw Error(ErrorKind::kUsage, "", "context parallelism",
+                  "a context-parallel prefill returns the last token's logits only (all_logits is not supported)");
+    }
+    auto& m = *impl_;
+    cp_prefill(tokens);
+    if (logits != nullptr || last_on_device) enqueue_head(0);
+    if (logits != nullptr) {
+      HYLO_CUDA_CHECK(cudaMemcpyAsync(logits, m.logits.get(), sizeof(float) * static_cast<std::size_t>(V),
+                                      cudaMemcpyDeviceToHost, m.stream));
+    }
+    HYLO_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    m.collect();
+    return;
+  }
   for (std::int64_t b = 0; b < T; b += C) {
     const std::int64_t n = std::min(C, T - b);
     const bool last = b + n == T;
@@ -712,14 +879,10 @@ void CudaEngine::forward_impl(std::span<const std::int32_t> tokens, float* logit
 double CudaEngine::prepare_prefill(std::int64_t tokens) {
   HYLO_CUDA_CHECK(cudaSetDevice(options_.device));
   auto& m = *impl_;
-  if (!m.cudnn || !options_.prefill_kv_cache || config_.count(MixerKind::kMLA) == 0) return 0.0;
+  if (!m.cudnn || config_.count(MixerKind::kMLA) == 0) return 0.0;
   const double before = m.cudnn->graph_build_seconds();
   const auto& a = config_.mla;
-  const std::int64_t C = std::min(options_.prefill_chunk, capacity_);
-  const std::int64_t end = std::min(length_ + tokens, capacity_);
-  for (std::int64_t pos0 = length_; pos0 < end; pos0 += C) {
-    const std::int64_t T = std::min(C, end - pos0);
-    if (T < 2) break;  // a single token takes the absorbed decode path
+  auto build = [&](std::int64_t T, std::int64_t pos0) {
     k::AttentionCudnnParams p;  // null pointers: supports() checks the shape and builds the graphs
     p.T = T;
     p.S = pos0 + T;
@@ -730,7 +893,23 @@ double CudaEngine::prepare_prefill(std::int64_t tokens) {
     p.scale = m.softmax_scale;
     p.causal = true;
     p.q_offset = pos0;
-    if (!m.cudnn->supports(p)) break;
+    return m.cudnn->supports(p);
+  };
+  if (cp_size_ > 1) {
+    if (length_ != 0) return 0.0;
+    const comm::SequencePartition part(split_, std::min(tokens, capacity_), cp_size_);
+    for (const auto& pc : cp_pieces(part)) {
+      if (!build(pc.len, pc.pos)) break;
+    }
+    return m.cudnn->graph_build_seconds() - before;
+  }
+  if (!options_.prefill_kv_cache) return 0.0;
+  const std::int64_t C = std::min(options_.prefill_chunk, capacity_);
+  const std::int64_t end = std::min(length_ + tokens, capacity_);
+  for (std::int64_t pos0 = length_; pos0 < end; pos0 += C) {
+    const std::int64_t T = std::min(C, end - pos0);
+    if (T < 2) break;  // a single token takes the absorbed decode path
+    if (!build(T, pos0)) break;
   }
   return m.cudnn->graph_build_seconds() - before;
 }
@@ -765,7 +944,18 @@ void CudaEngine::run_step(std::int32_t token) {
   auto& m = *impl_;
   cudaStream_t st = m.stream;
   // Pageable source: the copy stages it before returning, so the stack array may go.
-  const std::int32_t in[2] = {token, static_cast<std::int32_t>(length_)};
+  // {token, position, CP: the local cache row of the new latent (-1: another rank stores it), CP: rows attended - 1}.
+  std::int32_t in[4] = {token, static_cast<std::int32_t>(length_), -1, 0};
+  if (cp_size_ > 1) {
+    const bool mine = comm::decode_owner(length_, cp_size_) == cp_rank_;
+    if (mine && cp_rows_ >= local_cap_) {
+      throw Error(ErrorKind::kUsage, "", "capacity", "CP rank " + std::to_string(cp_rank_) + " holds " +
+                                                         std::to_string(cp_rows_) + " latents, its planned shard");
+    }
+    in[2] = mine ? static_cast<std::int32_t>(cp_rows_) : -1;
+    if (mine) ++cp_rows_;
+    in[3] = static_cast<std::int32_t>(cp_rows_) - 1;
+  }
   HYLO_CUDA_CHECK(cudaMemcpyAsync(m.step.get(), in, sizeof in, cudaMemcpyHostToDevice, st));
   if (!options_.decode_graph || m.profiling) {
     enqueue_layers(1, length_, true);
@@ -810,58 +1000,8 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
                     bool y_bf16, bool accumulate, std::int64_t x_stride = 0, std::int64_t y_stride = 0) {
     m.linear(x, rows, w, out, in, y, y_bf16, accumulate, x_stride, y_stride);
   };
-  // Causal attention of T queries at positions pos0.. over keys [0, S) (K/V contiguous [S, nKV, d]); o bf16
-  // [T, nH, dv]. cuDNN SDPA where it takes the shape, else the own kernel (fp32 o, then rounded to bf16).
   auto attend_prefill = [&](const bf16* q, const bf16* Kp, const bf16* Vp, std::int64_t T_, std::int64_t S_,
-                            std::int64_t q_offset, bf16* o) {
-    const auto& a = config_.mla;
-    const std::int64_t dqk = a.qk_nope_head_dim + a.qk_rope_head_dim;
-    if (m.cudnn) {
-      k::AttentionCudnnParams p;
-      p.T = T_;
-      p.S = S_;
-      p.n_heads = a.num_heads;
-      p.n_kv_heads = a.num_kv_heads;
-      p.d_qk = dqk;
-      p.d_v = a.v_head_dim;
-      p.q = q;
-      p.k = Kp;
-      p.v = Vp;
-      p.o = o;
-      p.scale = m.softmax_scale;
-      p.causal = true;
-      p.q_offset = q_offset;
-      std::string why;
-      if (m.cudnn->supports(p, &why)) {
-        m.timed("attention", [&] { m.cudnn->run(p, st); });
-        return;
-      }
-      spdlog::info("cuda engine: cuDNN attention does not take T {} S {} ({}); using the own kernel", T_, S_, why);
-      m.cudnn.reset();
-    }
-    k::AttentionCudaParams p;
-    p.T = T_;
-    p.S = S_;
-    p.n_heads = a.num_heads;
-    p.n_kv_heads = a.num_kv_heads;
-    p.d_qk = dqk;
-    p.d_v = a.v_head_dim;
-    p.q = q;
-    p.k = Kp;
-    p.v = Vp;
-    p.o = m.f4.get();
-    p.lse = m.lse.get();
-    p.scale = m.softmax_scale;
-    p.causal = true;
-    p.q_offset = q_offset;
-    m.timed("attention", [&] { k::attention_cuda(p, st); });
-    k::convert_bf16_cuda(m.f4.get(), o, T_ * a.num_heads * a.v_head_dim, st);
-  };
-  auto copy_cols = [&](const float* src, std::int64_t rows, std::int64_t stride, std::int64_t col, std::int64_t width,
-                       float* dst) {
-    HYLO_CUDA_CHECK(cudaMemcpy2DAsync(dst, sizeof(float) * width, src + col, sizeof(float) * stride, sizeof(float) * width,
-                                      static_cast<std::size_t>(rows), cudaMemcpyDeviceToDevice, st));
-  };
+                            std::int64_t q_offset, bf16* o) { m.attend(config_.mla, q, Kp, Vp, T_, S_, q_offset, o); };
 
   {
     k::EmbeddingCudaParams p;
@@ -922,6 +1062,8 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
           ap.pos0 = pos0;
           ap.pos_dev = pos_dev;
           ap.cache = cache;
+          // CP decode: the owner of the position stores the latent at its next local row (m.step[2]; -1 elsewhere).
+          if (cp_size_ > 1) ap.row_dev = m.step.get() + 2;
           k::mla_append_latent_cuda(ap, st);
         });
         const std::int64_t Sk = pos0 + T;
@@ -931,10 +1073,16 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
           float* q_pe = m.f5.get();
           float* o_lat = m.f6.get();
           m.timed("mla decode", [&] { k::mla_absorb_q_cuda(shape, 1, q, L.mla.kv_b.get(), q_lat, q_pe, st); });
+          const bool cp = cp_size_ > 1;
           k::MlaDecodeCudaParams p;
           p.T = 1;
           p.S = pos_dev != nullptr ? capacity_ : Sk;  // with pos_dev: the bound; S = position + 1 on the device
           p.pos_dev = pos_dev;
+          if (cp) {
+            // This rank's shard: S = m.step[3] + 1 rows (the rows it holds, the new one included when it owns it).
+            p.S = local_cap_;
+            p.pos_dev = m.step.get() + 3;
+          }
           p.n_heads = nH;
           p.kv_lora_rank = r;
           p.rope_dim = dr;
@@ -946,10 +1094,28 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
           p.scale = m.softmax_scale;
           p.workspace = m.dec_part.get();
           p.workspace_bytes = static_cast<std::int64_t>(m.dec_part.bytes());
-          m.timed("mla decode", [&] {
-            k::mla_decode_cuda(p, st);
-            k::mla_expand_o_cuda(shape, 1, o_lat, L.mla.kv_b.get(), m.b2.get(), st);
-          });
+          if (cp) {
+            // (o_lat | lse) of this shard, all-gathered; merged in rank order on every rank (bitwise the same).
+            p.o_lat = m.cp_part.get();
+            p.lse = m.cp_part.get() + nH * r;
+          }
+          m.timed("mla decode", [&] { k::mla_decode_cuda(p, st); });
+#if HYLO_WITH_NCCL
+          if (cp) {
+            const std::int64_t n = nH * (r + 1);
+            m.timed("cp merge", [&] {
+              cp_->allgather_on(m.cp_part.get(), m.cp_part_all.get(), n * 4, st);
+              float* lse = m.lse.get();
+              HYLO_CUDA_CHECK(cudaMemcpyAsync(o_lat, m.cp_part_all.get(), sizeof(float) * nH * r, cudaMemcpyDeviceToDevice, st));
+              HYLO_CUDA_CHECK(cudaMemcpyAsync(lse, m.cp_part_all.get() + nH * r, sizeof(float) * nH, cudaMemcpyDeviceToDevice, st));
+              for (int j = 1; j < cp_size_; ++j) {
+                const float* pj = m.cp_part_all.get() + j * n;
+                k::merge_attention_partials_cuda(nH, r, o_lat, lse, pj, pj + nH * r, st);
+              }
+            });
+          }
+#endif
+          m.timed("mla decode", [&] { k::mla_expand_o_cuda(shape, 1, o_lat, L.mla.kv_b.get(), m.b2.get(), st); });
         } else if (options_.prefill_kv_cache) {
           // Decompressed K/V of every position kept for the prefill: decompress the positions not done yet (this
           // chunk's, and any decode-generated gap), then one attention call over all Sk keys.
@@ -1002,200 +1168,558 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
         linear(m.b2.get(), T, L.mla.out, H, nH * dv, m.x.get(), false, add_residual);
         break;
       }
-      case MixerKind::kMamba2: {
-        const auto& c = config_.mamba2;
-        const std::int64_t di = c.d_inner, dxb = c.d_xb, nh = c.num_heads, P = c.head_dim, N = c.d_state;
-        const std::int64_t Cc = c.conv_channels(), rows = c.in_proj_rows();
-        float* zx = m.f1.get();
-        float* xbc = m.f2.get();
-        m.project(in_norm, T, H, m.h.get(), L.mamba.in_proj, rows, zx, false, false);
-        {
-          k::CausalConv1dCudaParams p;
-          p.T = T;
-          p.channels = Cc;
-          p.kernel = c.d_conv;
-          p.x = zx + di;
-          p.x_stride = rows;
-          p.w = L.mamba.conv_w.get();
-          p.bias = L.mamba.conv_b.get();
-          p.state = S.conv.get();
-          p.y = xbc;
-          p.silu = true;
-          m.timed("conv", [&] { k::causal_conv1d_cuda(p, st); });
-        }
-        // The scan takes x, B, C, dt contiguous: a single row (decode) already is, a prefill chunk is split.
-        float* xs = xbc;
-        float* Bs = xbc + dxb;
-        float* Cs = xbc + 2 * dxb;
-        float* dt = zx + di + Cc;
-        float* y = m.f7.get();
-        if (T > 1) {
-          xs = m.f3.get();
-          Bs = m.f4.get();
-          Cs = m.f5.get();
-          dt = m.f6.get();
-          copy_cols(xbc, T, Cc, 0, dxb, xs);
-          copy_cols(xbc, T, Cc, dxb, dxb, Bs);
-          copy_cols(xbc, T, Cc, 2 * dxb, di, Cs);
-          copy_cols(zx, T, rows, di + Cc, nh, dt);
-        }
-        k::Mamba2ScanParams p{};
-        p.T = T;
-        p.n_heads = nh;
-        p.head_dim = P;
-        p.d_state = N;
-        p.n_groups = c.n_groups;
-        p.x = xs;
-        p.B = Bs;
-        p.C = Cs;
-        p.dt = dt;
-        p.dt_bias = L.mamba.dt_bias.get();
-        p.A_log = L.mamba.A_log.get();
-        p.D = L.mamba.D.get();
-        p.state = S.ssm.get();
-        p.y = y;
-        m.timed("mamba2 scan", [&] {
-          if (T > 1 && m.scan_ws_bytes > 0) {
-            k::mamba2_scan_chunked_cuda(p, options_.mamba_chunk, m.scan_ws.get(), m.scan_ws_bytes, st);
-          } else {
-            k::mamba2_scan_cuda(p, st);  // decode step (recurrent), or chunked scans turned off
-          }
-        });
-        // Gated norm (gate, then norm per head) into out_proj, accumulated into the residual.
-        k::GemvInput g;
-        g.kind = k::GemvInputKind::kGatedRmsNorm;
-        g.a = y;
-        g.b = zx;
-        g.b_stride = rows;
-        g.w = L.mamba.norm.get();
-        g.group = P;
-        g.order = k::GateOrder::kGateThenNorm;
-        g.eps = 1e-5f;
-        m.project(g, T, di, m.b2.get(), L.mamba.out, H, m.x.get(), false, add_residual);
+      case MixerKind::kMamba2:
+        mamba2_mixer(li, m.x.get(), T, S.conv.get(), S.ssm.get(), nullptr, true);
         break;
-      }
-      case MixerKind::kGDN: {
-        const auto& c = config_.gdn;
-        const std::int64_t Kd = c.key_dim(), Vd = c.value_dim(), Hv = c.num_v_heads;
-        // One GEMM for the six projections; the convs and the gate read their columns in place, a and b are
-        // made contiguous for the prepare op (a single row already is).
-        const std::int64_t W = 2 * Kd + 2 * Vd + 2 * Hv;
-        float* y = m.fused.get();
-        m.project(in_norm, T, H, m.h.get(), L.gdn.qkvgab, W, y, false, false);
-        float* gate = y + 2 * Kd + Vd;
-        float* a = y + 2 * Kd + 2 * Vd;
-        float* b = a + Hv;
-        if (T > 1) {
-          a = m.f5.get();
-          b = a + T * Hv;
-          copy_cols(y, T, W, 2 * Kd + 2 * Vd, Hv, a);
-          copy_cols(y, T, W, 2 * Kd + 2 * Vd + Hv, Hv, b);
-        }
-        float* qc = m.f6.get();
-        float* kc = m.f7.get();
-        float* vc = m.f8.get();
-        // The q, k, v convs over channel ranges [0, Kd), [Kd, 2 Kd), [2 Kd, 2 Kd + Vd) of the stacked taps and
-        // state. A decode step runs them as one call (its outputs are then contiguous slices of one row); a prefill
-        // chunk as three, each output contiguous [T, ch] as the scans take them.
-        const std::int64_t Cqkv = 2 * Kd + Vd;
-        auto conv = [&](std::int64_t c0, std::int64_t ch, float* out) {
-          k::CausalConv1dCudaParams p;
-          p.T = T;
-          p.channels = ch;
-          p.kernel = c.conv_size;
-          p.x = y + c0;
-          p.x_stride = W;
-          p.w = L.gdn.qkv_conv.get() + c0 * c.conv_size;
-          p.state = S.conv_qkv.get() + c0;
-          p.state_stride = Cqkv;
-          p.y = out;
-          p.silu = true;
-          m.timed("conv", [&] { k::causal_conv1d_cuda(p, st); });
-        };
-        if (T == 1 && static_cast<std::int64_t>(m.f6.size()) >= Cqkv) {
-          conv(0, Cqkv, qc);
-          kc = qc + Kd;
-          vc = qc + 2 * Kd;
-        } else {
-          conv(0, Kd, qc);
-          conv(Kd, Kd, kc);
-          conv(2 * Kd, Vd, vc);
-        }
-        float* g = m.f2.get();
-        float* beta = g + T * Hv;
-        k::GdnPrepareParams pp{};
-        pp.T = T;
-        pp.n_k_heads = c.num_k_heads;
-        pp.n_v_heads = Hv;
-        pp.head_k_dim = c.head_k_dim;
-        pp.q = qc;
-        pp.k = kc;
-        pp.a = a;
-        pp.b = b;
-        pp.A_log = L.gdn.A_log.get();
-        pp.dt_bias = L.gdn.dt_bias.get();
-        pp.g = g;
-        pp.beta = beta;
-        m.timed("gdn scan", [&] { k::gdn_prepare_cuda(pp, st); });
-        float* o = m.f1.get();
-        k::GdnScanParams sp{};
-        sp.T = T;
-        sp.n_k_heads = c.num_k_heads;
-        sp.n_v_heads = Hv;
-        sp.head_k_dim = c.head_k_dim;
-        sp.head_v_dim = c.head_v_dim;
-        sp.q = qc;
-        sp.k = kc;
-        sp.v = vc;
-        sp.g = g;
-        sp.beta = beta;
-        sp.state = S.gdn.get();
-        sp.o = o;
-        m.timed("gdn scan", [&] {
-          if (T > 1 && m.scan_ws_bytes > 0 && k::gdn_scan_chunked_supported(sp, options_.gdn_chunk)) {
-            k::gdn_scan_chunked_cuda(sp, options_.gdn_chunk, m.scan_ws.get(), m.scan_ws_bytes, st);
-          } else {
-            k::gdn_scan_cuda(sp, st);  // decode step (recurrent), chunked scans off, or sizes it does not take
-          }
-        });
-        // Gated norm (norm per head, then gate) into o_proj, accumulated into the residual.
-        k::GemvInput gn;
-        gn.kind = k::GemvInputKind::kGatedRmsNorm;
-        gn.a = o;
-        gn.b = gate;
-        gn.b_stride = W;
-        gn.w = L.gdn.o_norm.get();
-        gn.group = c.head_v_dim;
-        gn.weight_per_group = true;
-        gn.order = k::GateOrder::kNormThenGate;
-        gn.eps = static_cast<float>(c.norm_eps);
-        m.project(gn, T, Vd, m.b2.get(), L.gdn.o, H, m.x.get(), false, add_residual);
+      case MixerKind::kGDN:
+        gdn_mixer(li, m.x.get(), T, S.conv_qkv.get(), S.gdn.get(), nullptr, true);
         break;
-      }
     }
     tp_allreduce_residual(T);
-    // MLP: post-norm into gate|up, SwiGLU into down (accumulated into the residual); both fused into the GEMVs of
-    // a decode step.
-    const std::int64_t I = config_.intermediate_size;
-    m.project(m.rms(m.x.get(), L.post_norm), T, H, m.h.get(), L.gate_up, 2 * I, m.fused.get(), false, false);
-    k::GemvInput sw;
-    sw.kind = k::GemvInputKind::kSwiglu;
-    sw.a = m.fused.get();
-    sw.a_stride = 2 * I;
-    sw.b = m.fused.get() + I;
-    sw.b_stride = 2 * I;
-    m.project(sw, T, I, m.b1.get(), L.down, H, m.x.get(), false, add_residual);
+    mlp_block(li, m.x.get(), T);
     tp_allreduce_residual(T);
   }
 }
 
-void CudaEngine::tp_allreduce_residual(std::int64_t T) {
-#if HYLO_WITH_NCCL
-  if (tp_ == nullptr) return;
+// Mamba2, MODEL.md section 4, on the residual rows x [T, H]: in_proj (the input norm fused into a decode step's
+// GEMV), conv from `conv`, the scan from `ssm` (both advanced), then (output) the gated norm into out_proj,
+// accumulated into x (TP: on rank 0; partial sums elsewhere).
+void CudaEngine::mamba2_mixer(std::size_t li, float* x, std::int64_t T, float* conv, float* ssm, float* log_decay,
+                              bool output) {
   auto& m = *impl_;
-  m.timed("tp allreduce", [&] { tp_->allreduce_sum_on(m.x.get(), T * config_.hidden_size, m.stream); });
+  cudaStream_t st = m.stream;
+  auto& L = m.layers[li];
+  const std::int64_t H = config_.hidden_size;
+  const bool add_residual = tp_rank_ == 0;
+  const k::GemvInput in_norm = m.rms(x, L.input_norm);
+  const auto& c = config_.mamba2;
+  const std::int64_t di = c.d_inner, dxb = c.d_xb, nh = c.num_heads, P = c.head_dim, N = c.d_state;
+  const std::int64_t Cc = c.conv_channels(), rows = c.in_proj_rows();
+  float* zx = m.f1.get();
+  float* xbc = m.f2.get();
+  m.project(in_norm, T, H, m.h.get(), L.mamba.in_proj, rows, zx, false, false);
+  {
+    k::CausalConv1dCudaParams p;
+    p.T = T;
+    p.channels = Cc;
+    p.kernel = c.d_conv;
+    p.x = zx + di;
+    p.x_stride = rows;
+    p.w = L.mamba.conv_w.get();
+    p.bias = L.mamba.conv_b.get();
+    p.state = conv;
+    p.y = xbc;
+    p.silu = true;
+    m.timed("conv", [&] { k::causal_conv1d_cuda(p, st); });
+  }
+  // The scan takes x, B, C, dt contiguous: a single row (decode) already is, a prefill chunk is split.
+  float* xs = xbc;
+  float* Bs = xbc + dxb;
+  float* Cs = xbc + 2 * dxb;
+  float* dt = zx + di + Cc;
+  float* y = m.f7.get();
+  if (T > 1) {
+    xs = m.f3.get();
+    Bs = m.f4.get();
+    Cs = m.f5.get();
+    dt = m.f6.get();
+    m.copy_cols(xbc, T, Cc, 0, dxb, xs);
+    m.copy_cols(xbc, T, Cc, dxb, dxb, Bs);
+    m.copy_cols(xbc, T, Cc, 2 * dxb, di, Cs);
+    m.copy_cols(zx, T, rows, di + Cc, nh, dt);
+  }
+  k::Mamba2ScanParams p{};
+  p.T = T;
+  p.n_heads = nh;
+  p.head_dim = P;
+  p.d_state = N;
+  p.n_groups = c.n_groups;
+  p.x = xs;
+  p.B = Bs;
+  p.C = Cs;
+  p.dt = dt;
+  p.dt_bias = L.mamba.dt_bias.get();
+  p.A_log = L.mamba.A_log.get();
+  p.D = L.mamba.D.get();
+  p.state = ssm;
+  p.log_decay_total = log_decay;
+  p.y = y;
+  m.timed("mamba2 scan", [&] {
+    if (T > 1 && m.scan_ws_bytes > 0) {
+      k::mamba2_scan_chunked_cuda(p, options_.mamba_chunk, m.scan_ws.get(), m.scan_ws_bytes, st);
+    } else {
+      k::mamba2_scan_cuda(p, st);  // decode step (recurrent), or chunked scans turned off
+    }
+  });
+  if (!output) return;
+  // Gated norm (gate, then norm per head) into out_proj, accumulated into the residual.
+  k::GemvInput g;
+  g.kind = k::GemvInputKind::kGatedRmsNorm;
+  g.a = y;
+  g.b = zx;
+  g.b_stride = rows;
+  g.w = L.mamba.norm.get();
+  g.group = P;
+  g.order = k::GateOrder::kGateThenNorm;
+  g.eps = 1e-5f;
+  m.project(g, T, di, m.b2.get(), L.mamba.out, H, x, false, add_residual);
+}
+
+// Gated DeltaNet, MODEL.md section 5, on the residual rows x [T, H]; states as mamba2_mixer's. M (CP): the chunk's
+// transition [Hv, dk, dk], advanced by the same scan run with v = 0 and dv = dk (M <- A M).
+void CudaEngine::gdn_mixer(std::size_t li, float* x, std::int64_t T, float* conv_state, float* state, float* M, bool output) {
+  auto& m = *impl_;
+  cudaStream_t st = m.stream;
+  auto& L = m.layers[li];
+  const std::int64_t H = config_.hidden_size;
+  const bool add_residual = tp_rank_ == 0;
+  const k::GemvInput in_norm = m.rms(x, L.input_norm);
+  const auto& c = config_.gdn;
+  const std::int64_t Kd = c.key_dim(), Vd = c.value_dim(), Hv = c.num_v_heads;
+  // One GEMM for the six projections; the convs and the gate read their columns in place, a and b are
+  // made contiguous for the prepare op (a single row already is).
+  const std::int64_t W = 2 * Kd + 2 * Vd + 2 * Hv;
+  float* y = m.fused.get();
+  m.project(in_norm, T, H, m.h.get(), L.gdn.qkvgab, W, y, false, false);
+  float* gate = y + 2 * Kd + Vd;
+  float* a = y + 2 * Kd + 2 * Vd;
+  float* b = a + Hv;
+  if (T > 1) {
+    a = m.f5.get();
+    b = a + T * Hv;
+    m.copy_cols(y, T, W, 2 * Kd + 2 * Vd, Hv, a);
+    m.copy_cols(y, T, W, 2 * Kd + 2 * Vd + Hv, Hv, b);
+  }
+  float* qc = m.f6.get();
+  float* kc = m.f7.get();
+  float* vc = m.f8.get();
+  // The q, k, v convs over channel ranges [0, Kd), [Kd, 2 Kd), [2 Kd, 2 Kd + Vd) of the stacked taps and
+  // state. A decode step runs them as one call (its outputs are then contiguous slices of one row); a prefill
+  // chunk as three, each output contiguous [T, ch] as the scans take them.
+  const std::int64_t Cqkv = 2 * Kd + Vd;
+  auto conv = [&](std::int64_t c0, std::int64_t ch, float* out) {
+    k::CausalConv1dCudaParams p;
+    p.T = T;
+    p.channels = ch;
+    p.kernel = c.conv_size;
+    p.x = y + c0;
+    p.x_stride = W;
+    p.w = L.gdn.qkv_conv.get() + c0 * c.conv_size;
+    p.state = conv_state + c0;
+    p.state_stride = Cqkv;
+    p.y = out;
+    p.silu = true;
+    m.timed("conv", [&] { k::causal_conv1d_cuda(p, st); });
+  };
+  if (T == 1 && static_cast<std::int64_t>(m.f6.size()) >= Cqkv) {
+    conv(0, Cqkv, qc);
+    kc = qc + Kd;
+    vc = qc + 2 * Kd;
+  } else {
+    conv(0, Kd, qc);
+    conv(Kd, Kd, kc);
+    conv(2 * Kd, Vd, vc);
+  }
+  float* g = m.f2.get();
+  float* beta = g + T * Hv;
+  k::GdnPrepareParams pp{};
+  pp.T = T;
+  pp.n_k_heads = c.num_k_heads;
+  pp.n_v_heads = Hv;
+  pp.head_k_dim = c.head_k_dim;
+  pp.q = qc;
+  pp.k = kc;
+  pp.a = a;
+  pp.b = b;
+  pp.A_log = L.gdn.A_log.get();
+  pp.dt_bias = L.gdn.dt_bias.get();
+  pp.g = g;
+  pp.beta = beta;
+  m.timed("gdn scan", [&] { k::gdn_prepare_cuda(pp, st); });
+  float* o = m.f1.get();
+  k::GdnScanParams sp{};
+  sp.T = T;
+  sp.n_k_heads = c.num_k_heads;
+  sp.n_v_heads = Hv;
+  sp.head_k_dim = c.head_k_dim;
+  sp.head_v_dim = c.head_v_dim;
+  sp.q = qc;
+  sp.k = kc;
+  sp.v = vc;
+  sp.g = g;
+  sp.beta = beta;
+  sp.state = state;
+  sp.o = o;
+  auto scan = [&](const k::GdnScanParams& q) {
+    m.timed("gdn scan", [&] {
+      if (T > 1 && m.scan_ws_bytes > 0 && k::gdn_scan_chunked_supported(q, options_.gdn_chunk)) {
+        k::gdn_scan_chunked_cuda(q, options_.gdn_chunk, m.scan_ws.get(), m.scan_ws_bytes, st);
+      } else {
+        k::gdn_scan_cuda(q, st);  // decode step (recurrent), chunked scans off, or sizes it does not take
+      }
+    });
+  };
+  if (!output) sp.o = nullptr;
+  scan(sp);
+  if (M != nullptr) {
+    // The transition: the state recurrence is linear in S, so from S = I with v = 0 it ends as the product M.
+    k::GdnScanParams tp = sp;
+    tp.head_v_dim = c.head_k_dim;
+    tp.v = nullptr;
+    tp.o = nullptr;
+    tp.state = M;
+    scan(tp);
+  }
+  if (!output) return;
+  // Gated norm (norm per head, then gate) into o_proj, accumulated into the residual.
+  k::GemvInput gn;
+  gn.kind = k::GemvInputKind::kGatedRmsNorm;
+  gn.a = o;
+  gn.b = gate;
+  gn.b_stride = W;
+  gn.w = L.gdn.o_norm.get();
+  gn.group = c.head_v_dim;
+  gn.weight_per_group = true;
+  gn.order = k::GateOrder::kNormThenGate;
+  gn.eps = static_cast<float>(c.norm_eps);
+  m.project(gn, T, Vd, m.b2.get(), L.gdn.o, H, x, false, add_residual);
+}
+
+// The MLP on the residual rows x [T, H]: post-norm into gate|up, SwiGLU into down (accumulated into x); both fused
+// into the GEMVs of a decode step.
+void CudaEngine::mlp_block(std::size_t li, float* x, std::int64_t T) {
+  auto& m = *impl_;
+  auto& L = m.layers[li];
+  const std::int64_t H = config_.hidden_size, I = config_.intermediate_size;
+  m.project(m.rms(x, L.post_norm), T, H, m.h.get(), L.gate_up, 2 * I, m.fused.get(), false, false);
+  k::GemvInput sw;
+  sw.kind = k::GemvInputKind::kSwiglu;
+  sw.a = m.fused.get();
+  sw.a_stride = 2 * I;
+  sw.b = m.fused.get() + I;
+  sw.b_stride = 2 * I;
+  m.project(sw, T, I, m.b1.get(), L.down, H, x, false, tp_rank_ == 0);
+}
+
+void CudaEngine::tp_allreduce_residual(std::int64_t T) { tp_allreduce(impl_->x.get(), T * config_.hidden_size); }
+
+void CudaEngine::tp_allreduce(float* x, std::int64_t count) {
+#if HYLO_WITH_NCCL
+  if (tp_ == nullptr || count == 0) return;
+  auto& m = *impl_;
+  m.timed("tp allreduce", [&] { tp_->allreduce_sum_on(x, count, m.stream); });
 #else
-  (void)T;
+  (void)x;
+  (void)count;
+#endif
+}
+
+// ---- Context parallelism (CudaEngine's constructor comment; PARALLEL.md 2) ----
+
+std::vector<CudaEngine::CpPiece> CudaEngine::cp_pieces(const comm::SequencePartition& part) const {
+  // Each of this rank's ranges in near-equal pieces of at most prefill_chunk tokens (no 1-token tail piece).
+  const std::int64_t C = std::min(options_.prefill_chunk, capacity_);
+  std::vector<CpPiece> out;
+  std::int64_t row = 0;
+  int slot = 0;
+  for (const auto& r : part.ranges(cp_rank_)) {
+    const std::int64_t len = r.size();
+    if (len > 0) {
+      const std::int64_t n = (len + C - 1) / C, base = len / n, extra = len % n;
+      std::int64_t off = 0;
+      for (std::int64_t i = 0; i < n; ++i) {
+        const std::int64_t l = base + (i < extra ? 1 : 0);
+        out.push_back(CpPiece{r.begin + off, row + off, l, slot});
+        off += l;
+      }
+    }
+    row += len;
+    ++slot;
+  }
+  return out;
+}
+
+void CudaEngine::cp_prefill(std::span<const std::int32_t> tokens) {
+#if HYLO_WITH_NCCL
+  auto& m = *impl_;
+  cudaStream_t st = m.stream;
+  const auto L = static_cast<std::int64_t>(tokens.size());
+  const std::int64_t H = config_.hidden_size;
+  const comm::SequencePartition part(split_, L, cp_size_);
+  const std::vector<CpPiece> pieces = cp_pieces(part);
+  const std::int64_t Tl = part.local_size(cp_rank_);
+  if (Tl > local_cap_) {
+    throw Error(ErrorKind::kInternal, "", "context parallelism",
+                "the local share " + std::to_string(Tl) + " exceeds the planned shard " + std::to_string(local_cap_));
+  }
+  if (Tl > 0) {
+    std::vector<std::int32_t> mine;
+    mine.reserve(static_cast<std::size_t>(Tl));
+    for (const auto& r : part.ranges(cp_rank_)) mine.insert(mine.end(), tokens.begin() + r.begin, tokens.begin() + r.end);
+    HYLO_CUDA_CHECK(cudaMemcpyAsync(m.cp_ids.get(), mine.data(), sizeof(std::int32_t) * mine.size(), cudaMemcpyHostToDevice, st));
+    k::EmbeddingCudaParams p;
+    p.T = Tl;
+    p.hidden = H;
+    p.ids = m.cp_ids.get();
+    p.table = m.embed.get();
+    p.vocab_begin = vocab_begin_;
+    p.vocab_local = config_.vocab_size;
+    p.out = m.cp_x.get();
+    k::embedding_cuda(p, st);
+  }
+  tp_allreduce(m.cp_x.get(), Tl * H);
+  for (std::size_t li = 0; li < m.layers.size(); ++li) {
+    if (m.layers[li].kind == MixerKind::kMLA) {
+      cp_mla_layer(li, part, pieces);
+    } else {
+      cp_recurrent_layer(li, part, pieces);
+    }
+    tp_allreduce(m.cp_x.get(), Tl * H);
+    for (const auto& pc : pieces) mlp_block(li, m.cp_x.get() + pc.row * H, pc.len);
+    tp_allreduce(m.cp_x.get(), Tl * H);
+  }
+  // The last prompt token's residual row on every CP rank: its owner's row, zeros elsewhere, summed (exact).
+  const comm::TokenOwner last = part.owner(L - 1);
+  if (last.cp_rank == cp_rank_) {
+    HYLO_CUDA_CHECK(cudaMemcpyAsync(m.x.get(), m.cp_x.get() + last.local_index * H, sizeof(float) * H,
+                                    cudaMemcpyDeviceToDevice, st));
+  } else {
+    HYLO_CUDA_CHECK(cudaMemsetAsync(m.x.get(), 0, sizeof(float) * H, st));
+  }
+  m.timed("cp exchange", [&] { cp_->allreduce_sum_on(m.x.get(), H, st); });
+  length_ = L;
+  cp_rows_ = Tl;
+#else
+  (void)tokens;
+#endif
+}
+
+void CudaEngine::cp_mla_layer(std::size_t li, const comm::SequencePartition& part, const std::vector<CpPiece>& pieces) {
+#if HYLO_WITH_NCCL
+  auto& m = *impl_;
+  cudaStream_t st = m.stream;
+  auto& L = m.layers[li];
+  auto& S = m.states[li];
+  const auto& a = config_.mla;
+  const std::int64_t H = config_.hidden_size;
+  const std::int64_t r = a.kv_lora_rank, dr = a.qk_rope_head_dim, dn = a.qk_nope_head_dim, dv = a.v_head_dim;
+  const std::int64_t nH = a.num_heads, nKV = a.num_kv_heads, dqk = dn + dr, lat = r + dr, ql = a.q_lora_rank;
+  const k::MlaShape shape{nH, nKV, r, dn, dr, dv};
+  bf16* cache = S.latents.get();
+  // 1. This rank's latents into its shard, in local order.
+  for (const auto& pc : pieces) {
+    float* x = m.cp_x.get() + pc.row * H;
+    m.project(m.rms(x, L.input_norm), pc.len, H, m.h.get(), L.mla.kv_a, lat, m.f3.get(), false, false);
+    m.timed("norm + elementwise", [&] {
+      k::MlaLatentAppendParams ap;
+      ap.T = pc.len;
+      ap.r = r;
+      ap.dr = dr;
+      ap.ckv = m.f3.get();
+      ap.norm_w = L.mla.kv_a_norm.size() > 0 ? L.mla.kv_a_norm.get() : nullptr;
+      ap.eps = m.eps;
+      ap.inv_freq = m.inv_freq.get();
+      ap.attention_factor = m.rope_factor;
+      ap.pos0 = pc.pos;
+      ap.row0 = pc.row;
+      ap.cache = cache;
+      k::mla_append_latent_cuda(ap, st);
+    });
+  }
+  // 2. Every rank's latents: one all-gather of the largest share (r + dr bf16 per token).
+  std::int64_t maxloc = 0;
+  for (int j = 0; j < cp_size_; ++j) maxloc = std::max(maxloc, part.local_size(j));
+  m.timed("cp exchange", [&] { cp_->allgather_on(cache, m.cp_gather.get(), maxloc * lat * 2, st); });
+  // 3. K/V of every position a local query sees, decompressed once into the shared buffer.
+  std::int64_t hi = 0;
+  for (const auto& pc : pieces) hi = std::max(hi, pc.pos + pc.len);
+  const std::int64_t B = std::min(options_.attention_block, capacity_);
+  for (int j = 0; j < cp_size_; ++j) {
+    std::int64_t koff = 0;
+    for (const auto& kr : part.ranges(j)) {
+      for (std::int64_t b0 = kr.begin; b0 < std::min(kr.end, hi); b0 += B) {
+        const std::int64_t n = std::min(B, std::min(kr.end, hi) - b0);
+        const bf16* src = m.cp_gather.get() + (j * maxloc + koff + (b0 - kr.begin)) * lat;
+        m.linear(src, n, L.mla.kv_b, nKV * (dn + dv), r, m.kvb.get(), true, false, lat);
+        m.timed("attention", [&] {
+          k::mla_assemble_kv_cuda(shape, n, m.kvb.get(), src, m.cp_K.get() + b0 * nKV * dqk, m.cp_V.get() + b0 * nKV * dv, st);
+        });
+      }
+      koff += kr.size();
+    }
+  }
+  // 4. Each piece's queries over the keys [0, pos + len) (the causal diagonal included), into out_proj.
+  for (const auto& pc : pieces) {
+    float* x = m.cp_x.get() + pc.row * H;
+    float* qa = m.f1.get();
+    float* q = m.f2.get();
+    const std::int64_t T = pc.len;
+    m.project(m.rms(x, L.input_norm), T, H, m.h.get(), L.mla.q_a, ql, qa, false, false);
+    if (L.mla.q_a_norm.size() > 0) {
+      m.project(m.rms(qa, L.mla.q_a_norm), T, ql, m.b1.get(), L.mla.q_b, nH * dqk, q, false, false);
+    } else {
+      k::convert_bf16_cuda(qa, m.b1.get(), T * ql, st);
+      m.linear(m.b1.get(), T, L.mla.q_b, nH * dqk, ql, q, false, false);
+    }
+    m.timed("norm + elementwise", [&] {
+      k::RopeCudaParams rq{T, nH, dr, q + dn, nH * dqk, dqk, pc.pos, m.inv_freq.get(), m.rope_factor, nullptr};
+      k::rope_interleaved_cuda(rq, st);
+    });
+    k::convert_bf16_cuda(q, m.b1.get(), T * nH * dqk, st);
+    m.attend(a, m.b1.get(), m.cp_K.get(), m.cp_V.get(), T, pc.pos + T, pc.pos, m.b2.get());
+    m.linear(m.b2.get(), T, L.mla.out, H, nH * dv, x, false, tp_rank_ == 0);
+  }
+#else
+  (void)li;
+  (void)part;
+  (void)pieces;
+#endif
+}
+
+void CudaEngine::cp_recurrent_layer(std::size_t li, const comm::SequencePartition& part,
+                                    const std::vector<CpPiece>& pieces) {
+#if HYLO_WITH_NCCL
+  auto& m = *impl_;
+  cudaStream_t st = m.stream;
+  auto& Ly = m.layers[li];
+  auto& S = m.states[li];
+  const bool mamba = Ly.kind == MixerKind::kMamba2;
+  const std::int64_t H = config_.hidden_size;
+  // Sizes: conv window W and channels Cc; the summary [transition | S_loc] (sum_n floats) and the state (state_n).
+  std::int64_t W = 0, Cc = 0, trans_n = 0, state_n = 0;
+  if (mamba) {
+    const auto& c = config_.mamba2;
+    W = c.d_conv - 1;
+    Cc = c.conv_channels();
+    trans_n = c.num_heads;
+    state_n = c.num_heads * c.head_dim * c.d_state;
+  } else {
+    const auto& c = config_.gdn;
+    W = c.conv_size - 1;
+    Cc = 2 * c.key_dim() + c.value_dim();
+    trans_n = c.num_v_heads * c.head_k_dim * c.head_k_dim;
+    state_n = c.num_v_heads * c.head_k_dim * c.head_v_dim;
+  }
+  const std::int64_t sum_n = trans_n + state_n;
+  const int slots = part.slots();
+  struct Seg {
+    std::int64_t pos, row, len;
+  };
+  std::vector<Seg> segs;
+  {
+    std::int64_t row = 0;
+    for (const auto& r : part.ranges(cp_rank_)) {
+      segs.push_back(Seg{r.begin, row, r.size()});
+      row += r.size();
+    }
+  }
+  auto d2d = [&](float* dst, const float* src, std::int64_t n) {
+    if (n > 0) HYLO_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(float) * n, cudaMemcpyDeviceToDevice, st));
+  };
+  // 1. Conv halos: the last W raw (pre-conv) rows of each local chunk, right-aligned; one all-gather.
+  HYLO_CUDA_CHECK(cudaMemsetAsync(m.cp_halo.get(), 0, sizeof(float) * slots * W * Cc, st));
+  for (int s = 0; s < slots; ++s) {
+    const Seg& g = segs[static_cast<std::size_t>(s)];
+    if (g.len == 0 || W == 0) continue;
+    const std::int64_t n = std::min(g.len, W);
+    const float* x = m.cp_x.get() + (g.row + g.len - n) * H;
+    const float* raw = nullptr;
+    std::int64_t stride = 0;
+    if (mamba) {
+      const auto& c = config_.mamba2;
+      m.project(m.rms(x, Ly.input_norm), n, H, m.h.get(), Ly.mamba.in_proj, c.in_proj_rows(), m.f1.get(), false, false);
+      raw = m.f1.get() + c.d_inner;
+      stride = c.in_proj_rows();
+    } else {
+      const auto& c = config_.gdn;
+      stride = 2 * c.key_dim() + 2 * c.value_dim() + 2 * c.num_v_heads;
+      m.project(m.rms(x, Ly.input_norm), n, H, m.h.get(), Ly.gdn.qkvgab, stride, m.fused.get(), false, false);
+      raw = m.fused.get();
+    }
+    HYLO_CUDA_CHECK(cudaMemcpy2DAsync(m.cp_halo.get() + (s * W + W - n) * Cc, sizeof(float) * Cc, raw, sizeof(float) * stride,
+                                      sizeof(float) * Cc, static_cast<std::size_t>(n), cudaMemcpyDeviceToDevice, st));
+  }
+  m.timed("cp exchange", [&] { cp_->allgather_on(m.cp_halo.get(), m.cp_halo_all.get(), slots * W * Cc * 4, st); });
+  // The conv state entering position p: the raw rows of positions p - W .. p - 1 (zeros before the sequence). Each
+  // lies among the last W positions of the chunk that holds it, so it is in that chunk's tail.
+  auto conv_rows = [&](std::int64_t p, float* dst) {
+    for (std::int64_t i = 0; i < W; ++i) {
+      const std::int64_t q = p - W + i;
+      float* row = dst + i * Cc;
+      if (q < 0) {
+        HYLO_CUDA_CHECK(cudaMemsetAsync(row, 0, sizeof(float) * Cc, st));
+        continue;
+      }
+      for (int c = 0; c < part.num_chunks(); ++c) {
+        const comm::TokenRange ch = part.chunk(c);
+        if (!ch.contains(q)) continue;
+        const std::int64_t idx = W - (ch.end - q);
+        d2d(row, m.cp_halo_all.get() + ((static_cast<std::int64_t>(part.chunk_owner(c)) * slots + part.chunk_slot(c)) * W + idx) * Cc, Cc);
+        break;
+      }
+    }
+  };
+  for (int s = 0; s < slots; ++s) conv_rows(segs[static_cast<std::size_t>(s)].pos, m.cp_conv_in.get() + s * W * Cc);
+  conv_rows(part.length(), mamba ? S.conv.get() : S.conv_qkv.get());  // the state after the whole prompt
+  // 2. Each local chunk from a zero state: its summary [transition | S_loc] (Mamba2: log decay; GDN: M from I).
+  HYLO_CUDA_CHECK(cudaMemsetAsync(m.cp_sum.get(), 0, sizeof(float) * slots * sum_n, st));
+  for (int s = 0; s < slots; ++s) {
+    float* sum = m.cp_sum.get() + s * sum_n;
+    if (!mamba) d2d(sum, m.cp_eye.get(), trans_n);
+    const Seg& g = segs[static_cast<std::size_t>(s)];
+    if (g.len == 0) continue;
+    d2d(m.cp_conv.get(), m.cp_conv_in.get() + s * W * Cc, W * Cc);
+    for (const auto& pc : pieces) {
+      if (pc.slot != s) continue;
+      float* x = m.cp_x.get() + pc.row * H;
+      if (mamba) {
+        mamba2_mixer(li, x, pc.len, m.cp_conv.get(), sum + trans_n, m.cp_ld.get(), false);
+        k::add_inplace_cuda(sum, m.cp_ld.get(), trans_n, st);
+      } else {
+        gdn_mixer(li, x, pc.len, m.cp_conv.get(), sum + trans_n, sum, false);
+      }
+    }
+  }
+  m.timed("cp exchange", [&] { cp_->allgather_on(m.cp_sum.get(), m.cp_sum_all.get(), slots * sum_n * 4, st); });
+  // 3. Composition in sequence order (the same on every rank): each local chunk's incoming state, and the final one.
+  float* cur = m.cp_cur.get();
+  float* nxt = m.cp_tmp.get();
+  HYLO_CUDA_CHECK(cudaMemsetAsync(cur, 0, sizeof(float) * state_n, st));
+  for (int c = 0; c < part.num_chunks(); ++c) {
+    const int owner = part.chunk_owner(c), slot = part.chunk_slot(c);
+    if (owner == cp_rank_) d2d(m.cp_in.get() + slot * state_n, cur, state_n);
+    const float* sm = m.cp_sum_all.get() + (static_cast<std::int64_t>(owner) * slots + slot) * sum_n;
+    m.timed("cp exchange", [&] {
+      if (mamba) {
+        const auto& cf = config_.mamba2;
+        k::mamba2_compose_cuda(cf.num_heads, cf.head_dim * cf.d_state, sm, sm + trans_n, cur, st);
+      } else {
+        const auto& cf = config_.gdn;
+        k::gdn_compose_cuda(cf.num_v_heads, cf.head_k_dim, cf.head_v_dim, sm, sm + trans_n, cur, nxt, st);
+        std::swap(cur, nxt);
+      }
+    });
+  }
+  d2d(mamba ? S.ssm.get() : S.gdn.get(), cur, state_n);
+  // 4. The exact pass: each chunk again from its incoming conv and recurrent states, into the out-projection.
+  for (int s = 0; s < slots; ++s) {
+    if (segs[static_cast<std::size_t>(s)].len == 0) continue;
+    d2d(m.cp_conv.get(), m.cp_conv_in.get() + s * W * Cc, W * Cc);
+    float* state = m.cp_in.get() + s * state_n;
+    for (const auto& pc : pieces) {
+      if (pc.slot != s) continue;
+      float* x = m.cp_x.get() + pc.row * H;
+      if (mamba) {
+        mamba2_mixer(li, x, pc.len, m.cp_conv.get(), state, nullptr, true);
+      } else {
+        gdn_mixer(li, x, pc.len, m.cp_conv.get(), state, nullptr, true);
+      }
+    }
+  }
+#else
+  (void)li;
+  (void)part;
+  (void)pieces;
 #endif
 }
 

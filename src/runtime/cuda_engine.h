@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "comm/parallel_state.h"
 #include "model/config.h"
 #include "model/model_weights.h"
 
@@ -48,12 +49,18 @@ struct CudaMemoryPlan {
   std::uint64_t latent_cache = 0;  // capacity tokens x MLA layers x (r + dr) x 2
   std::uint64_t states = 0;        // conv + SSM / GDN states (fp32)
   std::uint64_t workspace = 0;     // activations of one prefill chunk, K/V blocks, scan scratch, logits
-  std::uint64_t prefill_kv = 0;    // decompressed K/V of every position (0 when prefill_kv_cache is off)
+  std::uint64_t prefill_kv = 0;    // decompressed K/V of every position (0 when prefill_kv_cache is off); with CP
+                                   // one buffer for all layers plus the gathered latents of one layer
   std::uint64_t total() const { return weights + latent_cache + states + workspace + prefill_kv; }
   std::string describe() const;
 };
 
-CudaMemoryPlan plan_cuda_memory(const ModelConfig& config, const CudaEngineOptions& options, std::int64_t capacity);
+// With cp > 1: one rank of a context-parallel group (its latent shard, the local residual stream, the shared K/V).
+CudaMemoryPlan plan_cuda_memory(const ModelConfig& config, const CudaEngineOptions& options, std::int64_t capacity,
+                                int cp = 1);
+// Latent rows a CP rank holds for a sequence of `capacity` tokens: its prompt share (zigzag or contiguous, at most
+// ceil(L / cp) + 2) plus the decode tokens it stores (round-robin), with a small margin.
+std::int64_t cp_local_capacity(std::int64_t capacity, int cp);
 
 class CudaEngine {
  public:
@@ -66,8 +73,29 @@ class CudaEngine {
   // every MLP on its stream (rank 0 adds the old residual, the others their partial sums only), and returns logits
   // of its vocab slice [vocab_begin(), vocab_begin() + config().vocab_size). forward_top merges every rank's
   // candidates, so it returns the global top-k on every rank. Every rank runs the same calls in the same order.
+  //
+  // Context parallelism: with `cp` (an NCCL communicator of the CP group, size > 1) the engine is one rank of a CP
+  // group, with the algorithms of the CPU runtime (PARALLEL.md 2; runtime/engine.h):
+  //  - the first forward() of a sequence is the whole prompt, the same on every CP rank; it is cut by `split`
+  //    (comm::SequencePartition) and each rank runs its tokens through every layer, in pieces of at most
+  //    prefill_chunk tokens (activation memory O(chunk), plus the fp32 residual of its tokens);
+  //  - MLA: each rank appends its tokens' latents to its shard, one all-gather per layer brings every rank's latents
+  //    (r + dr bf16 per token: 0.4-0.5 KB), they are decompressed once into a shared K/V buffer of the prompt, and
+  //    each local piece attends the keys before it (cuDNN SDPA, the causal diagonal included);
+  //  - Mamba2 / GDN: conv halos (the last K-1 raw rows of every chunk, one all-gather), a scan of each chunk from a
+  //    zero state giving its summary (Mamba2: log decay and S_loc; GDN: the transition M, by the same chunked scan
+  //    run from the identity with v = 0, and S_loc), one all-gather, the composition in sequence order
+  //    (kernels/cp_compose_cuda.h), then the exact scan of each chunk again from its incoming state (the
+  //    projections and scans run twice; no per-token output is kept across the exchange);
+  //  - every CP rank ends with the full recurrent states (replicated) and its latent shard; logits of the last
+  //    prompt token on every rank;
+  //  - decode steps (one token) run replicated on every CP rank; MLA attends each shard (absorbed form) and the
+  //    (o_lat, lse) partials are all-gathered and merged in rank order (bitwise the same on every rank); the new
+  //    latent is stored by rank comm::decode_owner(position). Captured in the decode graph like one GPU's steps.
+  // TP and CP combine (one communicator each, on the same device). Builds without NCCL refuse tp / cp.
   CudaEngine(ModelConfig config, const ModelWeights& weights, std::int64_t capacity, CudaEngineOptions options = {},
-             comm::NcclCommunicator* tp = nullptr);
+             comm::NcclCommunicator* tp = nullptr, comm::NcclCommunicator* cp = nullptr,
+             comm::SeqSplit split = comm::SeqSplit::kZigzag);
   ~CudaEngine();
   CudaEngine(const CudaEngine&) = delete;
   CudaEngine& operator=(const CudaEngine&) = delete;
@@ -77,6 +105,9 @@ class CudaEngine {
   std::int64_t vocab_begin() const { return vocab_begin_; }
   std::int64_t vocab_total() const { return vocab_total_; }
   int tp_size() const { return tp_size_; }
+  int cp_size() const { return cp_size_; }
+  int cp_rank() const { return cp_rank_; }
+  comm::SeqSplit cp_split() const { return split_; }
   const CudaMemoryPlan& plan() const { return plan_; }
   std::int64_t length() const { return length_; }
   std::int64_t capacity() const { return capacity_; }
@@ -116,6 +147,23 @@ class CudaEngine {
   void enqueue_head(std::int64_t row);                                // final norm + LM head of one row -> logits
   void run_step(std::int32_t token);                                  // a decode step (graph or launches), no sync
   void tp_allreduce_residual(std::int64_t T);                         // TP: sum the residual stream's partials
+  void tp_allreduce(float* x, std::int64_t count);
+  // One layer's pieces (the residual rows x [T, H]; states given explicitly so that CP can run a chunk from any state).
+  // output = false: the scan only (state / summary), no out-projection. log_decay (Mamba2) / M (GDN): the chunk's
+  // transition, advanced over the T tokens (null: not wanted).
+  void mamba2_mixer(std::size_t li, float* x, std::int64_t T, float* conv, float* ssm, float* log_decay, bool output);
+  void gdn_mixer(std::size_t li, float* x, std::int64_t T, float* conv, float* state, float* M, bool output);
+  void mlp_block(std::size_t li, float* x, std::int64_t T);
+  // Context-parallel prefill of the whole prompt (fresh sequence); leaves the last token's residual row in row 0 of
+  // the chunk residual on every rank.
+  struct CpPiece {
+    std::int64_t pos = 0, row = 0, len = 0;
+    int slot = 0;
+  };
+  std::vector<CpPiece> cp_pieces(const comm::SequencePartition& part) const;
+  void cp_prefill(std::span<const std::int32_t> tokens);
+  void cp_mla_layer(std::size_t li, const comm::SequencePartition& part, const std::vector<CpPiece>& pieces);
+  void cp_recurrent_layer(std::size_t li, const comm::SequencePartition& part, const std::vector<CpPiece>& pieces);
   ModelConfig config_;
   CudaEngineOptions options_;
   CudaMemoryPlan plan_;
@@ -124,6 +172,12 @@ class CudaEngine {
   comm::NcclCommunicator* tp_ = nullptr;
   int tp_size_ = 1;
   int tp_rank_ = 0;
+  comm::NcclCommunicator* cp_ = nullptr;
+  int cp_size_ = 1;
+  int cp_rank_ = 0;
+  comm::SeqSplit split_ = comm::SeqSplit::kZigzag;
+  std::int64_t local_cap_ = 0;  // CP: latent rows of this rank's shard (capacity without CP)
+  std::int64_t cp_rows_ = 0;    // CP: latent rows this rank holds now
   std::int64_t vocab_begin_ = 0;
   std::int64_t vocab_total_ = 0;
   std::unique_ptr<Impl> impl_;

@@ -1,0 +1,244 @@
+// Context parallelism of the CUDA engine over NCCL (issue 7): CP = number of ranks (one GPU each), and TP 2 x CP 2
+// on 4 ranks, against the single-GPU engine run on every rank with the whole model (CTest comm_cuda_cp_np2 and
+// comm_cuda_cp_np4, label gpu; the GPU machine: `mpirun -np N -x NCCL_NVLS_ENABLE=0`). Exit 77 on every rank
+// without a CUDA device.
+//
+// What differs from one GPU is the order of fp32 sums (a chunk's scan from a zero state composed with its incoming
+// state by the transition, attention of a piece over all keys at once) and where that moves a bf16 rounding, so
+// logits are held to the TP test's 1e-2 relative L2 on the well-conditioned golden "mixed" layout (MLA, Mamba2 and
+// GDN layers, HF-made) and greedy decoding must pick the same tokens (teacher-forced: both engines get the
+// single-GPU engine's token, so a disagreement is counted once). hylo-tiny with random weights is badly conditioned
+// (bf16 rounding alone moves its logits by ~2.6e-2, test_cuda_engine): held to 2e-2 per the GPU-vs-CPU bound there.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "comm/mpi_communicator.h"
+#include "common/error.h"
+#include "comm/nccl_communicator.h"
+#include "comm/stats.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "model/model_weights.h"
+#include "model/presets.h"
+#include "model/weights.h"
+#include "mpi_gtest_main.h"
+#include "runtime/cuda_engine.h"
+
+namespace hylo {
+namespace {
+
+std::vector<std::int32_t> prompt_of(std::int64_t n, std::int64_t vocab, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<std::int32_t> d(0, static_cast<std::int32_t>(vocab - 1));
+  std::vector<std::int32_t> p(static_cast<std::size_t>(n));
+  for (auto& t : p) t = d(rng);
+  return p;
+}
+
+double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+std::int32_t argmax(const std::vector<float>& v) {
+  return static_cast<std::int32_t>(std::max_element(v.begin(), v.end()) - v.begin());  // first of ties
+}
+
+struct Model {
+  ModelConfig cfg;
+  ModelWeights w;
+};
+
+Model golden_mixed() {
+  namespace fs = std::filesystem;
+  const char* src = std::getenv("HYLO_SOURCE_DIR");
+  const fs::path dir = fs::path(src != nullptr ? src : HYLO_SOURCE_DIR) / "tests" / "golden" / "mixed";
+  Model m{load_model_config(dir), {}};
+  const auto ckpt = SafetensorsCheckpoint::open(dir);
+  m.w = load_model_weights(m.cfg, bind_weights(m.cfg, ckpt));
+  round_weights_to_bf16(m.w);
+  return m;
+}
+
+Model tiny() {
+  Model m{load_preset("hylo-tiny"), {}};
+  m.w = random_model_weights(m.cfg, 17);
+  round_weights_to_bf16(m.w);
+  return m;
+}
+
+struct Result {
+  double prefill = 0, decode = 0;
+  int same = 0, steps = 0;
+};
+
+// One sequence on both engines: the prompt, then `steps` greedy steps alternating the two decode paths (logits to
+// the host, compared; the GPU top-1). `gather` turns the parallel engine's logits into the full vocabulary row.
+template <class Gather>
+void run_sequence(CudaEngine& one, CudaEngine& par, const std::vector<std::int32_t>& prompt, int steps, Gather gather,
+                  Result& res, const std::string& what) {
+  const std::int64_t V = one.config().vocab_size;
+  std::vector<float> ref(static_cast<std::size_t>(V)), mine(static_cast<std::size_t>(par.config().vocab_size));
+  one.reset();
+  par.reset();
+  one.forward(prompt, ref.data(), false);
+  par.forward(prompt, mine.data(), false);
+  auto all = gather(mine);
+  res.prefill = std::max(res.prefill, rel_l2(all, ref));
+  EXPECT_EQ(argmax(all), argmax(ref)) << what << ": prefill of " << prompt.size();
+  std::int32_t t = argmax(ref);
+  for (int i = 0; i < steps; ++i, ++res.steps) {
+    std::int32_t a = 0, b = 0;
+    if (i % 2 == 0) {
+      one.forward(std::span<const std::int32_t>(&t, 1), ref.data(), false);
+      par.forward(std::span<const std::int32_t>(&t, 1), mine.data(), false);
+      all = gather(mine);
+      res.decode = std::max(res.decode, rel_l2(all, ref));
+      a = argmax(ref);
+      b = argmax(all);
+    } else {
+      a = one.forward_top(std::span<const std::int32_t>(&t, 1), 1)[0].second;
+      b = par.forward_top(std::span<const std::int32_t>(&t, 1), 1)[0].second;
+    }
+    res.same += a == b ? 1 : 0;
+    EXPECT_EQ(a, b) << what << ": decode step " << i << " after a prompt of " << prompt.size();
+    t = a;
+  }
+  EXPECT_EQ(par.length(), one.length());
+}
+
+class CudaCp : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    using namespace comm;
+    world_ = std::make_unique<MpiCommunicator>(MpiCommunicator::world("world", std::make_shared<CommStats>()));
+    dev_ = select_local_device(*world_);
+  }
+  std::unique_ptr<comm::MpiCommunicator> world_;
+  comm::LocalDevice dev_;
+};
+
+// CP over all ranks, zigzag and contiguous: a prompt cut into pieces of 64 (prefill_chunk), 32 greedy steps; then
+// prompts shorter than 2 CP (ranks without tokens: empty chunks, identity summaries, empty latent shards) and a
+// one-token prompt, each with decode steps that wrap the round-robin latent owner several times.
+TEST_F(CudaCp, GoldenMixedMatchesOneGpu) {
+  using namespace comm;
+  auto cp = NcclCommunicator::create(*world_, NcclOptions{120.0}, "cp");
+  const Model m = golden_mixed();
+  CudaEngineOptions o;
+  o.prefill_chunk = 64;
+  o.attention_block = 100;  // K/V decompressed in blocks that straddle the chunks
+  o.device = dev_.device;
+  CudaEngine one(m.cfg, m.w, 400, o);
+  for (const SeqSplit split : {SeqSplit::kZigzag, SeqSplit::kContiguous}) {
+    const char* name = split == SeqSplit::kZigzag ? "zigzag" : "contiguous";
+    CudaEngine par(m.cfg, m.w, 400, o, nullptr, cp.get(), split);
+    ASSERT_EQ(par.cp_size(), world_->size());
+    auto same_row = [](const std::vector<float>& v) { return v; };
+    Result long_r, short_r;
+    run_sequence(one, par, prompt_of(300, m.cfg.vocab_size, 51), 32, same_row, long_r, name);
+    for (const std::int64_t n : {std::int64_t{1}, std::int64_t{3}, std::int64_t{2 * world_->size() + 1}}) {
+      run_sequence(one, par, prompt_of(n, m.cfg.vocab_size, 52 + n), 9, same_row, short_r, name);
+    }
+    if (world_->rank() == 0) {
+      std::printf("  CP %d %s vs one GPU, golden mixed: 300-token prompt logits rel L2 %.2e, decode %.2e, greedy %d/%d; "
+                  "short prompts (1, 3, 2 CP + 1): prefill %.2e, decode %.2e, greedy %d/%d\n",
+                  world_->size(), name, long_r.prefill, long_r.decode, long_r.same, long_r.steps, short_r.prefill,
+                  short_r.decode, short_r.same, short_r.steps);
+    }
+    EXPECT_LE(long_r.prefill, 1e-2) << name;
+    EXPECT_LE(long_r.decode, 1e-2) << name;
+    EXPECT_LE(short_r.prefill, 1e-2) << name;
+    EXPECT_LE(short_r.decode, 1e-2) << name;
+    // Usage errors: a second prompt into a CP sequence, and all_logits.
+    std::vector<float> lg(static_cast<std::size_t>(m.cfg.vocab_size * 2));
+    const auto two = prompt_of(2, m.cfg.vocab_size, 9);
+    EXPECT_THROW(par.forward(two, lg.data(), false), Error);
+    par.reset();
+    EXPECT_THROW(par.forward(two, lg.data(), true), Error);
+  }
+}
+
+TEST_F(CudaCp, TinyRandomMatchesOneGpu) {
+  using namespace comm;
+  auto cp = NcclCommunicator::create(*world_, NcclOptions{120.0}, "cp");
+  const Model m = tiny();
+  CudaEngineOptions o;
+  o.prefill_chunk = 128;
+  o.device = dev_.device;
+  CudaEngine one(m.cfg, m.w, 600, o);
+  CudaEngine par(m.cfg, m.w, 600, o, nullptr, cp.get());
+  Result r;
+  run_sequence(one, par, prompt_of(500, m.cfg.vocab_size, 61), 32, [](const std::vector<float>& v) { return v; }, r,
+               "hylo-tiny");
+  if (world_->rank() == 0) {
+    std::printf("  CP %d zigzag vs one GPU, hylo-tiny (random weights): 500-token prompt logits rel L2 %.2e, decode "
+                "%.2e, greedy %d/%d\n",
+                world_->size(), r.prefill, r.decode, r.same, r.steps);
+  }
+  EXPECT_LE(r.prefill, 2e-2);
+  EXPECT_LE(r.decode, 2e-2);
+}
+
+// TP 2 x CP 2 on 4 ranks (skipped with another world size): the TP ranks' vocabulary slices gathered over TP.
+TEST_F(CudaCp, TpTimesCpMatchesOneGpu) {
+  using namespace comm;
+  if (world_->size() != 4) GTEST_SKIP() << "TP 2 x CP 2 needs 4 ranks";
+  ParallelComms pc = make_parallel_comms(ParallelState(4, world_->rank(), Layout{1, 2, 2}), *world_);
+  auto tp = NcclCommunicator::create(pc.tp, NcclOptions{120.0}, "tp");
+  auto cp = NcclCommunicator::create(pc.cp, NcclOptions{120.0}, "cp");
+  const Model m = golden_mixed();
+  CudaEngineOptions o;
+  o.prefill_chunk = 64;
+  o.device = dev_.device;
+  CudaEngine one(m.cfg, m.w, 400, o);
+  CudaEngine par(m.cfg, m.w, 400, o, tp.get(), cp.get());
+  ASSERT_EQ(par.tp_size(), 2);
+  ASSERT_EQ(par.cp_size(), 2);
+  auto gather = [&](const std::vector<float>& slice) {
+    std::vector<float> all(slice.size() * 2);
+    pc.tp.allgather(slice.data(), all.data(), static_cast<std::int64_t>(slice.size() * sizeof(float)));
+    return all;
+  };
+  Result r;
+  run_sequence(one, par, prompt_of(300, m.cfg.vocab_size, 71), 32, gather, r, "tp2 x cp2");
+  if (world_->rank() == 0) {
+    std::printf("  TP 2 x CP 2 vs one GPU, golden mixed: logits rel L2 %.2e, decode %.2e, greedy %d/%d\n", r.prefill,
+                r.decode, r.same, r.steps);
+  }
+  EXPECT_LE(r.prefill, 1e-2);
+  EXPECT_LE(r.decode, 1e-2);
+}
+
+}  // namespace
+}  // namespace hylo
+
+int main(int argc, char** argv) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("skip: no CUDA device (the CP test needs one GPU per rank)\n");
+    return 77;
+  }
+  // NCCL refuses two ranks of a communicator on one device: fewer GPUs than ranks skips (every rank decides alike).
+  const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
+  if (size != nullptr && std::atoi(size) > devices) {
+    std::printf("skip: %s ranks but %d CUDA devices (the CP test needs one GPU per rank)\n", size, devices);
+    return 77;
+  }
+  return hylo::testing_mpi::run_all(argc, argv, "test_cuda_cp");
+}
