@@ -13,10 +13,11 @@ tests=(test_gpu_smoke test_gemm_cuda test_elementwise_cuda test_scans_cuda test_
 case "${1:-}" in
   pack)
     cmake -S . -B build-gpu -G Ninja -DHYLO_WERROR=ON >/dev/null || exit 1
-    cmake --build build-gpu -j "$(nproc)" --target hylo "${tests[@]}" test_comm_nccl test_cuda_tp test_cuda_cp || exit 1
+    cmake --build build-gpu -j "$(nproc)" --target hylo "${tests[@]}" test_comm_nccl test_cuda_tp test_cuda_cp hylo-launch || exit 1
     # One xz tarball: the device tool carries at most 64 MiB, the stripped binaries are ~65 MB, the tarball ~9 MB.
     rm -rf .carry && mkdir -p .carry/bin
     cp build-gpu/src/hylo .carry/bin/hylo
+    cp build-gpu/launcher/hylo-launch .carry/bin/hylo-launch
     for t in "${tests[@]}"; do cp "build-gpu/tests/$t" ".carry/bin/$t"; done
     cp build-gpu/tests/mpi/test_comm_nccl build-gpu/tests/mpi/test_cuda_tp build-gpu/tests/mpi/test_cuda_cp .carry/bin/
     strip .carry/bin/* 2>/dev/null

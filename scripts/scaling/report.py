@@ -13,10 +13,14 @@ import argparse
 import json
 import os
 
+COMM_OPS = ("tp allreduce", "cp exchange", "cp merge")
+
 
 def split(p):
     comm = float(p.get("comm_seconds") or 0.0)
     ops = p.get("prefill_op_seconds") or {}
+    # GPU runs time their NCCL calls as op categories too (they are the exposed communication, comm_seconds).
+    ops = {k: v for k, v in ops.items() if k not in COMM_OPS}
     compute = sum(ops.values()) if ops else max(p["ttft_s"] - comm, 0.0)
     idle = max(p["ttft_s"] - compute - comm, 0.0)
     return compute, comm, idle

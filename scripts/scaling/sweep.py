@@ -4,8 +4,9 @@
   strong scaling: a fixed total prompt length, CP = 1, 2, 4, ... (each rank holds length / CP tokens)
   weak scaling:   a fixed length per rank, CP = 1, 2, 4, ... (total = per-rank length x CP)
 
-Each point runs `repeats` times; every run writes bench JSON (verified first by bench itself); the point keeps the
-median TTFT and decode ms/token and the run's communication totals. Results go to OUT/sweep.json; draw them with
+Each point is one `hylo bench` job (verified first by bench itself) timing the prompt `repeats` times in a row (bench
+--prefill L,L,L: the model, NCCL and the cuDNN graphs are set up once); the point keeps the median TTFT and decode
+ms/token and the last run's communication totals and per-op split. Results go to OUT/sweep.json; draw them with
 scripts/scaling/report.py (table + plots; needs matplotlib, so it can run on another machine).
 
 Example (4 GPUs):  scripts/scaling/sweep.py --mode strong --preset HyLo-Llama-6MLA22M2 --length 512K --cp 1,2,4
@@ -43,6 +44,7 @@ def main():
     ap.add_argument("--length", type=tokens, required=True, help="strong: total tokens; weak: tokens per rank")
     ap.add_argument("--cp", default="1,2,4", help="CP degrees, comma-separated")
     ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--cp-split", choices=["zigzag", "contiguous"], default="zigzag")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--decode-steps", type=int, default=16)
     ap.add_argument("--verify-tokens", type=int, default=16)
@@ -59,27 +61,28 @@ def main():
     points = []
     for cp in cps:
         total = a.length if a.mode == "strong" else a.length * cp
-        runs = []
-        for r in range(a.repeats):
-            js = os.path.join(a.out, f"{a.mode}-cp{cp}-tp{a.tp}-r{r}.json")
-            cmd = [a.hylo_launch, "--cp", str(cp), "--tp", str(a.tp)]
-            if a.hylo:
-                cmd += ["--hylo", a.hylo]
-            if a.oversubscribe:
-                cmd += ["--oversubscribe", "--env", "OMP_NUM_THREADS=1"]
-            cmd += ["--", "--log-level", "warn", "bench", "--preset", a.preset, "--device", a.device,
-                    "--prefill", str(total), "--decode-steps", str(a.decode_steps),
-                    "--verify-tokens", str(a.verify_tokens if r == 0 else 0), "--json", js]
-            print("sweep:", " ".join(cmd), flush=True)
-            t0 = time.time()
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
-            if p.returncode != 0:
-                sys.exit(f"sweep: run failed (exit {p.returncode}) after {time.time() - t0:.0f} s:\n{p.stdout}\n{p.stderr}")
-            with open(js) as f:
-                runs.append(json.load(f))
-        ttft = [r["runs"][0]["ttft_s"] for r in runs]
-        dec = [r["runs"][0]["decode_ms_per_token"] for r in runs]
-        last = runs[-1]["runs"][0]
+        js = os.path.join(a.out, f"{a.mode}-cp{cp}-tp{a.tp}.json")
+        cmd = [a.hylo_launch, "--cp", str(cp), "--tp", str(a.tp)]
+        if a.hylo:
+            cmd += ["--hylo", a.hylo]
+        if a.oversubscribe:
+            cmd += ["--oversubscribe", "--env", "OMP_NUM_THREADS=1"]
+        if a.device == "cuda":
+            cmd += ["--env", "NCCL_NVLS_ENABLE=0"]
+        cmd += ["--", "--log-level", "warn", "bench", "--preset", a.preset, "--device", a.device,
+                "--prefill", ",".join([str(total)] * a.repeats), "--decode-steps", str(a.decode_steps),
+                "--verify-tokens", str(a.verify_tokens), "--cp-split", a.cp_split, "--json", js]
+        print("sweep:", " ".join(cmd), flush=True)
+        t0 = time.time()
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+        if p.returncode != 0:
+            sys.exit(f"sweep: run failed (exit {p.returncode}) after {time.time() - t0:.0f} s:\n{p.stdout}\n{p.stderr}")
+        with open(js) as f:
+            bench = json.load(f)
+        runs = bench["runs"]
+        ttft = [r["ttft_s"] for r in runs]
+        dec = [r["decode_ms_per_token"] for r in runs]
+        last = runs[-1]
         points.append({
             "cp": cp, "tp": a.tp, "ranks": cp * a.tp, "prompt_tokens": total,
             "ttft_s": statistics.median(ttft), "ttft_all": ttft,
@@ -87,11 +90,12 @@ def main():
             "prefill_tokens_per_s": total / statistics.median(ttft),
             "comm_seconds": last.get("comm_seconds", 0.0), "comm_bytes": last.get("comm_bytes", 0),
             "prefill_op_seconds": last.get("prefill_op_seconds") or {},
-            "device": runs[-1].get("gpu", runs[-1].get("device")),
+            "device": bench.get("gpu", bench.get("device")),
         })
         print(f"sweep: cp {cp}: {total} tokens, TTFT {points[-1]['ttft_s']:.3f} s (median of {a.repeats}), "
               f"decode {points[-1]['decode_ms_per_token']:.2f} ms/token", flush=True)
     result = {"mode": a.mode, "preset": a.preset, "device": a.device, "length": a.length, "tp": a.tp,
+              "cp_split": a.cp_split,
               "repeats": a.repeats, "points": points,
               "date": time.strftime("%Y-%m-%d"), "host": os.uname().nodename}
     with open(os.path.join(a.out, "sweep.json"), "w") as f:

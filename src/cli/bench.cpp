@@ -178,7 +178,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
   // The verification's yardstick: how far bf16 rounding of the weights alone moves this model's logits in the
   // CPU engine (random initialisations can be badly conditioned; see docs/PERFORMANCE.md). Kept fp32 until then.
   std::optional<ModelWeights> exact;
-  if (gpu && a.verify_tokens > 0) exact.emplace(weights);
+  if (gpu && a.verify_tokens > 0 && root) exact.emplace(weights);
   round_weights_to_bf16(weights);
   const Footprint fp = compute_footprint(cfg, wopt);
   const std::string name = a.model.empty() ? a.preset : a.model;
@@ -249,31 +249,43 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     out["gpu_memory_planned_bytes"] = engine->plan().total();
     std::size_t free_b = 0, total_b = 0;
     if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) out["gpu_memory_used_bytes"] = total_b - free_b;
-    // Verify first: the same weights through the CPU reference on a short prompt (prefill + 2 decode steps).
+    // Verify first: the same weights through the CPU reference on a short prompt (prefill + 2 decode steps). The
+    // CPU side runs on rank 0 only (every rank runs the GPU engine: its collectives need them all); rank 0's
+    // tokens and verdict are broadcast.
     if (a.verify_tokens > 0) {
       const auto t_v = std::chrono::steady_clock::now();
       const auto prompt = random_prompt(a.verify_tokens, V, a.seed + 1);
-      std::vector<float> lx;
-      {
-        CpuEngine fp32(cfg, std::move(*exact));
-        exact.reset();
-        SequenceState sx = fp32.new_sequence();
-        fp32.prefill(sx, prompt, 0, lx, false);
-      }
-      CpuEngine cpu(cfg, weights);
-      SequenceState st = cpu.new_sequence();
+      std::optional<CpuEngine> cpu;
+      SequenceState st;
       std::vector<float> ref, got(static_cast<std::size_t>(engine->config().vocab_size));
-      cpu.prefill(st, prompt, 0, ref, false);
-      const double floor = rel_l2(ref, lx);
-      const double bound = std::max(2e-2, 1.25 * floor);
-      engine->forward(prompt, got.data(), false);
-      double worst = rel_l2(gather_vocab(got), ref);
-      for (int i = 0; i < 2; ++i) {
-        const std::int32_t t = static_cast<std::int32_t>(Sampler(SamplingParams{}).sample(ref.data(), V));
-        cpu.forward(st, std::span<const std::int32_t>(&t, 1), ref.data(), false);
-        engine->forward(std::span<const std::int32_t>(&t, 1), got.data(), false);
-        worst = std::max(worst, rel_l2(gather_vocab(got), ref));
+      double res[2] = {0.0, 0.0};  // worst rel L2, the bf16-weight floor
+      if (root) {
+        std::vector<float> lx;
+        {
+          CpuEngine fp32(cfg, std::move(*exact));
+          exact.reset();
+          SequenceState sx = fp32.new_sequence();
+          fp32.prefill(sx, prompt, 0, lx, false);
+        }
+        cpu.emplace(cfg, weights);
+        st = cpu->new_sequence();
+        cpu->prefill(st, prompt, 0, ref, false);
+        res[1] = rel_l2(ref, lx);
       }
+      engine->forward(prompt, got.data(), false);
+      auto all = gather_vocab(got);
+      if (root) res[0] = rel_l2(all, ref);
+      for (int i = 0; i < 2; ++i) {
+        std::int32_t t = root ? static_cast<std::int32_t>(Sampler(SamplingParams{}).sample(ref.data(), V)) : 0;
+        if (world) world->broadcast(&t, sizeof t, 0);
+        if (root) cpu->forward(st, std::span<const std::int32_t>(&t, 1), ref.data(), false);
+        engine->forward(std::span<const std::int32_t>(&t, 1), got.data(), false);
+        all = gather_vocab(got);
+        if (root) res[0] = std::max(res[0], rel_l2(all, ref));
+      }
+      if (world) world->broadcast(res, sizeof res, 0);
+      const double worst = res[0], floor = res[1];
+      const double bound = std::max(2e-2, 1.25 * floor);
       if (root) std::printf("verify          %lld-token prefill + 2 decode steps vs the CPU reference on the same bf16 weights: "
                   "logits rel L2 %.2e; bf16-weight floor of this model %.2e -> limit %.2e (%.1f s)\n",
                   static_cast<long long>(a.verify_tokens), worst, floor, bound, since(t_v));

@@ -39,7 +39,12 @@ std::uint64_t ModelWeights::bytes() const {
 
 void round_weights_to_bf16(ModelWeights& w) {
   w.for_each([](HostTensor& t) {
-    for (float& v : t.data) v = bf16_to_f32(f32_to_bf16(v));
+    const auto n = static_cast<std::int64_t>(t.data.size());
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+    for (std::int64_t i = 0; i < n; ++i) {
+      float& v = t.data[static_cast<std::size_t>(i)];
+      v = bf16_to_f32(f32_to_bf16(v));
+    }
   });
 }
 

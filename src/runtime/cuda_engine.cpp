@@ -1700,7 +1700,6 @@ void CudaEngine::cp_recurrent_layer(std::size_t li, const comm::SequencePartitio
       }
     });
   }
-  d2d(mamba ? S.ssm.get() : S.gdn.get(), cur, state_n);
   // 4. The exact pass: each chunk again from its incoming conv and recurrent states, into the out-projection.
   for (int s = 0; s < slots; ++s) {
     if (segs[static_cast<std::size_t>(s)].len == 0) continue;
@@ -1716,6 +1715,21 @@ void CudaEngine::cp_recurrent_layer(std::size_t li, const comm::SequencePartitio
       }
     }
   }
+  // The state after the whole prompt: the owner of the last token has it from the exact pass (its last chunk scanned
+  // from the incoming state), more accurate than composing one more transition (the GDN M comes from TF32 products):
+  // its copy, zeros elsewhere, summed over CP (exact).
+  const comm::TokenOwner last = part.owner(part.length() - 1);
+  float* final_state = mamba ? S.ssm.get() : S.gdn.get();
+  if (last.cp_rank == cp_rank_) {
+    int slot = 0;
+    for (const auto& pc : pieces) {
+      if (pc.row <= last.local_index && last.local_index < pc.row + pc.len) slot = pc.slot;
+    }
+    d2d(final_state, m.cp_in.get() + slot * state_n, state_n);
+  } else {
+    HYLO_CUDA_CHECK(cudaMemsetAsync(final_state, 0, sizeof(float) * state_n, st));
+  }
+  m.timed("cp exchange", [&] { cp_->allreduce_sum_on(final_state, state_n, st); });
 #else
   (void)li;
   (void)part;
