@@ -47,7 +47,8 @@ def main():
     ap.add_argument("--cp-split", choices=["zigzag", "contiguous"], default="zigzag")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--decode-steps", type=int, default=16)
-    ap.add_argument("--verify-tokens", type=int, default=16)
+    ap.add_argument("--verify-tokens", type=int, default=16,
+                    help="bench verifies the largest-CP point against the CPU reference first (0: off)")
     ap.add_argument("--hylo-launch", default=os.path.join(root, "build", "launcher", "hylo-launch"))
     ap.add_argument("--hylo", default="", help="hylo binary (default: next to hylo-launch)")
     ap.add_argument("--oversubscribe", action="store_true", help="more ranks than cores (CPU checks)")
@@ -71,7 +72,8 @@ def main():
             cmd += ["--env", "NCCL_NVLS_ENABLE=0"]
         cmd += ["--", "--log-level", "warn", "bench", "--preset", a.preset, "--device", a.device,
                 "--prefill", ",".join([str(total)] * a.repeats), "--decode-steps", str(a.decode_steps),
-                "--verify-tokens", str(a.verify_tokens), "--cp-split", a.cp_split, "--json", js]
+                "--verify-tokens", str(a.verify_tokens if cp == max(cps) else 0), "--cp-split", a.cp_split,
+                "--json", js]
         print("sweep:", " ".join(cmd), flush=True)
         t0 = time.time()
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)

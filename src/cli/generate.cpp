@@ -174,11 +174,6 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
 #if !HYLO_WITH_CUDA
   if (gpu) throw Error(ErrorKind::kUsage, "", "--device", "this hylo was built without CUDA (no nvcc at build time)");
 #endif
-  if (gpu && distributed && world->size() > 1 && a.cp > 1) {
-    throw Error(ErrorKind::kUsage, "", "--cp",
-                "context parallelism on GPUs is not implemented yet (TP is: --tp N --cp 1, one GPU per rank); the CPU "
-                "backend runs --cp");
-  }
   if (gpu && !a.dump_logits.empty()) {
     throw Error(ErrorKind::kUsage, a.dump_logits, "--dump-logits", "is a CPU-engine check; use --device cpu");
   }
@@ -237,7 +232,7 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
   std::optional<CpuEngine> cpu_engine;
 #if HYLO_WITH_CUDA
 #if HYLO_WITH_NCCL
-  std::unique_ptr<comm::NcclCommunicator> nccl_tp;  // declared before the engine: destroyed after it
+  std::unique_ptr<comm::NcclCommunicator> nccl_tp, nccl_cp;  // declared before the engine: destroyed after it
 #endif
   std::optional<CudaEngine> cuda_engine;
 #endif
@@ -253,29 +248,37 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
     co.prefill_chunk = a.chunk_size;
     const std::int64_t capacity = a.capacity > 0 ? a.capacity : P + std::max<std::int64_t>(a.max_new_tokens, 1);
     comm::NcclCommunicator* tp = nullptr;
-    if (pc && pc->tp.size() > 1) {
+    comm::NcclCommunicator* cp = nullptr;
+    if (pc && (pc->tp.size() > 1 || pc->cp.size() > 1)) {
 #if HYLO_WITH_NCCL
       const comm::LocalDevice dev = comm::select_local_device(*world);
-      nccl_tp = comm::NcclCommunicator::create(pc->tp);
-      tp = nccl_tp.get();
-      if (root) spdlog::info("TP {} over NCCL {}, one GPU per rank (rank 0: device {} of {})", pc->tp.size(),
-                             comm::NcclCommunicator::version(), dev.device, dev.device_count);
+      if (pc->tp.size() > 1) {
+        nccl_tp = comm::NcclCommunicator::create(pc->tp);
+        tp = nccl_tp.get();
+      }
+      if (pc->cp.size() > 1) {
+        nccl_cp = comm::NcclCommunicator::create(pc->cp);
+        cp = nccl_cp.get();
+      }
+      if (root) spdlog::info("TP {} x CP {} over NCCL {}, one GPU per rank (rank 0: device {} of {})", pc->tp.size(),
+                             pc->cp.size(), comm::NcclCommunicator::version(), dev.device, dev.device_count);
       if (dev.local_size > dev.device_count && dev.local_rank == 0) {
         spdlog::warn("{} ranks on this node share {} GPU(s): each GPU runs several ranks (slow; start one rank per GPU)",
                      dev.local_size, dev.device_count);
       }
 #else
-      throw Error(ErrorKind::kUsage, "", "--tp", "this hylo was built without NCCL: TP on GPUs is unavailable");
+      throw Error(ErrorKind::kUsage, "", "--tp/--cp", "this hylo was built without NCCL: TP / CP on GPUs are unavailable");
 #endif
     }
-    cuda_engine.emplace(cfg, load_model_weights(cfg, bound), capacity, co, tp);
+    cuda_engine.emplace(cfg, load_model_weights(cfg, bound), capacity, co, tp, cp, split);
     Vl = cuda_engine->config().vocab_size;
     vocab_begin = cuda_engine->vocab_begin();
     tp_size = cuda_engine->tp_size();
+    cp_size = cuda_engine->cp_size();
     if (root) {
       spdlog::info("loaded {} ({} parameters) on {} in {:.2f} s; GPU memory {}{}", a.model,
                    format_count(compute_footprint(cfg, bound.options).parameters), cuda_engine->device_name(),
-                   seconds_since(t_load), cuda_engine->plan().describe(), tp_size > 1 ? " per GPU" : "");
+                   seconds_since(t_load), cuda_engine->plan().describe(), tp_size * cp_size > 1 ? " per GPU" : "");
       spdlog::info("prefill attention: {}", cuda_engine->describe_attention());
     }
     comm::CommStats::global()->reset();
@@ -409,8 +412,9 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
   std::printf("cache           %s\n", cache_line.c_str());
   if (gpu) {
     std::printf("device          cuda (%s, bf16)\n",
-                tp_size > 1 ? (std::to_string(tp_size) + " GPUs, TP " + std::to_string(tp_size) + " over NCCL").c_str()
-                            : "one GPU");
+                tp_size * cp_size > 1 ? (std::to_string(tp_size * cp_size) + " GPUs, TP " + std::to_string(tp_size) +
+                                         " x CP " + std::to_string(cp_size) + " over NCCL").c_str()
+                                      : "one GPU");
   } else {
     std::printf("device          cpu (float32 reference engine)\n");
   }
@@ -418,7 +422,7 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
   if (distributed) {
     std::printf("layout          %s, %s split\n", pc->state.describe().c_str(), std::string(comm::to_string(split)).c_str());
     const auto& stats = *comm::CommStats::global();
-    if (cp_size > 1 && cfg.count(MixerKind::kMLA) > 0) {
+    if (cp_size > 1 && !gpu && cfg.count(MixerKind::kMLA) > 0) {
       // The latent ring's payload per MLA layer against PARALLEL.md 2.1 (float32 on the CPU: 4 bytes a value).
       const std::int64_t first = cfg.layers_of(MixerKind::kMLA).front();
       const auto sent = stats.total("prefill / layer " + std::to_string(first) + " mla / cp ring", "cp", "isend").bytes_sent;
