@@ -68,6 +68,17 @@ case "${1:-}" in
       case $rc in 0) r="pass" ;; 77) r="skip" ;; *) r="FAIL($rc)" ;; esac
       tests+=(test_cuda_cp)
       result[test_cuda_cp]="$r ($ngpu ranks) $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}') s"
+      # hylo generate with TP 2, CP 2 (and TP 2 x CP 2 with 4 GPUs) against one GPU: the same greedy tokens.
+      for layout in "2 1" "1 2" "2 2"; do
+        set -- $layout
+        (( $1 * $2 <= ngpu )) || continue
+        t="generate_tp$1_cp$2"
+        timeout 200 tests/mpi/test_generate_cuda_parallel.sh mpirun .carry/bin/hylo "$PWD" "$1" "$2" >"$out/$t.log" 2>&1
+        rc=$?
+        case $rc in 0) r="pass" ;; 77) r="skip" ;; *) r="FAIL($rc)" ;; esac
+        tests+=("$t")
+        result[$t]="$r"
+      done
     fi
     echo "---- GPU tests ----"
     for t in "${tests[@]}"; do printf '%-24s %s\n' "$t" "${result[$t]}"; done
