@@ -21,6 +21,12 @@
 #include "model/inspect.h"
 #include "model/presets.h"
 #include "model/weights.h"
+#if HYLO_WITH_CUDA
+#include <limits>
+
+#include "model/tp_shard.h"
+#include "runtime/cuda_engine.h"
+#endif
 
 namespace fs = std::filesystem;
 using namespace hylo;
@@ -42,6 +48,43 @@ std::string layer_list(const std::vector<std::int64_t>& v) {
   std::string s;
   for (auto i : v) s += (s.empty() ? "" : ",") + std::to_string(i);
   return s.empty() ? "-" : s;
+}
+
+// The longest sequence the CUDA engine's memory plan (plan_cuda_memory: weights, latent shard, states, prefill
+// workspace, the CP rank's residual and shared K/V) fits on one GPU of `gpu_bytes` at this TP x CP, with the
+// engine's 512 MiB margin and ~1 GiB for the CUDA context; 0 when nothing fits, -1 without a CUDA build or when TP
+// cannot shard the model. Unlike the latent-only capacity this counts the prefill's working set.
+std::int64_t cuda_engine_max_tokens(const ModelConfig& cfg, int tp, int cp, std::uint64_t gpu_bytes) {
+#if HYLO_WITH_CUDA
+  if (tp > 1 && (!tp_problems(cfg, tp).empty())) return -1;
+  ModelConfig local = cfg;
+  if (tp > 1) {
+    local = tp_local_config(cfg, tp);
+    local.vocab_size = cfg.vocab_size / tp;
+  }
+  const std::uint64_t overhead = std::uint64_t{3} << 29;  // 1.5 GiB
+  const std::uint64_t budget = gpu_bytes > overhead ? gpu_bytes - overhead : 0;
+  auto fits = [&](std::int64_t L) {
+    CudaEngineOptions o;
+    if (plan_cuda_memory(local, o, L, cp).total() <= budget) return true;
+    o.prefill_kv_cache = false;  // one GPU drops its prefill K/V cache when it does not fit
+    return cp == 1 && plan_cuda_memory(local, o, L, cp).total() <= budget;
+  };
+  if (!fits(1)) return 0;
+  std::int64_t lo = 1, hi = std::numeric_limits<std::int32_t>::max();  // positions are int32 on the GPU
+  if (fits(hi)) return hi;
+  while (hi - lo > 1) {
+    const std::int64_t mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  return lo;
+#else
+  (void)cfg;
+  (void)tp;
+  (void)cp;
+  (void)gpu_bytes;
+  return -1;
+#endif
 }
 
 int run_inspect(const InspectArgs& a) {
@@ -104,7 +147,8 @@ int run_inspect(const InspectArgs& a) {
       in.cp = cp;
       const auto cap = compute_capacity(cfg, opts, in);
       j["capacity"].push_back({{"cp", cp}, {"weight_bytes_per_gpu", cap.weight_bytes_per_gpu},
-                               {"tokens_per_gpu", cap.tokens_per_gpu}, {"total_tokens", cap.total_tokens}});
+                               {"tokens_per_gpu", cap.tokens_per_gpu}, {"total_tokens", cap.total_tokens},
+                               {"cuda_engine_max_tokens", cuda_engine_max_tokens(cfg, a.tp, cp, in.gpu_bytes)}});
     }
     std::cout << j.dump(2) << "\n";
     return 0;
@@ -151,15 +195,19 @@ int run_inspect(const InspectArgs& a) {
   if (!problems.empty()) {
     for (const auto& p : problems) std::cout << "  warning: " << p << "\n";
   }
-  std::cout << "  CP   weights/GPU    tokens/GPU        total context\n";
+  std::cout << "  CP   weights/GPU    tokens/GPU        total context     CUDA engine (prefill working set)\n";
   for (int cp : a.cp) {
     in.cp = cp;
     const auto cap = compute_capacity(cfg, opts, in);
-    char line[160];
-    std::snprintf(line, sizeof line, "  %-4d %-14s %-17s %s\n", cp, format_bytes(cap.weight_bytes_per_gpu).c_str(),
-                  format_count(cap.tokens_per_gpu).c_str(), format_count(cap.total_tokens).c_str());
+    const std::int64_t engine = cuda_engine_max_tokens(cfg, a.tp, cp, in.gpu_bytes);
+    char line[200];
+    std::snprintf(line, sizeof line, "  %-4d %-14s %-17s %-17s %s\n", cp, format_bytes(cap.weight_bytes_per_gpu).c_str(),
+                  format_count(cap.tokens_per_gpu).c_str(), format_count(cap.total_tokens).c_str(),
+                  engine < 0 ? "-" : format_count(static_cast<std::uint64_t>(engine)).c_str());
     std::cout << line;
   }
+  std::cout << "  (tokens/GPU and total context: latents only; the CUDA engine column: the longest sequence whose whole "
+               "plan fits, incl. the prefill's K/V and residual)\n";
   return 0;
 }
 
