@@ -458,6 +458,20 @@ CudaMemoryPlan plan_cuda_memory(const ModelConfig& c, const CudaEngineOptions& o
       state = std::max<std::uint64_t>(state, static_cast<std::uint64_t>(g.num_v_heads * g.head_k_dim * (g.head_k_dim + g.head_v_dim)));
     }
     p.workspace += state * 4 * static_cast<std::uint64_t>(2 * cp + 8);
+    // Conv halos (local, gathered, incoming per slot, running), GDN's identity, MLA decode partials.
+    std::uint64_t conv = 0;
+    if (c.count(MixerKind::kMamba2) > 0) {
+      conv = std::max<std::uint64_t>(conv, static_cast<std::uint64_t>((c.mamba2.d_conv - 1) * c.mamba2.conv_channels()));
+    }
+    if (c.count(MixerKind::kGDN) > 0) {
+      const auto& g = c.gdn;
+      conv = std::max<std::uint64_t>(conv, static_cast<std::uint64_t>((g.conv_size - 1) * (2 * g.key_dim() + g.value_dim())));
+      p.workspace += static_cast<std::uint64_t>(g.num_v_heads * g.head_k_dim * g.head_k_dim) * 4;
+    }
+    p.workspace += conv * 4 * static_cast<std::uint64_t>(2 * cp + 5);
+    if (c.count(MixerKind::kMLA) > 0) {
+      p.workspace += static_cast<std::uint64_t>(c.mla.num_heads * (c.mla.kv_lora_rank + 1)) * 4 * static_cast<std::uint64_t>(cp + 1);
+    }
     if (c.count(MixerKind::kMLA) > 0) {
       // One K/V buffer of every prompt position shared by the MLA layers, and one layer's gathered latents.
       const auto& a = c.mla;
@@ -514,6 +528,17 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int
   if (capacity < 1) throw Error(ErrorKind::kUsage, "", "capacity", "the sequence capacity must be at least 1 token");
   if (options_.prefill_chunk < 1 || options_.attention_block < 1) {
     throw Error(ErrorKind::kUsage, "", "cuda engine options", "chunk and block sizes must be at least 1");
+  }
+  if (cp_size_ > 1) {
+    // The conv halos project the last K-1 tokens of a chunk at once, in the prefill chunk's workspace.
+    std::int64_t halo = 0;
+    if (config_.count(MixerKind::kMamba2) > 0) halo = std::max(halo, config_.mamba2.d_conv - 1);
+    if (config_.count(MixerKind::kGDN) > 0) halo = std::max(halo, config_.gdn.conv_size - 1);
+    if (options_.prefill_chunk < halo) {
+      throw Error(ErrorKind::kUsage, "", "--chunk-size",
+                  "with context parallelism the prefill chunk must hold the conv halo: at least " + std::to_string(halo) +
+                      " tokens (got " + std::to_string(options_.prefill_chunk) + ")");
+    }
   }
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
@@ -946,20 +971,21 @@ void CudaEngine::run_step(std::int32_t token) {
   // Pageable source: the copy stages it before returning, so the stack array may go.
   // {token, position, CP: the local cache row of the new latent (-1: another rank stores it), CP: rows attended - 1}.
   std::int32_t in[4] = {token, static_cast<std::int32_t>(length_), -1, 0};
+  const bool stores = cp_size_ > 1 && comm::decode_owner(length_, cp_size_) == cp_rank_;
   if (cp_size_ > 1) {
-    const bool mine = comm::decode_owner(length_, cp_size_) == cp_rank_;
-    if (mine && cp_rows_ >= local_cap_) {
-      throw Error(ErrorKind::kUsage, "", "capacity", "CP rank " + std::to_string(cp_rank_) + " holds " +
-                                                         std::to_string(cp_rows_) + " latents, its planned shard");
+    // Unreachable while forward() checks the sequence capacity (cp_local_capacity bounds every rank's share).
+    if (stores && cp_rows_ >= local_cap_) {
+      throw Error(ErrorKind::kInternal, "", "capacity", "CP rank " + std::to_string(cp_rank_) + " holds " +
+                                                            std::to_string(cp_rows_) + " latents, its planned shard");
     }
-    in[2] = mine ? static_cast<std::int32_t>(cp_rows_) : -1;
-    if (mine) ++cp_rows_;
-    in[3] = static_cast<std::int32_t>(cp_rows_) - 1;
+    in[2] = stores ? static_cast<std::int32_t>(cp_rows_) : -1;
+    in[3] = static_cast<std::int32_t>(cp_rows_ + (stores ? 1 : 0)) - 1;
   }
   HYLO_CUDA_CHECK(cudaMemcpyAsync(m.step.get(), in, sizeof in, cudaMemcpyHostToDevice, st));
   if (!options_.decode_graph || m.profiling) {
     enqueue_layers(1, length_, true);
     enqueue_head(0);
+    if (stores) ++cp_rows_;  // counted once enqueued: a throw above leaves the count with the cache
     return;
   }
   if (m.step_graph == nullptr) {
@@ -980,6 +1006,7 @@ void CudaEngine::run_step(std::int32_t token) {
     HYLO_CUDA_CHECK(e);
   }
   HYLO_CUDA_CHECK(cudaGraphLaunch(m.step_graph, st));
+  if (stores) ++cp_rows_;
 }
 
 void CudaEngine::enqueue_head(std::int64_t row) {
