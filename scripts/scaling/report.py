@@ -45,6 +45,14 @@ def table(sweep):
         lines.append(f"| {p['ranks']} ({p['cp']} x {p['tp']}) | {p['prompt_tokens']} | {p['ttft_s']:.3f} | "
                      f"{p['prefill_tokens_per_s']:.0f} | {100 * efficiency(sweep, p):.0f}% | "
                      f"{p['decode_ms_per_token']:.2f} | {100 * c / t:.0f}% / {100 * m / t:.0f}% / {100 * i / t:.0f}% |")
+    lines.append("")
+    if sweep["mode"] == "weak":
+        lines.append("Weak-scaling efficiency is T_1 / T_N; with causal attention the work per GPU grows with the total "
+                     "length (N x the tokens is ~N x the attention per GPU), so compare prefill tok/s too.")
+    else:
+        lines.append("Strong-scaling efficiency is T_1 / (N T_N).")
+    lines.append("comm: exposed communication (GPU runs: the NCCL calls' event-timed spans on the engine stream, "
+                 "which include waiting for the slowest rank); idle: TTFT not covered by timed ops.")
     return "\n".join(lines) + "\n"
 
 
