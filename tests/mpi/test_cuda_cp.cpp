@@ -37,6 +37,7 @@
 #include "model/model_weights.h"
 #include "model/presets.h"
 #include "model/weights.h"
+#include "cuda_parallel_test_util.h"
 #include "mpi_gtest_main.h"
 #include "runtime/cuda_engine.h"
 #include "runtime/engine.h"
@@ -44,42 +45,11 @@
 namespace hylo {
 namespace {
 
-std::vector<std::int32_t> prompt_of(std::int64_t n, std::int64_t vocab, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<std::int32_t> d(0, static_cast<std::int32_t>(vocab - 1));
-  std::vector<std::int32_t> p(static_cast<std::size_t>(n));
-  for (auto& t : p) t = d(rng);
-  return p;
-}
-
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    den += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
-
-std::int32_t argmax(const std::vector<float>& v) {
-  return static_cast<std::int32_t>(std::max_element(v.begin(), v.end()) - v.begin());  // first of ties
-}
-
-struct Model {
-  ModelConfig cfg;
-  ModelWeights w;
-};
-
-Model golden_mixed() {
-  namespace fs = std::filesystem;
-  const char* src = std::getenv("HYLO_SOURCE_DIR");
-  const fs::path dir = fs::path(src != nullptr ? src : HYLO_SOURCE_DIR) / "tests" / "golden" / "mixed";
-  Model m{load_model_config(dir), {}};
-  const auto ckpt = SafetensorsCheckpoint::open(dir);
-  m.w = load_model_weights(m.cfg, bind_weights(m.cfg, ckpt));
-  round_weights_to_bf16(m.w);
-  return m;
-}
+using testing_cuda::argmax;
+using testing_cuda::golden_mixed;
+using testing_cuda::Model;
+using testing_cuda::prompt_of;
+using testing_cuda::rel_l2;
 
 struct Result {
   double prefill = 0, decode = 0;
