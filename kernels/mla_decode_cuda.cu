@@ -8,15 +8,22 @@
 // Work items = (split of the sequence) x (group of MR = 16 MT query rows); a persistent grid (one block per SM)
 // takes items b, b + grid, ... Each block is warp-specialized:
 //   producer warp  streams the tokens of its items, one after the other, into a ring of shared-memory slots of
-//                  32 tokens (as many slots as fit, up to 16: ~150-200 KB, i.e. >100 KB in flight per SM). On
-//                  sm_90 each lane moves one token row with cp.async.bulk (TMA engine, completion counted in bytes
-//                  on the slot's "full" mbarrier); other GPUs / unaligned caches use plain loads. A slot is reused
+//                  32 tokens (as many slots as fit, up to 16: ~150-200 KB, i.e. >100 KB in flight per SM). A slot
+//                  holds its 32 rows as panels of 64 columns (128 bytes per row, 4 KB per panel) with the 128-byte
+//                  swizzle (16-byte chunk c of row t at chunk c ^ (t & 7)): ldmatrix reads them without bank
+//                  conflicts. On sm_90 one lane fills a slot with one 2-D TMA copy per panel (a tensor map over
+//                  the cache: [S rows, r + dr columns], box 32 x 64, rows past S and columns past r + dr are
+//                  zero-filled), completion counted in bytes on the slot's "full" mbarrier. One copy per row
+//                  (cp.async.bulk of 256-1152 bytes) ran at ~70 cycles per copy whatever its size: ~3 G rows/s for
+//                  the whole GPU, 1.1-1.9 TB/s at the engine shapes (ncu: consumers waited on "full" 30% of the
+//                  time). Other GPUs / unaligned caches use plain loads into the same layout. A slot is reused
 //                  once all consumer threads have arrived on its "empty" mbarrier. The producer runs ahead across
 //                  item boundaries, so there is no pipeline drain/refill between splits.
-//   8 consumer warps  per 64-token tile (two slots):
-//     scores  S = Q [c | k_pe]^T (MR x 64), mma.sync m16n8k16, fp32 accumulate. q is fp32: it is split as
-//             q = hi + lo (two bf16 matrices, two products), so scores are as good as fp32 q against the bf16
-//             cache. Warp = (token half: 32 tokens) x (k group: 16-column steps kg, kg + 4, ...); the warp's Q
+//   8 consumer warps  per tile of BT = 64 or 128 tokens (2 or 4 slots; 128 where the registers allow):
+//     scores  S = Q [c | k_pe]^T (MR x BT), mma.sync m16n8k16, fp32 accumulate. q is fp32, rounded to bf16 for
+//             the products (FlashMLA's input precision); with q_hi_lo it is split as q = hi + lo (two bf16
+//             matrices, twice the score products), so scores are as good as fp32 q against the bf16 cache.
+//             Warp = (token half: BT / 2 tokens) x (k group: 16-column steps kg, kg + 4, ...); the warp's Q
 //             fragments stay in registers for the whole item (no Q traffic through shared memory), every K element
 //             is read from shared memory once. The 4 k-group partials meet in shared memory.
 //     softmax 256 threads, 256 / MR per row: sum the partials in a fixed order, scale, mask, max / sum by a
@@ -25,6 +32,12 @@
 //     P.V     O (MR x r) += P c: warp w owns the 8-column tiles w, w + 8, ... in registers for the whole item; the
 //             V fragments are the cached latents themselves (ldmatrix.trans).
 //   Two consumer-only named barriers per tile; the producer never waits on the consumers except through the ring.
+//   What limits it now (ncu, H200, Llama shape at 512K, 64-token tiles): latency, not bytes or tensor cores. Nine
+//   warps per SM (168 registers each) issue 0.29 instructions per cycle and scheduler, the top stall being fixed-
+//   latency dependencies (31%); DRAM at 35% of peak, tensor pipe 22%. Rounding q to bf16 instead of hi + lo
+//   changed nothing measurable (131.9 vs 132.8 us); 128-token tiles gave 2% (Llama) and 10% (Qwen shape). The
+//   next step is more independent work per SM: two consumer groups on alternate tiles (registers permitting) or
+//   the transposed products (keys as the M dimension: no padding of 24 heads to 32 rows).
 // The partial (o / l, lse) of each (split, row) goes to the workspace; a second kernel merges the partials of a
 // row in split order. Every row's arithmetic depends on the shapes, S and the split only (not on the grid, the
 // ring depth or timing): bitwise repeatable.
@@ -43,6 +56,9 @@
 #include <string>
 #include <utility>
 
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
 #include "kernels/cuda_check.h"
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_mma.cuh"
@@ -54,10 +70,13 @@ namespace {
 
 using cuda::bf16;
 
-constexpr int kBT = 64;                   // tokens per compute tile (two ring slots)
+// Tokens per compute tile: BT = 64 or 128 (a kernel template parameter; 128 halves the per-tile barriers, softmax
+// reductions and waits per token where the registers allow: the engine shapes).
+constexpr int kSplitAlign = 128;          // the default split is a multiple of this
 constexpr int kSlot = 32;                 // tokens per ring slot: one producer lane per token row
-constexpr int kLDS = kBT + 8;             // fp32 score row pitch
-constexpr int kLDP = kBT + 8;             // bf16 P row pitch (144 B: conflict-free ldmatrix)
+constexpr int ld_tile(int bt) { return bt + 8; }  // fp32 score / bf16 P row pitch (P: 144 or 272 B, conflict-free)
+constexpr int kPanelCols = 64;            // columns of a slot panel: 128 bytes per row (the TMA swizzle span)
+constexpr int kPanelBytes = kSlot * 128;  // one panel of a slot
 constexpr int kCW = 8;                    // consumer warps
 constexpr int kCThreads = kCW * 32;       // consumer threads
 constexpr int kThreads = kCThreads + 32;  // + the producer warp
@@ -73,7 +92,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 // the device).
 __host__ __device__ __forceinline__ std::int64_t default_split(std::int64_t S) {
   const std::int64_t per = (S + kMaxSplits - 1) / kMaxSplits;
-  const std::int64_t split = (per + kBT - 1) / kBT * kBT;
+  const std::int64_t split = (per + kSplitAlign - 1) / kSplitAlign * kSplitAlign;
   return split > kMinSplit ? split : kMinSplit;
 }
 
@@ -83,7 +102,7 @@ __device__ __forceinline__ std::int64_t min64(std::int64_t x, std::int64_t y) { 
 using namespace cuda;  // the primitives of kernels/cuda_mma.cuh
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-constexpr bool kHasBulk = true;  // cp.async.bulk + mbarrier expect_tx (sm_90)
+constexpr bool kHasBulk = true;  // cp.async.bulk.tensor + mbarrier expect_tx (sm_90)
 #else
 constexpr bool kHasBulk = false;
 #endif
@@ -123,14 +142,24 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(unsigned addr, unsigned by
                : "memory");
 #endif
 }
-// Global -> shared bulk copy (TMA engine) of `bytes` (multiple of 16, both addresses 16-byte aligned), completion
-// signalled on the mbarrier at `mbar` as transaction bytes.
-__device__ __forceinline__ void bulk_g2s(unsigned dst, const void* src, unsigned bytes, unsigned mbar) {
+// 2-D TMA copy of one box (32 rows x 64 columns of the cache at row `row`, column `col`) into shared memory at
+// `dst` (1024-byte aligned: the 128-byte swizzle), completion signalled on `mbar` as transaction bytes.
+__device__ __forceinline__ void tma_load_2d(unsigned dst, const CUtensorMap* map, int col, int row, unsigned mbar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-               "l"(src), "r"(bytes), "r"(mbar)
-               : "memory");
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(col), "r"(row), "r"(mbar)
+      : "memory");
 #endif
+}
+// Byte offset in a slot of the 16-byte chunk `ch` (columns 8 ch .. 8 ch + 7) of token row `t` (0..31).
+__device__ __forceinline__ unsigned slot_off(int t, int ch) {
+  return static_cast<unsigned>((ch >> 3) * kPanelBytes + t * 128 + (((ch & 7) ^ (t & 7)) << 4));
+}
+__device__ __forceinline__ void st_shared_v4(unsigned addr, const unsigned (&w)[4]) {
+  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
+               : "memory");
 }
 __device__ __forceinline__ void fence_barrier_init() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -144,8 +173,9 @@ struct MlaArgs {
   std::int64_t T, S, n_heads, rows, split, n_split, n_rg, n_items, cache_rs;
   std::int64_t split_tokens;    // the caller's fixed split (0: default_split(S))
   const std::int32_t* pos_dev;  // non-null: S = *pos_dev + T, read on the device (split, n_split, n_items follow)
-  int r, dr, dk, dk_pad, n_slots;
-  bool fast;  // cache pointer and row stride 16-byte aligned and dk % 8 == 0: rows by cp.async.bulk (sm_90)
+  int r, dr, dk, dk_pad, n_panels, n_slots;
+  bool q_hi_lo;  // MlaDecodeCudaParams::q_hi_lo
+  bool fast;  // a tensor map of the cache was made (aligned pointer and row stride): slots by TMA (sm_90)
   const float* q_lat;
   const float* q_pe;
   const bf16* cache;
@@ -154,31 +184,37 @@ struct MlaArgs {
   float scale_log2;
 };
 
-// Shared memory: barriers | Ss [kKG][MR][kLDS] fp32 | Ps [MR][kLDP] bf16 | a_s, l_s [MR] fp32 | ring.
-std::int64_t fixed_smem_bytes(int mr) {
-  return kBarBytes + std::int64_t{4} * kKG * mr * kLDS + std::int64_t{2} * mr * kLDP + std::int64_t{4} * 2 * mr;
+// Shared memory: barriers | Ss [kKG][MR][ld] fp32 | Ps [MR][ld] bf16 | a_s, l_s [MR] fp32 | (up to 1 KB to
+// align) ring [n_slots][n_panels][32 rows][128 bytes].
+std::int64_t fixed_smem_bytes(int mr, int bt) {
+  return kBarBytes + std::int64_t{4} * kKG * mr * ld_tile(bt) + std::int64_t{2} * mr * ld_tile(bt) +
+         std::int64_t{4} * 2 * mr + 1024;
 }
-std::int64_t slot_bytes(int ldk) { return std::int64_t{2} * kSlot * ldk; }
+std::int64_t slot_bytes(int n_panels) { return std::int64_t{kPanelBytes} * n_panels; }
 
 // MT row tiles of 16 rows per item; QK: k steps per warp (the warp's Q fragments in registers: MT x QK x 8 regs);
 // NTW: 8-column output tiles per warp (r <= 8 * kCW * NTW).
-template <int MT, int QK, int NTW>
-__global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs args) {
+template <int MT, int QK, int NTW, int BT>
+__global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const __grid_constant__ CUtensorMap map,
+                                                                  const MlaArgs args) {
   constexpr int MR = 16 * MT;             // query rows per item
   constexpr int TPR = kCThreads / MR;     // softmax threads per row (16 or 8)
-  constexpr int NCH = kBT / 4 / TPR;      // 4-token chunks per softmax thread (1 or 2)
+  constexpr int kBT = BT, kLDS = ld_tile(BT), kLDP = ld_tile(BT);
+  constexpr int kSPT = kBT / kSlot;       // slots per tile
+  constexpr int kSPW = kSPT / 2;          // slots per score warp (a token half of the tile)
+  constexpr int NCH = kBT / 4 / TPR;      // 4-token chunks per softmax thread (1 .. 4)
   // Separate hi / lo score accumulators (more independent mma chains) where the registers allow: a 9-warp block
   // gets at most 168 registers per thread.
   constexpr int kHL = MT * QK <= 5 ? 2 : 1;
   static_assert(kCThreads % MR == 0 && NCH >= 1 && NCH * 4 * TPR == kBT, "softmax layout");
-  const int ldk = args.dk_pad + 8;  // +16 bytes: conflict-free ldmatrix
   extern __shared__ __align__(128) unsigned char smem_raw[];
   float* Ss = reinterpret_cast<float*>(smem_raw + kBarBytes);  // [kKG][MR][kLDS] raw partial scores
   bf16* Ps = reinterpret_cast<bf16*>(Ss + kKG * MR * kLDS);      // [MR][kLDP]
   float* a_s = reinterpret_cast<float*>(Ps + MR * kLDP);         // [MR] this tile's rescale factor
   float* l_s = a_s + MR;                                         // [MR] running sum
-  bf16* ring = reinterpret_cast<bf16*>(l_s + MR);                // [n_slots][kSlot][ldk]
   const unsigned full0 = smem_u32(smem_raw), empty0 = full0 + kMaxSlots * 8;
+  const unsigned ring0 = (smem_u32(l_s + MR) + 1023u) & ~1023u;  // [n_slots][n_panels][kSlot][128 B]
+  const unsigned slot_b = static_cast<unsigned>(args.n_panels * kPanelBytes);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const bool bulk = kHasBulk && args.fast;
@@ -188,14 +224,6 @@ __global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs ar
       mbar_init(empty0 + 8 * s, static_cast<unsigned>(kCThreads));
     }
     fence_barrier_init();
-  }
-  // Padding columns dk..dk_pad of every ring row are zero for the whole kernel (bulk copies never write them; the
-  // plain loads write zeros there themselves).
-  if (bulk && args.dk_pad > args.dk) {
-    const int pad = args.dk_pad - args.dk;  // 8
-    for (int idx = tid; idx < args.n_slots * kSlot * (pad / 8); idx += kThreads)
-      *reinterpret_cast<uint4*>(ring + (idx / (pad / 8)) * ldk + args.dk + (idx % (pad / 8)) * 8) =
-          make_uint4(0u, 0u, 0u, 0u);
   }
   __syncthreads();
   pdl_wait();  // q_lat / q_pe / cache written by earlier kernels are visible from here on
@@ -211,29 +239,39 @@ __global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs ar
   if (warp == kCW) {
     // ---------------------------------------------------------------- producer
     unsigned slot = 0, phase = 0;
-    const unsigned row_bytes = static_cast<unsigned>(a.dk) * 2u;
     for (std::int64_t item = blockIdx.x; item < a.n_items; item += gridDim.x) {
       const std::int64_t sp = item / a.n_rg;
       const std::int64_t s0 = sp * a.split, s1 = min64(a.S, s0 + a.split);
-      const int n_half = 2 * static_cast<int>((s1 - s0 + kBT - 1) / kBT);
+      const int n_half = kSPT * static_cast<int>((s1 - s0 + kBT - 1) / kBT);
       for (int h = 0; h < n_half; ++h) {
         mbar_wait(empty0 + 8 * slot, phase ^ 1u);
-        const std::int64_t tok = s0 + std::int64_t{h} * kSlot + lane;
-        bf16* drow = ring + (slot * kSlot + lane) * ldk;
+        const std::int64_t tok0 = s0 + std::int64_t{h} * kSlot;
+        const unsigned dslot = ring0 + slot * slot_b;
         if (bulk) {
-          // Rows past the split end copy its last row: finite data whose P is 0 (masked scores).
-          if (lane == 0) mbar_arrive_expect_tx(full0 + 8 * slot, kSlot * row_bytes);
+          // One box per panel. Rows past the split end are the next split's (finite) or past S (zero-filled):
+          // their scores are masked, and the consumers zero them before P.V (a row past the valid length may
+          // hold anything, and 0 * NaN is NaN).
+          if (lane == 0) {
+            mbar_arrive_expect_tx(full0 + 8 * slot, slot_b);
+            for (int pn = 0; pn < a.n_panels; ++pn)
+              tma_load_2d(dslot + pn * kPanelBytes, &map, pn * kPanelCols, static_cast<int>(tok0), full0 + 8 * slot);
+          }
           __syncwarp();
-          bulk_g2s(smem_u32(drow), a.cache + min64(tok, s1 - 1) * a.cache_rs, row_bytes, full0 + 8 * slot);
         } else {
-          // Plain loads, one row per lane: columns [0, dk) of valid rows, zeros elsewhere.
+          // Plain loads, one row per lane, into the swizzled layout: columns [0, dk) of valid rows, zeros elsewhere.
+          const std::int64_t tok = tok0 + lane;
           const bool valid = tok < s1;
           const unsigned short* gs = reinterpret_cast<const unsigned short*>(a.cache + (valid ? tok : 0) * a.cache_rs);
-          unsigned* d32 = reinterpret_cast<unsigned*>(drow);
-          for (int c = 0; c < a.dk_pad; c += 2) {
-            const unsigned lo = valid && c < a.dk ? gs[c] : 0u;
-            const unsigned hi = valid && c + 1 < a.dk ? gs[c + 1] : 0u;
-            d32[c / 2] = lo | (hi << 16);
+          for (int ch = 0; ch < a.n_panels * (kPanelCols / 8); ++ch) {
+            unsigned w[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int c = ch * 8 + 2 * e;
+              const unsigned lo = valid && c < a.dk ? gs[c] : 0u;
+              const unsigned hi = valid && c + 1 < a.dk ? gs[c + 1] : 0u;
+              w[e] = lo | (hi << 16);
+            }
+            st_shared_v4(dslot + slot_off(lane, ch), w);
           }
           mbar_arrive(full0 + 8 * slot);
         }
@@ -310,65 +348,83 @@ __global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs ar
       for (int j = 0; j < NTW; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.0f;
 
     for (int it = 0; it < n_tiles; ++it) {
-      const unsigned sA = slot, pA = phase;
-      if (++slot == static_cast<unsigned>(a.n_slots)) {
-        slot = 0;
-        phase ^= 1u;
+      // Slot q of the tile holds tokens j0 + 32 q .. j0 + 32 q + 31.
+      unsigned sl[kSPT], cs[kSPT];
+#pragma unroll
+      for (int q = 0; q < kSPT; ++q) {
+        sl[q] = slot;
+        mbar_wait(full0 + 8 * slot, phase);
+        cs[q] = ring0 + slot * slot_b;
+        if (++slot == static_cast<unsigned>(a.n_slots)) {
+          slot = 0;
+          phase ^= 1u;
+        }
       }
-      const unsigned sB = slot, pB = phase;
-      if (++slot == static_cast<unsigned>(a.n_slots)) {
-        slot = 0;
-        phase ^= 1u;
-      }
-      mbar_wait(full0 + 8 * sA, pA);
-      mbar_wait(full0 + 8 * sB, pB);
-      const bf16* CA = ring + sA * kSlot * ldk;  // tokens j0 .. j0 + 31
-      const bf16* CB = ring + sB * kSlot * ldk;  // tokens j0 + 32 .. j0 + 63
       const std::int64_t j0 = s0 + std::int64_t{it} * kBT;
+      if (bulk && j0 + kBT > s1) {
+        // Rows past the split end: zero (V of P = 0 must be finite). Only the scores read them before the next
+        // barrier, and those are masked whatever the values.
+        const int first = static_cast<int>(s1 - j0), per_row = a.n_panels * (kPanelCols / 8);
+        const unsigned zero[4] = {0u, 0u, 0u, 0u};
+        for (int idx = tid; idx < (kBT - first) * per_row; idx += kCThreads) {
+          const int t = first + idx / per_row;
+          st_shared_v4(cs[t / kSlot] + slot_off(t & (kSlot - 1), idx % per_row), zero);
+        }
+      }
 
-      // Partial scores of this warp's 32 tokens over its k steps, raw (unscaled) into Ss[kg].
+      // Partial scores of this warp's kBT / 2 tokens (slots th kSPW ..) over its k steps, raw (unscaled) into
+      // Ss[kg]; n = 8-token block of the half.
       {
-        float sc[kHL][MT][4][4];
+        constexpr int NB = 4 * kSPW;
+        float sc[kHL][MT][NB][4];
 #pragma unroll
         for (int hl = 0; hl < kHL; ++hl)
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int n = 0; n < 4; ++n)
+            for (int n = 0; n < NB; ++n)
 #pragma unroll
               for (int e = 0; e < 4; ++e) sc[hl][mt][n][e] = 0.0f;
-        const unsigned k_addr = smem_u32((th ? CB : CA) + ((mi >> 1) * 8 + r8) * ldk + (mi & 1) * 8);
-        const unsigned k_step16 = 16u * static_cast<unsigned>(ldk) * 2u;  // tokens +16
+        // Matrix mi of the x4 load: token rows (mi >> 1) * 8 + r8 (+ 16 for kb1: same swizzle), chunk
+        // 2 kk + (mi & 1).
+        const unsigned k_row = static_cast<unsigned>(((mi >> 1) * 8 + r8) * 128);
 #pragma unroll
         for (int j = 0; j < QK; ++j) {
           const int kk = kg + kKG * j;
           if (kk < n_k16) {
-            unsigned kb0[4], kb1[4];
-            ldsm_x4(k_addr + kk * 32, kb0);
-            ldsm_x4(k_addr + k_step16 + kk * 32, kb1);
+            const int ch = 2 * kk + (mi & 1);
+            const unsigned k_off = k_row + static_cast<unsigned>((ch >> 3) * kPanelBytes + (((ch & 7) ^ r8) << 4));
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
+            for (int q = 0; q < kSPW; ++q) {
+              const unsigned k_addr = cs[th * kSPW + q] + k_off;
+              unsigned kb0[4], kb1[4];
+              ldsm_x4(k_addr, kb0);
+              ldsm_x4(k_addr + 16 * 128, kb1);
 #pragma unroll
-              for (int hl = 0; hl < 2; ++hl) {
-                float(&c)[4][4] = sc[hl < kHL ? hl : 0][mt];
-                mma_bf16(c[0], qa[mt][j][hl], kb0[0], kb0[1]);
-                mma_bf16(c[1], qa[mt][j][hl], kb0[2], kb0[3]);
-                mma_bf16(c[2], qa[mt][j][hl], kb1[0], kb1[1]);
-                mma_bf16(c[3], qa[mt][j][hl], kb1[2], kb1[3]);
-              }
+              for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int hl = 0; hl < 2; ++hl) {
+                  if (hl == 1 && !a.q_hi_lo) continue;
+                  float(&c)[NB][4] = sc[hl < kHL ? hl : 0][mt];
+                  mma_bf16(c[4 * q + 0], qa[mt][j][hl], kb0[0], kb0[1]);
+                  mma_bf16(c[4 * q + 1], qa[mt][j][hl], kb0[2], kb0[3]);
+                  mma_bf16(c[4 * q + 2], qa[mt][j][hl], kb1[0], kb1[1]);
+                  mma_bf16(c[4 * q + 3], qa[mt][j][hl], kb1[2], kb1[3]);
+                }
+            }
           }
         }
         float* Sk = Ss + kg * MR * kLDS;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-          for (int n = 0; n < 4; ++n) {
+          for (int n = 0; n < NB; ++n) {
             float v[4];
 #pragma unroll
             for (int e = 0; e < 4; ++e) v[e] = kHL == 2 ? sc[0][mt][n][e] + sc[kHL - 1][mt][n][e] : sc[0][mt][n][e];
 #pragma unroll
             for (int hh = 0; hh < 2; ++hh)
-              *reinterpret_cast<float2*>(Sk + (mt * 16 + g + 8 * hh) * kLDS + th * 32 + n * 8 + 2 * t4) =
+              *reinterpret_cast<float2*>(Sk + (mt * 16 + g + 8 * hh) * kLDS + th * (kBT / 2) + n * 8 + 2 * t4) =
                   make_float2(v[2 * hh], v[2 * hh + 1]);
           }
       }
@@ -401,27 +457,34 @@ __global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs ar
               if (j0 + col + e >= lim) x[c][e] = -INFINITY;
           }
         }
-        float mx = -INFINITY;
+        // Trees, not chains (the row's values are few and the warps per scheduler are two: latency is the cost).
+        float cm[NCH];
 #pragma unroll
-        for (int c = 0; c < NCH; ++c)
+        for (int c = 0; c < NCH; ++c) cm[c] = fmaxf(fmaxf(x[c][0], x[c][1]), fmaxf(x[c][2], x[c][3]));
 #pragma unroll
-          for (int e = 0; e < 4; ++e) mx = fmaxf(mx, x[c][e]);
+        for (int w = 1; w < NCH; w *= 2)
+#pragma unroll
+          for (int c = 0; c + w < NCH; c += 2 * w) cm[c] = fmaxf(cm[c], cm[c + w]);
+        float mx = cm[0];
 #pragma unroll
         for (int o = TPR / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
         const float m_new = fmaxf(m_run, mx);
         const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // no key seen yet: avoid -inf - -inf
-        float sum = 0.0f;
+        float cs4[NCH];
 #pragma unroll
         for (int c = 0; c < NCH; ++c) {
           float p[4];
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            p[e] = fast_exp2(x[c][e] - m_use);
-            sum += p[e];
-          }
+          for (int e = 0; e < 4; ++e) p[e] = fast_exp2(x[c][e] - m_use);
+          cs4[c] = (p[0] + p[1]) + (p[2] + p[3]);
           *reinterpret_cast<uint2*>(Ps + srow * kLDP + 4 * (spart + TPR * c)) =
               make_uint2(pack_bf16(p[0], p[1]), pack_bf16(p[2], p[3]));
         }
+#pragma unroll
+        for (int w = 1; w < NCH; w *= 2)
+#pragma unroll
+          for (int c = 0; c + w < NCH; c += 2 * w) cs4[c] += cs4[c + w];
+        float sum = cs4[0];
 #pragma unroll
         for (int o = TPR / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
         const float alpha = fast_exp2(m_run - m_use);
@@ -447,7 +510,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs ar
         }
       }
 #pragma unroll
-      for (int k32 = 0; k32 < 2; ++k32) {
+      for (int k32 = 0; k32 < kSPT; ++k32) {
         unsigned pa[MT][2][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
@@ -456,13 +519,13 @@ __global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs ar
         }
         // Lane l supplies token 32 k32 + l of the slot: matrices 0..3 are tokens +0, +8, +16, +24, i.e. the two
         // B registers of the 16-token steps 2 k32 and 2 k32 + 1.
-        const unsigned v_row = smem_u32((k32 ? CB : CA) + lane * ldk);
+        const unsigned v_slot = cs[k32];
 #pragma unroll
         for (int j = 0; j < NTW; ++j) {
           const int nt = warp + kCW * j;
           if (nt < n_nt) {
             unsigned vb[4];
-            ldsm_x4_trans(v_row + nt * 16, vb);
+            ldsm_x4_trans(v_slot + slot_off(lane, nt), vb);
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
               mma_bf16(acc[mt][j], pa[mt][0], vb[0], vb[1]);
@@ -471,8 +534,8 @@ __global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const MlaArgs ar
           }
         }
       }
-      mbar_arrive(empty0 + 8 * sA);  // this thread is done with both slots
-      mbar_arrive(empty0 + 8 * sB);
+#pragma unroll
+      for (int q = 0; q < kSPT; ++q) mbar_arrive(empty0 + 8 * sl[q]);  // this thread is done with the tile's slots
     }
     // The last tile's second barrier made l_s final and visible (the next item's first write to it comes after
     // the next first barrier, which every warp reaches only after this epilogue).
@@ -575,29 +638,57 @@ __global__ void __launch_bounds__(kMergeThreads)
 // Per-device facts and one-time kernel attributes, cached (the op is called once per layer and token: host work
 // per call must stay at a few launches).
 struct DeviceInfo {
-  int sms = 0, max_smem = 0;
+  int sms = 0, max_smem = 0, major = 0;
 };
 
 DeviceInfo device_info(int dev) {
-  static std::atomic<int> cache[64][2];  // 0: unknown
+  static std::atomic<int> cache[64][3];  // 0: unknown
   if (dev >= 0 && dev < 64 && cache[dev][0].load(std::memory_order_acquire) > 0)
-    return {cache[dev][0].load(std::memory_order_relaxed), cache[dev][1].load(std::memory_order_relaxed)};
+    return {cache[dev][0].load(std::memory_order_relaxed), cache[dev][1].load(std::memory_order_relaxed),
+            cache[dev][2].load(std::memory_order_relaxed)};
   DeviceInfo d;
   HYLO_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
   HYLO_CUDA_CHECK(cudaDeviceGetAttribute(&d.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  HYLO_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev));
   if (dev >= 0 && dev < 64) {
     cache[dev][1].store(d.max_smem, std::memory_order_relaxed);
+    cache[dev][2].store(d.major, std::memory_order_relaxed);
     cache[dev][0].store(d.sms, std::memory_order_release);
   }
   return d;
 }
 
-template <int MT, int QK, int NTW>
-void launch_split(const MlaArgs& a, int dev, const DeviceInfo& d, std::int64_t smem, cudaStream_t stream, bool pdl) {
+// The cache as a 2-D tensor for TMA: [rows, dk] bf16, row pitch row_stride elements, boxes of 32 rows x 64 columns
+// with the 128-byte swizzle; out-of-range rows / columns read as zeros. False where the driver refuses it (the
+// caller then uses plain loads).
+bool make_cache_map(CUtensorMap* map, const bf16* cache, std::int64_t rows, int dk, std::int64_t row_stride) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      fn = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (encode == nullptr || rows < 1 || rows > std::numeric_limits<std::int32_t>::max()) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(dk), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(row_stride) * 2};
+  const cuuint32_t box[2] = {kPanelCols, kSlot};
+  const cuuint32_t elem[2] = {1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(cache), dims, strides, box, elem,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <int MT, int QK, int NTW, int BT>
+void launch_split(const CUtensorMap& map, const MlaArgs& a, int dev, const DeviceInfo& d, std::int64_t smem,
+                  cudaStream_t stream, bool pdl) {
   static std::atomic<unsigned long long> attr_set{0};  // bit per device: max dynamic shared memory raised
   const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0ull;
   if (bit == 0 || (attr_set.load(std::memory_order_relaxed) & bit) == 0) {
-    HYLO_CUDA_CHECK(cudaFuncSetAttribute(mla_split_kernel<MT, QK, NTW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    HYLO_CUDA_CHECK(cudaFuncSetAttribute(mla_split_kernel<MT, QK, NTW, BT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          d.max_smem));
     attr_set.fetch_or(bit, std::memory_order_relaxed);
   }
@@ -605,8 +696,8 @@ void launch_split(const MlaArgs& a, int dev, const DeviceInfo& d, std::int64_t s
   // where possible so that a block keeps its row group (and its Q fragments) across items.
   std::int64_t grid = std::min<std::int64_t>(a.n_items, d.sms);
   if (grid >= a.n_rg) grid = grid / a.n_rg * a.n_rg;
-  cuda::launch_pdl(mla_split_kernel<MT, QK, NTW>, dim3(static_cast<unsigned>(grid)), dim3(kThreads),
-                   static_cast<std::size_t>(smem), stream, pdl, a);
+  cuda::launch_pdl(mla_split_kernel<MT, QK, NTW, BT>, dim3(static_cast<unsigned>(grid)), dim3(kThreads),
+                   static_cast<std::size_t>(smem), stream, pdl, map, a);
 }
 
 std::int64_t split_of(const MlaDecodeCudaParams& p) {
@@ -665,7 +756,8 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
   a.dk = a.r + a.dr;
   a.dk_pad = (a.dk + 15) / 16 * 16;
   a.cache_rs = p.cache_row_stride > 0 ? p.cache_row_stride : a.dk;
-  a.fast = reinterpret_cast<std::uintptr_t>(p.cache) % 16 == 0 && a.cache_rs % 8 == 0 && a.dk % 8 == 0;
+  a.n_panels = (a.dk + kPanelCols - 1) / kPanelCols;
+  a.q_hi_lo = p.q_hi_lo;
   a.q_lat = p.q_lat;
   a.q_pe = p.q_pe;
   a.cache = p.cache;
@@ -679,7 +771,6 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
   const DeviceInfo d = device_info(dev);
   const bool pdl = cuda::pdl_allowed(stream);
   if (n_split > 0) {
-    const int ldk = a.dk_pad + 8;
     const int n_k16 = a.dk_pad / 16;
     // 32 rows per item where the registers allow it (Q fragments 2 x 5 k steps, 2 x 4 output tiles per warp),
     // else 16 (several row groups; the groups of a split run side by side and share its tiles in L2). The
@@ -690,22 +781,31 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
     const int mr = 16 * mt;
     a.n_rg = (rows + mr - 1) / mr;
     a.n_items = n_split * a.n_rg;
-    const std::int64_t fixed = fixed_smem_bytes(mr);
-    const std::int64_t slots = std::min<std::int64_t>(kMaxSlots, (d.max_smem - fixed) / slot_bytes(ldk));
+    // 128-token tiles for the two smaller instantiations (the engine's shapes: 167-168 registers, at most 32
+    // bytes of spills; 9 warps leave 168 per thread), 64 for the larger (128 would spill 150-500 bytes).
+    const int kind = mt == 2 && qk <= 3 && ntw <= 2 ? 0 : mt == 2 ? 1 : qk <= 5 && ntw <= 4 ? 2 : 3;
+    const int bt = kind == 0 || kind == 2 ? 128 : 64;
+    const std::int64_t fixed = fixed_smem_bytes(mr, bt);
+    const std::int64_t slots = std::min<std::int64_t>(kMaxSlots, (d.max_smem - fixed) / slot_bytes(a.n_panels));
     if (slots < 2)
       throw std::invalid_argument("mla_decode_cuda: r + dr = " + std::to_string(a.dk) + " needs " +
-                                  std::to_string(fixed + 2 * slot_bytes(ldk)) +
+                                  std::to_string(fixed + 2 * slot_bytes(a.n_panels)) +
                                   " bytes of shared memory, the device has " + std::to_string(d.max_smem));
     a.n_slots = static_cast<int>(slots);
-    const std::int64_t smem = fixed + slots * slot_bytes(ldk);
-    if (mt == 2 && qk <= 3 && ntw <= 2)
-      launch_split<2, 3, 2>(a, dev, d, smem, stream, pdl);  // e.g. nH 24, r 128, dr 64
-    else if (mt == 2)
-      launch_split<2, 5, 4>(a, dev, d, smem, stream, pdl);  // e.g. nH 32, r 256, dr 64
-    else if (qk <= 5 && ntw <= 4)
-      launch_split<1, 5, 4>(a, dev, d, smem, stream, pdl);  // e.g. nH 16, r 256, dr 64
+    const std::int64_t smem = fixed + slots * slot_bytes(a.n_panels);
+    // TMA (sm_90): 16-byte aligned cache and row pitch; the map covers the S rows of the call (with pos_dev the
+    // bound: rows between the actual length and it are masked and zeroed in the kernel).
+    CUtensorMap map{};
+    a.fast = d.major >= 9 && reinterpret_cast<std::uintptr_t>(p.cache) % 16 == 0 && a.cache_rs % 8 == 0 &&
+             make_cache_map(&map, p.cache, p.S, a.dk, a.cache_rs);
+    if (kind == 0)
+      launch_split<2, 3, 2, 128>(map, a, dev, d, smem, stream, pdl);  // e.g. nH 24, r 128, dr 64
+    else if (kind == 1)
+      launch_split<2, 5, 4, 64>(map, a, dev, d, smem, stream, pdl);  // e.g. nH 32, r 256, dr 64
+    else if (kind == 2)
+      launch_split<1, 5, 4, 128>(map, a, dev, d, smem, stream, pdl);  // e.g. nH 16, r 256, dr 64
     else
-      launch_split<1, 10, 8>(a, dev, d, smem, stream, pdl);  // up to r 512, dr 128
+      launch_split<1, 10, 8, 64>(map, a, dev, d, smem, stream, pdl);  // up to r 512, dr 128
   }
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>((a.r + kMergeCols - 1) / kMergeCols));
   cuda::launch_pdl(mla_merge_kernel, grid, dim3(kMergeThreads), 0, stream, pdl && n_split > 0, rows, a.r, n_split,

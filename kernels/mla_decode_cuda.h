@@ -24,12 +24,18 @@ struct MlaDecodeCudaParams {
   float* o_lat = nullptr;                // [T, n_heads, r]  sum_t softmax_t * c_t
   float* lse = nullptr;                  // [T, n_heads]     natural-log sum exp of scaled scores; may be null
   float scale = 1.0f;                    // 1/sqrt(dn + dr) times any mscale adjustment (caller decides)
+  // Queries as hi + lo bf16 pairs (twice the score products; scores as if q were fp32) instead of one bf16
+  // rounding of q (FlashMLA's input precision: o_lat ~1.7e-3 and lse ~2e-5 relative to fp32 q at 70K tokens,
+  // 1.2e-4 and 5e-8 with the pairs).
+  bool q_hi_lo = false;
   // Tokens per split (0: mla_decode_cuda_default_split(S)). A split is one block's range of tokens; partials are
   // merged in split order, so the result depends on S and this value only (deterministic, bitwise repeatable).
   std::int64_t split_tokens = 0;
   // Non-null: the queries' first position is read from this device int32 when the kernels run, S = *pos_dev + T
   // (a decode step captured in a CUDA graph once and replayed at every length); S above is then the largest value
-  // S may take (it sizes the workspace and the grid), and *pos_dev + T must not exceed it.
+  // S may take (it sizes the workspace and the grid), and *pos_dev + T must not exceed it. The cache must then hold S
+  // rows: the kernel reads whole 32-row boxes and may touch rows up to that bound (rows past the actual length are
+  // masked and zeroed, so they never reach the result, whatever they hold).
   const std::int32_t* pos_dev = nullptr;
   // Scratch for the partials, at least mla_decode_cuda_workspace_bytes(*this) bytes, 16-byte aligned, not
   // shared with a concurrent call. Contents on entry do not matter.
@@ -47,7 +53,7 @@ std::int64_t mla_decode_cuda_default_split(std::int64_t S);
 std::int64_t mla_decode_cuda_workspace_bytes(const MlaDecodeCudaParams& p);
 
 // Two kernels on `stream`: (1) a persistent grid (one block per SM) over the work items (split, group of up to 32
-// query rows): a producer warp streams the tokens through a ring of shared-memory slots (cp.async.bulk on sm_90),
+// query rows): a producer warp streams the tokens through a ring of shared-memory slots (2-D TMA on sm_90),
 // 8 consumer warps score and accumulate on bf16 tensor cores (mma.sync, fp32 accumulate, online softmax in fp32)
 // and write a normalized partial (o, lse) per item; (2) an exact merge of the partials in split order. On sm_90
 // with an explicit stream both are launched as programmatic dependents (they may start while the previous kernel

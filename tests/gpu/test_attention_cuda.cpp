@@ -456,7 +456,7 @@ AttnOut mla_ref(const MlaCase& c, const MlaQueries& q, const std::vector<float>&
 // Runs mla_decode_cuda with its own workspace (filled with 0xFF bytes: NaN, so stale contents would show).
 // s_bound > 0: S is passed the graph-capture way, as a device position (S - T) with s_bound as the upper bound.
 AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_bfloat16>& cache,
-                std::int64_t cache_row_stride = 0, std::int64_t s_bound = 0) {
+                std::int64_t cache_row_stride = 0, std::int64_t s_bound = 0, bool q_hi_lo = false) {
   DeviceBuffer<float> dql(q.q_lat), dqp(q.q_pe);
   DeviceBuffer<float> o(std::vector<float>(static_cast<std::size_t>(c.T * c.H * c.r), kNaN));
   DeviceBuffer<float> lse(std::vector<float>(static_cast<std::size_t>(c.T * c.H), kNaN));
@@ -474,6 +474,7 @@ AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_b
   p.lse = lse.get();
   p.scale = mla_scale(c);
   p.split_tokens = c.split;
+  p.q_hi_lo = q_hi_lo;
   DeviceBuffer<std::int32_t> pos(std::vector<std::int32_t>{static_cast<std::int32_t>(c.S - c.T)});
   if (s_bound > 0) {
     p.S = s_bound;
@@ -492,14 +493,21 @@ AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_b
 void check_mla(const MlaCase& c, const MlaQueries& q, const std::vector<float>& cache,
                const DeviceBuffer<__nv_bfloat16>& dcache) {
   SCOPED_TRACE(describe(c));
-  const AttnOut ref = mla_ref(c, q, cache);
-  const AttnOut got = mla_gpu(c, q, dcache);
-  const Errors e = compare(got, ref, c.T * c.H, c.r);
-  std::printf("mla_decode %-46s o_lat %.2e  lse %.2e\n", describe(c).c_str(), e.o, e.lse);
+  // The default kernel multiplies q rounded to bf16: against the reference on those queries; with q_hi_lo
+  // (scores as if q were fp32) against the reference on q itself. Same bounds for both.
+  MlaQueries qb = q;
+  qb.q_lat = round_bf16(q.q_lat);
+  qb.q_pe = round_bf16(q.q_pe);
+  const Errors e = compare(mla_gpu(c, q, dcache), mla_ref(c, qb, cache), c.T * c.H, c.r);
+  const Errors eh = compare(mla_gpu(c, q, dcache, 0, 0, true), mla_ref(c, q, cache), c.T * c.H, c.r);
+  std::printf("mla_decode %-46s o_lat %.2e  lse %.2e (hi + lo q: %.2e %.2e)\n", describe(c).c_str(), e.o, e.lse, eh.o,
+              eh.lse);
   // Query t sits at S - T + t: with T > S the first T - S queries see no key at all.
-  EXPECT_EQ(e.masked_rows, std::max<std::int64_t>(c.T - c.S, 0) * c.H);
-  EXPECT_LE(e.o, 1e-2);
-  EXPECT_LE(e.lse, 1e-3);
+  for (const Errors& x : {e, eh}) {
+    EXPECT_EQ(x.masked_rows, std::max<std::int64_t>(c.T - c.S, 0) * c.H);
+    EXPECT_LE(x.o, 1e-2);
+    EXPECT_LE(x.lse, 1e-3);
+  }
 }
 
 TEST(MlaDecodeCuda, MatchesCpu) {
@@ -596,10 +604,37 @@ TEST(MlaDecodeCuda, DevicePositionEqualsHostLength) {
     const MlaQueries q = make_queries(c, seed += 7);
     const AttnOut host = mla_gpu(c, q, dcache);
     for (const std::int64_t bound : {c.S, c.S + 1, std::int64_t{1} << 21}) {
-      const AttnOut dev = mla_gpu(c, q, dcache, 0, bound);
+      // The cache holds `bound` rows (the kernels may read rows up to the bound); the ones past S are NaN, which
+      // must not reach the result.
+      const std::int64_t dk = c.r + c.dr;
+      DeviceBuffer<__nv_bfloat16> big(bound * dk);
+      HYLO_CUDA_CHECK(cudaMemset(big.get(), 0xFF, big.bytes()));
+      HYLO_CUDA_CHECK(cudaMemcpy(big.get(), dcache.get(), dcache.bytes(), cudaMemcpyDeviceToDevice));
+      const AttnOut dev = mla_gpu(c, q, big, 0, bound);
       EXPECT_EQ(std::memcmp(host.o.data(), dev.o.data(), host.o.size() * sizeof(float)), 0) << "bound " << bound;
       EXPECT_EQ(std::memcmp(host.lse.data(), dev.lse.data(), host.lse.size() * sizeof(float)), 0) << "bound " << bound;
     }
+  }
+}
+
+// q as hi + lo bf16 pairs (MlaDecodeCudaParams::q_hi_lo) against one bf16 rounding of q: both within the bounds,
+// the split closer to the fp32 reference (here the only rounding left is the bf16 P of the P.V product).
+TEST(MlaDecodeCuda, QueriesAsHiLoPairsAreMoreAccurate) {
+  for (const MlaCase& c : {MlaCase{70001, 24, 128, 64, 1, 0}, MlaCase{70001, 16, 256, 64, 2, 0}}) {
+    SCOPED_TRACE(describe(c));
+    const auto cache = round_bf16(random_vector(c.S * (c.r + c.dr), 62000));
+    const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(cache));
+    const MlaQueries q = make_queries(c, 62001);
+    const AttnOut ref = mla_ref(c, q, cache);
+    const Errors plain = compare(mla_gpu(c, q, dcache), ref, c.T * c.H, c.r);
+    const Errors hilo = compare(mla_gpu(c, q, dcache, 0, 0, true), ref, c.T * c.H, c.r);
+    std::printf("mla_decode %-46s bf16 q: o_lat %.2e lse %.2e; hi + lo q: o_lat %.2e lse %.2e\n", describe(c).c_str(),
+                plain.o, plain.lse, hilo.o, hilo.lse);
+    EXPECT_LE(plain.o, 1e-2);
+    EXPECT_LE(plain.lse, 1e-3);
+    EXPECT_LE(hilo.o, 1e-2);
+    EXPECT_LE(hilo.lse, 1e-3);
+    EXPECT_LT(hilo.lse, plain.lse);
   }
 }
 
