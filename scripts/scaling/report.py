@@ -2,12 +2,16 @@
 """Table and plots of scaling sweeps (scripts/scaling/sweep.py output).
 
   scripts/scaling/report.py OUT/sweep.json [MORE.json ...] --out docs/scaling
+  scripts/scaling/report.py A/sweep.json B/sweep.json --merge --out docs/scaling   (one series run in two jobs)
 
 Writes OUT/scaling.md (markdown table per sweep) and, when matplotlib is importable, PNG plots: prefill
 throughput and parallel efficiency against ranks, and prefill time split into compute / exposed communication /
 idle per point. Efficiency: strong scaling T_1 / (N T_N); weak scaling T_1 / T_N (T = time to first token).
 Compute is the timed GPU ops (bench's per-op split) or, without it, TTFT minus exposed communication; exposed
 communication is the time rank 0 spent blocked in communication calls; idle is the rest of TTFT.
+--merge joins sweeps of the same series (mode, preset, length per point: total for strong, per rank for weak)
+into one, points ordered by ranks (a point measured twice keeps the later file's); efficiency is then relative
+to the smallest point present (N = ranks / its ranks), so a series may start at 2 ranks where 1 is too slow.
 """
 import argparse
 import json
@@ -50,7 +54,9 @@ def table(sweep):
         lines.append("Weak-scaling efficiency is T_1 / T_N; with causal attention the work per GPU grows with the total "
                      "length (N x the tokens is ~N x the attention per GPU), so compare prefill tok/s too.")
     else:
-        lines.append("Strong-scaling efficiency is T_1 / (N T_N).")
+        b = sweep["points"][0]["ranks"]
+        lines.append("Strong-scaling efficiency is T_1 / (N T_N)." if b == 1 else
+                     f"Strong-scaling efficiency is relative to the {b}-rank point: {b} T_{b} / (N T_N).")
     lines.append("comm: exposed communication (GPU runs: the NCCL calls' event-timed spans on the engine stream, "
                  "which include waiting for the slowest rank); idle: TTFT not covered by timed ops.")
     return "\n".join(lines) + "\n"
@@ -95,16 +101,46 @@ def plots(sweeps, out):
     return "plots: " + ", ".join(made)
 
 
+def merge(sweeps):
+    """Sweeps of one series (same mode, preset, length) -> one sweep; anything else is an error."""
+    out, order = {}, []
+    for s in sweeps:
+        key = (s["mode"], s["preset"], s["length"])
+        if key not in out:
+            out[key] = dict(s, points=[])
+            order.append(key)
+        m = out[key]
+        if m.get("device") != s.get("device") or m.get("cp_split") != s.get("cp_split"):
+            raise SystemExit(f"report: --merge: {key} mixes devices or CP splits")
+        by_layout = {(p["cp"], p["tp"]): p for p in m["points"]}
+        for p in s["points"]:
+            by_layout[(p["cp"], p["tp"])] = p
+        m["points"] = sorted(by_layout.values(), key=lambda p: (p["ranks"], p["tp"]))
+        m["repeats"] = min(m["repeats"], s["repeats"])
+        m["date"] = max(m["date"], s["date"])
+        m["complete"] = all(x.get("complete", True) for x in (m, s))
+    return [out[k] for k in order]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweeps", nargs="+")
     ap.add_argument("--out", default="scaling-report")
+    ap.add_argument("--merge", action="store_true", help="join sweeps of the same series (see above)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     sweeps = []
     for path in a.sweeps:
         with open(path) as f:
             sweeps.append(json.load(f))
+    if a.merge:
+        sweeps = merge(sweeps)
+    for s in sweeps:
+        if not s["points"]:
+            raise SystemExit(f"report: {s['mode']} sweep of {s['preset']} has no points")
+        if not s.get("complete", True):
+            print(f"report: note: the {s['mode']} sweep of {s['preset']} was cut short "
+                  f"({len(s['points'])} points)")
     md = "\n".join(table(s) for s in sweeps)
     with open(os.path.join(a.out, "scaling.md"), "w") as f:
         f.write(md)

@@ -6,8 +6,11 @@
 
 Each point is one `hylo bench` job (verified first by bench itself) timing the prompt `repeats` times in a row (bench
 --prefill L,L,L: the model, NCCL and the cuDNN graphs are set up once); the point keeps the median TTFT and decode
-ms/token and the last run's communication totals and per-op split. Results go to OUT/sweep.json; draw them with
-scripts/scaling/report.py (table + plots; needs matplotlib, so it can run on another machine).
+ms/token and the last run's communication totals and per-op split. Results go to OUT/sweep.json, rewritten after
+every point ("complete": false until the last one), so a sweep cut short by a time limit keeps its finished
+points; draw them with scripts/scaling/report.py (table + plots; needs matplotlib, so it can run on another
+machine), which also merges sweeps of the same series run in several jobs (--merge: e.g. CP 1, 2 in one device
+call and CP 4, 8 in the next).
 
 Example (4 GPUs):  scripts/scaling/sweep.py --mode strong --preset HyLo-Llama-6MLA22M2 --length 512K --cp 1,2,4
 CPU check (CI):    scripts/scaling/sweep.py --mode strong --preset hylo-tiny --device cpu --length 512 --cp 1,2 \
@@ -60,6 +63,16 @@ def main():
         sys.exit("sweep: CP degrees and --repeats must be >= 1")
     os.makedirs(a.out, exist_ok=True)
     points = []
+
+    def write(complete):
+        result = {"mode": a.mode, "preset": a.preset, "device": a.device, "length": a.length, "tp": a.tp,
+                  "cp_split": a.cp_split, "repeats": a.repeats, "points": points, "complete": complete,
+                  "date": time.strftime("%Y-%m-%d"), "host": os.uname().nodename}
+        tmp = os.path.join(a.out, "sweep.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, os.path.join(a.out, "sweep.json"))
+
     for cp in cps:
         total = a.length if a.mode == "strong" else a.length * cp
         js = os.path.join(a.out, f"{a.mode}-cp{cp}-tp{a.tp}.json")
@@ -96,12 +109,7 @@ def main():
         })
         print(f"sweep: cp {cp}: {total} tokens, TTFT {points[-1]['ttft_s']:.3f} s (median of {a.repeats}), "
               f"decode {points[-1]['decode_ms_per_token']:.2f} ms/token", flush=True)
-    result = {"mode": a.mode, "preset": a.preset, "device": a.device, "length": a.length, "tp": a.tp,
-              "cp_split": a.cp_split,
-              "repeats": a.repeats, "points": points,
-              "date": time.strftime("%Y-%m-%d"), "host": os.uname().nodename}
-    with open(os.path.join(a.out, "sweep.json"), "w") as f:
-        json.dump(result, f, indent=2)
+        write(complete=cp == cps[-1])
     print(f"sweep: wrote {os.path.join(a.out, 'sweep.json')}")
 
 

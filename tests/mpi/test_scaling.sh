@@ -30,5 +30,27 @@ try:
     assert os.path.getsize(os.path.join(w, "report", "strong-hylo-tiny.png")) > 1000
 except ImportError:
     pass
+PY
+# A series run in two jobs (CP 1, then CP 2; the first cut short): report --merge gives the same table rows.
+"$py" - "$work" <<'PY' || fail "split"
+import json, os, sys
+w = sys.argv[1]
+s = json.load(open(os.path.join(w, "sweep", "sweep.json")))
+assert s["complete"] is True, "a finished sweep says so"
+for i, name in enumerate(["a", "b"]):
+    os.makedirs(os.path.join(w, name), exist_ok=True)
+    part = dict(s, points=[s["points"][i]], complete=i == 1)
+    json.dump(part, open(os.path.join(w, name, "sweep.json"), "w"))
+PY
+"$py" "$root/scripts/scaling/report.py" "$work/b/sweep.json" "$work/a/sweep.json" --merge --out "$work/merged" \
+  >"$work/merged.log" 2>&1 || fail "report --merge: $(cat "$work/merged.log")"
+"$py" - "$work" <<'PY' || fail "merged outputs"
+import os, sys
+w = sys.argv[1]
+rows = lambda d: [l for l in open(os.path.join(w, d, "scaling.md")) if l.startswith("| 1 (") or l.startswith("| 2 (")]
+one, merged = rows("report"), rows("merged")
+assert len(one) == 2 and merged == one, (one, merged)
+log = open(os.path.join(w, "merged.log")).read()
+assert "cut short" in log, log
 print("scaling pipeline ok")
 PY
