@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const __grid_con
     const std::int64_t s0 = sp * a.split, s1 = min64(a.S, s0 + a.split);
     const int n_tiles = static_cast<int>((s1 - s0 + kBT - 1) / kBT);
 
-    if (rg != q_rg) {  // q = hi + lo, both bf16 (~16 mantissa bits of q), straight from global into fragments
+    if (rg != q_rg) {  // q = hi (+ lo with q_hi_lo), bf16, straight from global into fragments
       q_rg = rg;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
@@ -370,6 +370,9 @@ __global__ void __launch_bounds__(kThreads, 1) mla_split_kernel(const __grid_con
           const int t = first + idx / per_row;
           st_shared_v4(cs[t / kSlot] + slot_off(t & (kSlot - 1), idx % per_row), zero);
         }
+        // These generic-proxy writes precede the TMA (async-proxy) refill of the slots (ordered through the empty
+        // mbarrier): the PTX memory model wants a proxy fence between the two.
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       }
 
       // Partial scores of this warp's kBT / 2 tokens (slots th kSPW ..) over its k steps, raw (unscaled) into
@@ -700,6 +703,12 @@ void launch_split(const CUtensorMap& map, const MlaArgs& a, int dev, const Devic
                    static_cast<std::size_t>(smem), stream, pdl, map, a);
 }
 
+// sm_90 with a 16-byte aligned cache and row pitch: the slots come by TMA (when the driver makes the map).
+bool tma_eligible(const MlaDecodeCudaParams& p, const DeviceInfo& d) {
+  const std::int64_t rs = p.cache_row_stride > 0 ? p.cache_row_stride : p.kv_lora_rank + p.rope_dim;
+  return d.major >= 9 && reinterpret_cast<std::uintptr_t>(p.cache) % 16 == 0 && rs % 8 == 0;
+}
+
 std::int64_t split_of(const MlaDecodeCudaParams& p) {
   return p.split_tokens > 0 ? p.split_tokens : default_split(p.S);
 }
@@ -717,6 +726,16 @@ std::int64_t max_splits(const MlaDecodeCudaParams& p) {
 }  // namespace
 
 std::int64_t mla_decode_cuda_default_split(std::int64_t S) { return default_split(S); }
+
+bool mla_decode_cuda_uses_tma(const MlaDecodeCudaParams& p) {
+  if (p.S <= 0 || p.T <= 0 || p.n_heads <= 0 || p.cache == nullptr) return false;
+  int dev = 0;
+  HYLO_CUDA_CHECK(cudaGetDevice(&dev));
+  CUtensorMap map{};
+  const int dk = static_cast<int>(p.kv_lora_rank + p.rope_dim);
+  return tma_eligible(p, device_info(dev)) &&
+         make_cache_map(&map, p.cache, p.S, dk, p.cache_row_stride > 0 ? p.cache_row_stride : dk);
+}
 
 std::int64_t mla_decode_cuda_workspace_bytes(const MlaDecodeCudaParams& p) {
   if (p.S <= 0 || p.T <= 0 || p.n_heads <= 0) return 0;
@@ -782,28 +801,36 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
     a.n_rg = (rows + mr - 1) / mr;
     a.n_items = n_split * a.n_rg;
     // 128-token tiles for the two smaller instantiations (the engine's shapes: 167-168 registers, at most 32
-    // bytes of spills; 9 warps leave 168 per thread), 64 for the larger (128 would spill 150-500 bytes).
+    // bytes of spills; 9 warps leave 168 per thread), 64 for the larger (128 would spill 150-500 bytes). A tile
+    // holds bt / 32 slots at once, so 128 also needs a ring of 8 slots (the next tile loading while this one
+    // computes); GPUs with ~100 KB of shared memory per block get 64 (H100 / H200: 9-12 slots at 128).
     const int kind = mt == 2 && qk <= 3 && ntw <= 2 ? 0 : mt == 2 ? 1 : qk <= 5 && ntw <= 4 ? 2 : 3;
-    const int bt = kind == 0 || kind == 2 ? 128 : 64;
+    auto ring_slots = [&](int bt) {
+      return std::min<std::int64_t>(kMaxSlots, (d.max_smem - fixed_smem_bytes(mr, bt)) / slot_bytes(a.n_panels));
+    };
+    const int bt = (kind == 0 || kind == 2) && ring_slots(128) >= 2 * (128 / kSlot) ? 128 : 64;
     const std::int64_t fixed = fixed_smem_bytes(mr, bt);
-    const std::int64_t slots = std::min<std::int64_t>(kMaxSlots, (d.max_smem - fixed) / slot_bytes(a.n_panels));
-    if (slots < 2)
+    const std::int64_t slots = ring_slots(bt);
+    if (slots < bt / kSlot)  // fewer slots than one tile holds: the consumers would wait forever
       throw std::invalid_argument("mla_decode_cuda: r + dr = " + std::to_string(a.dk) + " needs " +
-                                  std::to_string(fixed + 2 * slot_bytes(a.n_panels)) +
+                                  std::to_string(fixed + (bt / kSlot) * slot_bytes(a.n_panels)) +
                                   " bytes of shared memory, the device has " + std::to_string(d.max_smem));
     a.n_slots = static_cast<int>(slots);
     const std::int64_t smem = fixed + slots * slot_bytes(a.n_panels);
     // TMA (sm_90): 16-byte aligned cache and row pitch; the map covers the S rows of the call (with pos_dev the
     // bound: rows between the actual length and it are masked and zeroed in the kernel).
     CUtensorMap map{};
-    a.fast = d.major >= 9 && reinterpret_cast<std::uintptr_t>(p.cache) % 16 == 0 && a.cache_rs % 8 == 0 &&
-             make_cache_map(&map, p.cache, p.S, a.dk, a.cache_rs);
-    if (kind == 0)
+    a.fast = tma_eligible(p, d) && make_cache_map(&map, p.cache, p.S, a.dk, a.cache_rs);
+    if (kind == 0 && bt == 128)
       launch_split<2, 3, 2, 128>(map, a, dev, d, smem, stream, pdl);  // e.g. nH 24, r 128, dr 64
+    else if (kind == 0)
+      launch_split<2, 3, 2, 64>(map, a, dev, d, smem, stream, pdl);  // the same, small shared memory
     else if (kind == 1)
       launch_split<2, 5, 4, 64>(map, a, dev, d, smem, stream, pdl);  // e.g. nH 32, r 256, dr 64
-    else if (kind == 2)
+    else if (kind == 2 && bt == 128)
       launch_split<1, 5, 4, 128>(map, a, dev, d, smem, stream, pdl);  // e.g. nH 16, r 256, dr 64
+    else if (kind == 2)
+      launch_split<1, 5, 4, 64>(map, a, dev, d, smem, stream, pdl);  // the same, small shared memory
     else
       launch_split<1, 10, 8, 64>(map, a, dev, d, smem, stream, pdl);  // up to r 512, dr 128
   }

@@ -47,6 +47,10 @@ struct MlaDecodeCudaParams {
 // two per SM on 132 SMs; partials then cost ~3% of the cache bytes at 32 heads, r = 512).
 std::int64_t mla_decode_cuda_default_split(std::int64_t S);
 
+// Whether a call with these parameters on the current device fills its shared-memory ring by TMA (sm_90, 16-byte
+// aligned cache and row pitch, the driver's tensor-map encoder present); otherwise plain loads (same results).
+bool mla_decode_cuda_uses_tma(const MlaDecodeCudaParams& p);
+
 // Bytes of workspace a call with these T, S, n_heads, kv_lora_rank and split_tokens needs:
 // n_split * T * n_heads * (r + 1) floats, n_split = ceil(S / split); with pos_dev set, n_split is the most splits
 // any S' <= S can have (<= 256 with the default split).

@@ -5,8 +5,11 @@
 // - attention o <= 1e-2: the GPU rounds the softmax weights P to bf16 for the P.V product (relative error up to
 //   2^-9 per weight, random in sign); everything else is fp32 on both sides. lse <= 1e-4: it comes from fp32
 //   scores of the same bf16 inputs (exact products, fp32 sums) and fp32 exponentials; only the order differs.
-// - mla_decode o_lat <= 1e-2 (bf16 P again); lse <= 1e-3: the cache is bf16 on both sides, q is fp32 on the CPU
-//   and split into two bf16 halves on the GPU (~2^-16 relative), so scores agree to ~1e-5.
+// - mla_decode: the GPU multiplies q rounded to bf16 (default) or as two bf16 halves (q_hi_lo, ~2^-16 relative);
+//   check_mla compares each with the CPU on the queries it multiplies (bf16-rounded q, or fp32 q), so only the
+//   bf16 P of the P.V product (o_lat <= 5e-3; 1.6e-3 seen) and the fp32 order (lse <= 5e-5; 5.5e-6 seen, at S = 1)
+//   differ. Tests against the fp32-q reference in bf16 mode (bandwidth report, strided cache) keep 1e-2 / 1e-3:
+//   bf16 q alone moves o_lat by ~1.7e-3 and lse by ~2e-5 at 70K tokens.
 // - rows that see no key: o exactly 0 and lse exactly -inf on both sides.
 // Outputs are pre-filled with NaN so that an element the kernel forgot to write fails the test.
 #include <algorithm>
@@ -505,8 +508,8 @@ void check_mla(const MlaCase& c, const MlaQueries& q, const std::vector<float>& 
   // Query t sits at S - T + t: with T > S the first T - S queries see no key at all.
   for (const Errors& x : {e, eh}) {
     EXPECT_EQ(x.masked_rows, std::max<std::int64_t>(c.T - c.S, 0) * c.H);
-    EXPECT_LE(x.o, 1e-2);
-    EXPECT_LE(x.lse, 1e-3);
+    EXPECT_LE(x.o, 5e-3);
+    EXPECT_LE(x.lse, 5e-5);
   }
 }
 
@@ -550,6 +553,14 @@ TEST(MlaDecodeCuda, SmallSplitsAndMaskedPartials) {
     for (std::int64_t T : {1, 2, 3}) {
       const MlaCase c{S, 16, r, dr, T, split};
       check_mla(c, make_queries(c, seed += 7), cache, dcache);
+    }
+  // The Llama shape (two 16-row tiles of queries, 128-token tiles) with splits that end inside a tile.
+  const auto cache2 = round_bf16(random_vector(S * (128 + dr), 40100));
+  const DeviceBuffer<__nv_bfloat16> dcache2(to_bf16(cache2));
+  for (std::int64_t split : {64, 100})
+    for (std::int64_t T : {1, 2}) {
+      const MlaCase c{S, 24, 128, dr, T, split};
+      check_mla(c, make_queries(c, seed += 7), cache2, dcache2);
     }
 }
 
@@ -636,6 +647,29 @@ TEST(MlaDecodeCuda, QueriesAsHiLoPairsAreMoreAccurate) {
     EXPECT_LE(hilo.lse, 1e-3);
     EXPECT_LT(hilo.lse, plain.lse);
   }
+}
+
+// On sm_90 the engine's layouts (aligned cache, row pitch a multiple of 8) take the TMA path; a misaligned cache
+// or an odd pitch takes plain loads (the strided-cache test checks those give the same results).
+TEST(MlaDecodeCuda, TmaPathIsTakenWhereItShouldBe) {
+  cudaDeviceProp prop{};
+  HYLO_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  const DeviceBuffer<__nv_bfloat16> cache(std::int64_t{1000} * 200);
+  kernels::MlaDecodeCudaParams p;
+  p.T = 1;
+  p.S = 1000;
+  p.n_heads = 24;
+  p.kv_lora_rank = 128;
+  p.rope_dim = 64;
+  p.cache = cache.get();
+  EXPECT_EQ(kernels::mla_decode_cuda_uses_tma(p), prop.major >= 9);
+  p.cache_row_stride = 200;
+  EXPECT_EQ(kernels::mla_decode_cuda_uses_tma(p), prop.major >= 9);
+  p.cache_row_stride = 197;
+  EXPECT_FALSE(kernels::mla_decode_cuda_uses_tma(p));
+  p.cache_row_stride = 0;
+  p.cache = cache.get() + 1;
+  EXPECT_FALSE(kernels::mla_decode_cuda_uses_tma(p));
 }
 
 TEST(MlaDecodeCuda, EmptyCacheAndBadArguments) {
@@ -729,7 +763,7 @@ TEST(MlaDecodeCuda, BandwidthReport) {
   }
 }
 
-// The engine's shapes (HyLo-Llama: nH 24, r 128; HyLo-Qwen: nH 16, r 256; dr 64) at lengths around the tile (64),
+// The engine's shapes (HyLo-Llama: nH 24, r 128; HyLo-Qwen: nH 16, r 256; dr 64) at lengths around the tile (128),
 // slot (32) and split boundaries, against the CPU.
 TEST(MlaDecodeCuda, EngineShapes) {
   const std::int64_t shapes[][2] = {{24, 128}, {16, 256}};
