@@ -808,7 +808,14 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
     auto ring_slots = [&](int bt) {
       return std::min<std::int64_t>(kMaxSlots, (d.max_smem - fixed_smem_bytes(mr, bt)) / slot_bytes(a.n_panels));
     };
-    const int bt = (kind == 0 || kind == 2) && ring_slots(128) >= 2 * (128 / kSlot) ? 128 : 64;
+    const bool can128 = kind == 0 || kind == 2;
+    if (p.tile_tokens != 0 && p.tile_tokens != 64 && !(p.tile_tokens == 128 && can128))
+      throw std::invalid_argument("mla_decode_cuda: tile_tokens " + std::to_string(p.tile_tokens) +
+                                  (p.tile_tokens == 128 ? ": 128-token tiles exist for T nH > 16 with r + dr <= 192, "
+                                                          "r <= 128 and for T nH <= 16 with r + dr <= 320, r <= 256"
+                                                        : " is not 0, 64 or 128"));
+    const int bt = p.tile_tokens != 0 ? static_cast<int>(p.tile_tokens)
+                   : can128 && ring_slots(128) >= 2 * (128 / kSlot) ? 128 : 64;
     const std::int64_t fixed = fixed_smem_bytes(mr, bt);
     const std::int64_t slots = ring_slots(bt);
     if (slots < bt / kSlot)  // fewer slots than one tile holds: the consumers would wait forever

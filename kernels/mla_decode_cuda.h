@@ -28,6 +28,9 @@ struct MlaDecodeCudaParams {
   // rounding of q (FlashMLA's input precision: o_lat ~1.7e-3 and lse ~2e-5 relative to fp32 q at 70K tokens,
   // 1.2e-4 and 5e-8 with the pairs).
   bool q_hi_lo = false;
+  // Tokens per compute tile: 0 picks (128 where the registers and a ring of 8 slots allow, else 64); 64 or 128
+  // force it (tests and A/B timing; 128 only for the smaller instantiations, else std::invalid_argument).
+  std::int64_t tile_tokens = 0;
   // Tokens per split (0: mla_decode_cuda_default_split(S)). A split is one block's range of tokens; partials are
   // merged in split order, so the result depends on S and this value only (deterministic, bitwise repeatable).
   std::int64_t split_tokens = 0;

@@ -459,7 +459,8 @@ AttnOut mla_ref(const MlaCase& c, const MlaQueries& q, const std::vector<float>&
 // Runs mla_decode_cuda with its own workspace (filled with 0xFF bytes: NaN, so stale contents would show).
 // s_bound > 0: S is passed the graph-capture way, as a device position (S - T) with s_bound as the upper bound.
 AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_bfloat16>& cache,
-                std::int64_t cache_row_stride = 0, std::int64_t s_bound = 0, bool q_hi_lo = false) {
+                std::int64_t cache_row_stride = 0, std::int64_t s_bound = 0, bool q_hi_lo = false,
+                std::int64_t tile_tokens = 0) {
   DeviceBuffer<float> dql(q.q_lat), dqp(q.q_pe);
   DeviceBuffer<float> o(std::vector<float>(static_cast<std::size_t>(c.T * c.H * c.r), kNaN));
   DeviceBuffer<float> lse(std::vector<float>(static_cast<std::size_t>(c.T * c.H), kNaN));
@@ -478,6 +479,7 @@ AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_b
   p.scale = mla_scale(c);
   p.split_tokens = c.split;
   p.q_hi_lo = q_hi_lo;
+  p.tile_tokens = tile_tokens;
   DeviceBuffer<std::int32_t> pos(std::vector<std::int32_t>{static_cast<std::int32_t>(c.S - c.T)});
   if (s_bound > 0) {
     p.S = s_bound;
@@ -670,6 +672,34 @@ TEST(MlaDecodeCuda, TmaPathIsTakenWhereItShouldBe) {
   p.cache_row_stride = 0;
   p.cache = cache.get() + 1;
   EXPECT_FALSE(kernels::mla_decode_cuda_uses_tma(p));
+}
+
+// 64-token tiles forced at the engine's shapes (what GPUs with ~100 KB of shared memory per block run) give the
+// same results as the default 128 within the bounds; 128 where no such instantiation exists is refused.
+TEST(MlaDecodeCuda, ForcedTileSizes) {
+  std::uint64_t seed = 63000;
+  for (const MlaCase& c : {MlaCase{8229, 24, 128, 64, 1, 0}, MlaCase{8229, 16, 256, 64, 2, 0},
+                           MlaCase{4097, 24, 128, 64, 2, 100}, MlaCase{1000, 16, 256, 64, 1, 0}}) {
+    SCOPED_TRACE(describe(c));
+    const auto cache = round_bf16(random_vector(c.S * (c.r + c.dr), seed += 7));
+    const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(cache));
+    const MlaQueries q = make_queries(c, seed += 7);
+    MlaQueries qb = q;
+    qb.q_lat = round_bf16(q.q_lat);
+    qb.q_pe = round_bf16(q.q_pe);
+    const AttnOut ref = mla_ref(c, qb, cache);
+    for (const std::int64_t bt : {64, 128}) {
+      const Errors e = compare(mla_gpu(c, q, dcache, 0, 0, false, bt), ref, c.T * c.H, c.r);
+      std::printf("mla_decode %-46s tile %3lld: o_lat %.2e lse %.2e\n", describe(c).c_str(),
+                  static_cast<long long>(bt), e.o, e.lse);
+      EXPECT_LE(e.o, 5e-3);
+      EXPECT_LE(e.lse, 5e-5);
+    }
+  }
+  const MlaCase big{1000, 16, 512, 64, 1, 0};  // r 512: 64-token tiles only
+  const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(round_bf16(random_vector(big.S * (big.r + big.dr), 63100))));
+  EXPECT_THROW(mla_gpu(big, make_queries(big, 63101), dcache, 0, 0, false, 128), std::invalid_argument);
+  EXPECT_THROW(mla_gpu(big, make_queries(big, 63101), dcache, 0, 0, false, 96), std::invalid_argument);
 }
 
 TEST(MlaDecodeCuda, EmptyCacheAndBadArguments) {
@@ -1039,6 +1069,21 @@ TEST(MlaDecodeCuda, EngineLatencyReport) {
                   "absorb+decode+expand %.1f us per layer\n",
                   shp.name, static_cast<long long>(sh.n_heads), static_cast<long long>(sh.r),
                   static_cast<long long>(S), prop.name, ms_dec * 1e3, bytes / (ms_dec * 1e-3) / 1e9, ms_layer * 1e3);
+      // The variants side by side (decode only): 64-token tiles, q as hi + lo pairs.
+      for (const int variant : {1, 2}) {
+        kernels::MlaDecodeCudaParams pv = p;
+        if (variant == 1) pv.tile_tokens = 64;
+        if (variant == 2) pv.q_hi_lo = true;
+        kernels::mla_decode_cuda(pv, st);
+        HYLO_CUDA_CHECK(cudaEventRecord(t0, st));
+        for (int i = 0; i < kReps; ++i) kernels::mla_decode_cuda(pv, st);
+        HYLO_CUDA_CHECK(cudaEventRecord(t1, st));
+        HYLO_CUDA_CHECK(cudaEventSynchronize(t1));
+        float ms = 0;
+        HYLO_CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+        std::printf("mla engine %-10s S %7lld: decode %.1f us with %s\n", shp.name, static_cast<long long>(S),
+                    ms / kReps * 1e3, variant == 1 ? "64-token tiles" : "q as hi + lo pairs");
+      }
       HYLO_CUDA_CHECK(cudaEventDestroy(t0));
       HYLO_CUDA_CHECK(cudaEventDestroy(t1));
       const auto ol = o_lat.download();
