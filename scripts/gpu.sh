@@ -22,6 +22,9 @@ case "${1:-}" in
     cp build-gpu/tests/mpi/test_comm_nccl build-gpu/tests/mpi/test_cuda_tp build-gpu/tests/mpi/test_cuda_cp .carry/bin/
     strip .carry/bin/* 2>/dev/null
     tar -cJf .carry/hylo-gpu.tar.xz -C .carry/bin . && rm -rf .carry/bin
+    # FLA (pure Python + Triton) for scripts/compare/gdn_fla.py: the GPU machine has torch and triton, no network.
+    pip download --quiet --no-deps -d .carry/wheels fla-core==0.6.0 einops >/dev/null 2>&1 ||
+      echo "note: FLA wheels not downloaded (no network?): bench skips the GDN comparison"
     du -sh .carry
     ;;
   unpack)
@@ -88,6 +91,7 @@ case "${1:-}" in
   bench)
     # hylo bench of the two released layouts (random weights; verified against the CPU engine first), then the
     # PyTorch/HF side-by-side (scripts/compare/torch_prefill.py). Lengths: HYLO_BENCH_LENGTHS (default 8K,32K,128K).
+    # Then hylo's GDN chunked scan against FLA's (scripts/compare/gdn_fla.py) when the wheels were carried.
     [[ -x .carry/bin/hylo ]] || { mkdir -p .carry/bin && tar -xJf .carry/hylo-gpu.tar.xz -C .carry/bin; } || exit 1
     out="${2:-${OUT:-gpu-logs}}"
     mkdir -p "$out"
@@ -102,6 +106,14 @@ case "${1:-}" in
         --hylo-json "$out/bench-$p.json" --json "$out/torch-$p.json" >"$out/torch-$p.log" 2>&1
       grep -v "falling back" "$out/torch-$p.log" | tail -8
     done
+    if ls .carry/wheels/fla_core-*.whl >/dev/null 2>&1; then
+      "$py" -m pip install --quiet --no-deps --no-index --target .carry/pylib .carry/wheels/*.whl >"$out/fla-install.log" 2>&1
+      timeout 300 .carry/bin/test_gdn_chunk_cuda --gtest_filter=GdnChunkCuda.QwenLongAndBenchmark --gtest_color=no \
+        >"$out/gdn-bench.log" 2>&1
+      PYTHONPATH="$PWD/.carry/pylib" timeout 300 "$py" scripts/compare/gdn_fla.py --hylo-log "$out/gdn-bench.log" \
+        --lengths 8K,128K --json "$out/gdn-fla.json" >"$out/gdn-fla.log" 2>&1
+      tail -6 "$out/gdn-fla.log"
+    fi
     ;;
   *) echo "usage: scripts/gpu.sh pack | unpack | run [OUT] | bench [OUT]" >&2; exit 2 ;;
 esac
