@@ -13,13 +13,14 @@ tests=(test_gpu_smoke test_gemm_cuda test_elementwise_cuda test_scans_cuda test_
 case "${1:-}" in
   pack)
     cmake -S . -B build-gpu -G Ninja -DHYLO_WERROR=ON >/dev/null || exit 1
-    cmake --build build-gpu -j "$(nproc)" --target hylo "${tests[@]}" test_comm_nccl test_cuda_tp test_cuda_cp hylo-launch || exit 1
+    cmake --build build-gpu -j "$(nproc)" --target hylo "${tests[@]}" test_comm_nccl test_cuda_tp test_cuda_cp test_mpi_device_collectives hylo-launch || exit 1
     # One xz tarball: the device tool carries at most 64 MiB, the stripped binaries are ~65 MB, the tarball ~9 MB.
     rm -rf .carry && mkdir -p .carry/bin
     cp build-gpu/src/hylo .carry/bin/hylo
     cp build-gpu/launcher/hylo-launch .carry/bin/hylo-launch
     for t in "${tests[@]}"; do cp "build-gpu/tests/$t" ".carry/bin/$t"; done
-    cp build-gpu/tests/mpi/test_comm_nccl build-gpu/tests/mpi/test_cuda_tp build-gpu/tests/mpi/test_cuda_cp .carry/bin/
+    cp build-gpu/tests/mpi/test_comm_nccl build-gpu/tests/mpi/test_cuda_tp build-gpu/tests/mpi/test_cuda_cp \
+      build-gpu/tests/mpi/test_mpi_device_collectives .carry/bin/
     strip .carry/bin/* 2>/dev/null
     tar -cJf .carry/hylo-gpu.tar.xz -C .carry/bin . && rm -rf .carry/bin
     # FLA (pure Python + Triton) for scripts/compare/gdn_fla.py: the GPU machine has torch and triton, no network.
@@ -55,6 +56,14 @@ case "${1:-}" in
       case $rc in 0) r="pass" ;; 77) r="skip" ;; *) r="FAIL($rc)" ;; esac
       tests+=(test_comm_nccl)
       result[test_comm_nccl]="$r ($ngpu ranks) $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}') s"
+      # The MPI transport for GPU engines on device buffers (host-staged; direct where the MPI is CUDA-aware).
+      timeout 120 mpirun --allow-run-as-root -np "$ngpu" .carry/bin/test_mpi_device_collectives --gtest_color=no \
+        >"$out/test_mpi_device_collectives.log" 2>&1
+      rc=$?
+      case $rc in 0) r="pass" ;; 77) r="skip" ;; *) r="FAIL($rc)" ;; esac
+      tests+=(test_mpi_device_collectives)
+      result[test_mpi_device_collectives]="$r ($ngpu ranks; $(grep -o 'mpi device transport here: [^(]*' \
+        "$out/test_mpi_device_collectives.log" | head -1 | sed 's/.*here: //'))"
       # TP = 2 of the CUDA engine against one GPU (golden "mixed": its 2 kv heads allow TP 2 only).
       start=$(date +%s.%N)
       timeout 300 mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE=0 -x HYLO_SOURCE_DIR .carry/bin/test_cuda_tp \
