@@ -11,7 +11,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "comm/device_collectives.h"
+#include "comm/mpi_device_collectives.h"
 
 namespace hylo::comm {
 namespace {
@@ -39,11 +39,12 @@ const char* to_string(MpiDeviceMode mode) {
 }
 
 bool mpi_reports_cuda_aware() {
-#if defined(OMPI_HAVE_MPI_EXT_CUDA) && OMPI_HAVE_MPI_EXT_CUDA
-  // The run-time answer: the library actually loaded may differ from the headers built against.
+#if defined(MPIX_CUDA_AWARE_SUPPORT)
+  // Open MPI (and MVAPICH2) declare MPIX_Query_cuda_support with this macro: the library actually loaded answers,
+  // which may differ from the headers built against.
   return MPIX_Query_cuda_support() == 1;
 #else
-  return false;
+  return false;  // no way to ask (MPICH without the extension): stage
 #endif
 }
 
@@ -63,7 +64,13 @@ MpiDeviceMode resolve_mpi_device_mode(MpiDeviceMode requested, const char* env_v
 MpiDeviceCollectives::MpiDeviceCollectives(MpiCommunicator& mpi, MpiDeviceMode mode)
     : mpi_(mpi),
       mode_(resolve_mpi_device_mode(mode, std::getenv("HYLO_MPI_CUDA_AWARE"),
-                                    mode == MpiDeviceMode::kAuto && mpi_reports_cuda_aware())) {}
+                                    mode == MpiDeviceMode::kAuto && mpi_reports_cuda_aware())) {
+  // The device current now (-1 where there is none: the calls then fail with CUDA's error, naming the rank).
+  if (mode_ != MpiDeviceMode::kHostBuffers && cudaGetDevice(&device_) != cudaSuccess) {
+    device_ = -1;
+    (void)cudaGetLastError();
+  }
+}
 
 MpiDeviceCollectives::~MpiDeviceCollectives() {
   if (staging_ != nullptr) cudaFreeHost(staging_);
@@ -79,9 +86,14 @@ void MpiDeviceCollectives::check(cudaError_t rc, const char* op) const {
 
 void* MpiDeviceCollectives::staging(std::int64_t bytes) {
   if (bytes <= staging_bytes_) return staging_;
+  // Powers of two from 1 MiB: a size that creeps up (the CP gather grows with the prompt) re-pins rarely
+  // (cudaFreeHost synchronizes the device; pinning costs milliseconds).
+  std::int64_t want = std::int64_t{1} << 20;
+  while (want < bytes) want *= 2;
   if (staging_ != nullptr) cudaFreeHost(staging_);
   staging_ = nullptr;
   staging_bytes_ = 0;
+  bytes = want;
   const cudaError_t rc = cudaHostAlloc(&staging_, static_cast<std::size_t>(bytes), cudaHostAllocDefault);
   if (rc != cudaSuccess) {
     staging_ = nullptr;
@@ -93,59 +105,87 @@ void* MpiDeviceCollectives::staging(std::int64_t bytes) {
   return staging_;
 }
 
+void MpiDeviceCollectives::not_capturing(cudaStream_t stream, const char* op) const {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(stream, &status), op);
+  if (status != cudaStreamCaptureStatusNone)
+    throw std::logic_error(std::string(op) + " on communicator " + mpi_.name() + ": the MPI transport blocks the "
+                           "host and cannot be captured into a CUDA graph (run the decode step without one)");
+}
+
+// Copies by cudaMemcpyDefault (unified addressing): correct for device, pinned, managed and plain host buffers.
+void MpiDeviceCollectives::staged_allreduce(float* data, std::int64_t count, cudaStream_t stream) {
+  const auto n = static_cast<std::size_t>(count) * sizeof(float);
+  float* host = static_cast<float*>(staging(static_cast<std::int64_t>(n)));
+  if (n > 0) check(cudaMemcpyAsync(host, data, n, cudaMemcpyDefault, stream), "allreduce_sum_on (to host)");
+  check(cudaStreamSynchronize(stream), "allreduce_sum_on (to host)");
+  mpi_.allreduce_sum(host, count);
+  if (n > 0) check(cudaMemcpyAsync(data, host, n, cudaMemcpyDefault, stream), "allreduce_sum_on (to device)");
+  check(cudaStreamSynchronize(stream), "allreduce_sum_on (to device)");  // the staging buffer is reused next call
+}
+
+void MpiDeviceCollectives::staged_allgather(const void* send, void* recv, std::int64_t bytes_per_rank,
+                                            cudaStream_t stream) {
+  const std::int64_t total = bytes_per_rank * mpi_.size();
+  auto* host = static_cast<std::byte*>(staging(bytes_per_rank + total));
+  std::byte* host_send = host + total;  // after the receive blocks
+  if (bytes_per_rank > 0)
+    check(cudaMemcpyAsync(host_send, send, static_cast<std::size_t>(bytes_per_rank), cudaMemcpyDefault, stream),
+          "allgather_on (to host)");
+  check(cudaStreamSynchronize(stream), "allgather_on (to host)");
+  mpi_.allgather(host_send, host, bytes_per_rank);
+  if (total > 0)
+    check(cudaMemcpyAsync(recv, host, static_cast<std::size_t>(total), cudaMemcpyDefault, stream),
+          "allgather_on (to device)");
+  check(cudaStreamSynchronize(stream), "allgather_on (to device)");
+}
+
 void MpiDeviceCollectives::allreduce_sum_on(float* data, std::int64_t count, cudaStream_t stream) {
   if (count < 0) throw std::invalid_argument("allreduce_sum_on: negative count");
+  if (count > 0 && data == nullptr) throw std::invalid_argument("allreduce_sum_on: null buffer");
   switch (mode_) {
     case MpiDeviceMode::kHostBuffers:
       mpi_.allreduce_sum(data, count);
       return;
     case MpiDeviceMode::kCudaAware:
-      check(cudaStreamSynchronize(stream), "allreduce_sum_on");  // the caller's kernels have written `data`
+      not_capturing(stream, "allreduce_sum_on");
+      // The caller's kernels have written `data`. MpiCommunicator's chunked allreduce works in place on the
+      // buffer, so device pointers are fine at any size.
+      check(cudaStreamSynchronize(stream), "allreduce_sum_on");
       mpi_.allreduce_sum(data, count);
       return;
     case MpiDeviceMode::kHostStaged:
-    case MpiDeviceMode::kAuto: {
-      const std::int64_t bytes = count * static_cast<std::int64_t>(sizeof(float));
-      float* host = static_cast<float*>(staging(bytes));
-      const auto n = static_cast<std::size_t>(bytes);
-      if (n > 0) check(cudaMemcpyAsync(host, data, n, cudaMemcpyDeviceToHost, stream), "allreduce_sum_on (to host)");
-      check(cudaStreamSynchronize(stream), "allreduce_sum_on (to host)");
-      mpi_.allreduce_sum(host, count);
-      if (n > 0) check(cudaMemcpyAsync(data, host, n, cudaMemcpyHostToDevice, stream), "allreduce_sum_on (to device)");
-      check(cudaStreamSynchronize(stream), "allreduce_sum_on (to device)");  // the staging buffer is reused next call
+    case MpiDeviceMode::kAuto:
+      not_capturing(stream, "allreduce_sum_on");
+      staged_allreduce(data, count, stream);
       return;
-    }
   }
 }
 
 void MpiDeviceCollectives::allgather_on(const void* send, void* recv, std::int64_t bytes_per_rank,
                                         cudaStream_t stream) {
   if (bytes_per_rank < 0) throw std::invalid_argument("allgather_on: negative size");
+  if (bytes_per_rank > 0 && (send == nullptr || recv == nullptr))
+    throw std::invalid_argument("allgather_on: null buffer");
   switch (mode_) {
     case MpiDeviceMode::kHostBuffers:
       mpi_.allgather(send, recv, bytes_per_rank);
       return;
     case MpiDeviceMode::kCudaAware:
+      not_capturing(stream, "allgather_on");
+      // Above the message limit MpiCommunicator gathers into host memory and copies with memcpy: stage instead.
+      if (bytes_per_rank * mpi_.size() > mpi_.max_message_bytes()) {
+        staged_allgather(send, recv, bytes_per_rank, stream);
+        return;
+      }
       check(cudaStreamSynchronize(stream), "allgather_on");
       mpi_.allgather(send, recv, bytes_per_rank);
       return;
     case MpiDeviceMode::kHostStaged:
-    case MpiDeviceMode::kAuto: {
-      const std::int64_t total = bytes_per_rank * mpi_.size();
-      auto* host = static_cast<std::byte*>(staging(bytes_per_rank + total));
-      std::byte* host_send = host + total;  // after the receive blocks
-      if (bytes_per_rank > 0)
-        check(cudaMemcpyAsync(host_send, send, static_cast<std::size_t>(bytes_per_rank), cudaMemcpyDeviceToHost,
-                              stream),
-              "allgather_on (to host)");
-      check(cudaStreamSynchronize(stream), "allgather_on (to host)");
-      mpi_.allgather(host_send, host, bytes_per_rank);
-      if (total > 0)
-        check(cudaMemcpyAsync(recv, host, static_cast<std::size_t>(total), cudaMemcpyHostToDevice, stream),
-              "allgather_on (to device)");
-      check(cudaStreamSynchronize(stream), "allgather_on (to device)");
+    case MpiDeviceMode::kAuto:
+      not_capturing(stream, "allgather_on");
+      staged_allgather(send, recv, bytes_per_rank, stream);
       return;
-    }
   }
 }
 

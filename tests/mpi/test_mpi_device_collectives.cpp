@@ -4,8 +4,10 @@
 //  - Host buffers (the mode CPU ranks and this machine use): allreduce / allgather bit-exact against the
 //    expected values (integer-valued floats: exact sums; byte patterns of (origin, index)), empty calls, the
 //    communicator's stats table counting the calls.
-//  - Device buffers, host-staged and (where the MPI says it is CUDA-aware) direct, against the same expectations:
-//    only where every rank sees a CUDA device (skipped otherwise, reported on rank 0).
+//  - Device buffers, host-staged and (where every rank's MPI says it is CUDA-aware) direct, against the same
+//    expectations, with the default message limit and with a 4 KiB one (chunked MPI calls; a CUDA-aware allgather
+//    above the limit is staged): only where every rank sees a CUDA device (skipped otherwise, on every rank).
+//    A CUDA set-up failure on one rank aborts the job (the other ranks would wait in the next collective).
 #include <gtest/gtest.h>
 #include <cuda_runtime.h>
 
@@ -19,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "comm/device_collectives.h"
+#include "comm/mpi_device_collectives.h"
 #include "comm/mpi_communicator.h"
 #include "comm/stats.h"
 #include "comm_test_data.h"
@@ -46,18 +48,35 @@ std::int64_t wrong_sums(const std::vector<float>& got, int ranks) {
   return wrong;
 }
 
-bool every_rank_has_a_gpu(MpiCommunicator& world) {
-  int n = 0;
-  int mine = cudaGetDeviceCount(&n) == cudaSuccess && n > 0 ? 1 : 0;
-  (void)cudaGetLastError();
+const std::int64_t kCounts[] = {0, 1, 1000, 300'001};
+
+// Every rank's answer, so that all ranks take the same branches (and make the same collective calls).
+bool all_ranks(MpiCommunicator& world, bool mine) {
+  int m = mine ? 1 : 0;
   std::vector<int> all(static_cast<std::size_t>(world.size()));
-  world.allgather(&mine, all.data(), sizeof mine);
+  world.allgather(&m, all.data(), sizeof m);
   for (int x : all)
     if (x == 0) return false;
   return true;
 }
 
-const std::int64_t kCounts[] = {0, 1, 1000, 300'001};
+// A CUDA set-up step that must not fail on one rank alone: ends the job, naming the step.
+void require(cudaError_t rc, const char* what) {
+  if (rc != cudaSuccess) MpiSession::abort(3, std::string(what) + ": " + cudaGetErrorString(rc));
+}
+
+std::int64_t pow2_at_least(std::int64_t bytes) {
+  std::int64_t p = std::int64_t{1} << 20;
+  while (p < bytes) p *= 2;
+  return p;
+}
+
+bool every_rank_has_a_gpu(MpiCommunicator& world) {
+  int n = 0;
+  const bool mine = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  (void)cudaGetLastError();
+  return all_ranks(world, mine);
+}
 
 TEST(MpiDeviceMode, Resolution) {
   using M = MpiDeviceMode;
@@ -81,6 +100,7 @@ TEST(MpiDeviceCollectives, ReportsItsTransportAndIsNotCapturable) {
   MpiDeviceCollectives t(world, MpiDeviceMode::kHostBuffers);
   EXPECT_EQ(t.transport(), "mpi host buffers");
   EXPECT_FALSE(t.capturable());
+  EXPECT_EQ(t.device(), -1);
   EXPECT_EQ(t.rank(), world.rank());
   EXPECT_EQ(t.size(), world.size());
   // kAuto picks one of the device modes, never host buffers, and says which.
@@ -129,53 +149,69 @@ TEST(MpiDeviceCollectives, DeviceBuffersMatchHostResults) {
     GTEST_SKIP();
   }
   int devices = 0;
-  ASSERT_EQ(cudaGetDeviceCount(&devices), cudaSuccess);
-  ASSERT_EQ(cudaSetDevice(world.rank() % devices), cudaSuccess);
+  require(cudaGetDeviceCount(&devices), "cudaGetDeviceCount");
+  require(cudaSetDevice(world.rank() % devices), "cudaSetDevice");
   cudaStream_t st = nullptr;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), cudaSuccess);
+  require(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "cudaStreamCreate");
   std::vector<MpiDeviceMode> modes = {MpiDeviceMode::kHostStaged};
-  if (mpi_reports_cuda_aware()) modes.push_back(MpiDeviceMode::kCudaAware);
+  if (all_ranks(world, mpi_reports_cuda_aware())) modes.push_back(MpiDeviceMode::kCudaAware);
   const int r = world.rank(), n = world.size();
-  for (const MpiDeviceMode mode : modes) {
-    SCOPED_TRACE(to_string(mode));
-    MpiDeviceCollectives t(world, mode);
-    for (const std::int64_t count : kCounts) {
-      SCOPED_TRACE(count);
-      const std::vector<float> v = contribution(r, count);
-      float* d = nullptr;
-      ASSERT_EQ(cudaMalloc(&d, static_cast<std::size_t>(count + 1) * sizeof(float)), cudaSuccess);
-      // Written on the stream (the transport must wait for it), reduced, read back on the stream.
-      ASSERT_EQ(cudaMemcpyAsync(d, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice, st), cudaSuccess);
-      t.allreduce_sum_on(d, count, st);
-      std::vector<float> got(v.size());
-      ASSERT_EQ(cudaMemcpyAsync(got.data(), d, got.size() * sizeof(float), cudaMemcpyDeviceToHost, st), cudaSuccess);
-      ASSERT_EQ(cudaStreamSynchronize(st), cudaSuccess);
-      EXPECT_EQ(wrong_sums(got, n), 0);
-      const std::int64_t bytes = count * 3 + 1;
-      const std::vector<std::byte> mine = make_block(r, bytes);
-      void* ds = nullptr;
-      void* dr = nullptr;
-      ASSERT_EQ(cudaMalloc(&ds, static_cast<std::size_t>(bytes)), cudaSuccess);
-      ASSERT_EQ(cudaMalloc(&dr, static_cast<std::size_t>(bytes * n)), cudaSuccess);
-      ASSERT_EQ(cudaMemcpyAsync(ds, mine.data(), mine.size(), cudaMemcpyHostToDevice, st), cudaSuccess);
-      t.allgather_on(ds, dr, bytes, st);
-      std::vector<std::byte> all(static_cast<std::size_t>(bytes * n));
-      ASSERT_EQ(cudaMemcpyAsync(all.data(), dr, all.size(), cudaMemcpyDeviceToHost, st), cudaSuccess);
-      ASSERT_EQ(cudaStreamSynchronize(st), cudaSuccess);
-      for (int o = 0; o < n; ++o)
-        EXPECT_EQ(count_wrong(std::span<const std::byte>(all).subspan(static_cast<std::size_t>(o * bytes),
-                                                                      static_cast<std::size_t>(bytes)),
-                              o),
-                  0)
-            << "block of rank " << o;
-      cudaFree(d);
-      cudaFree(ds);
-      cudaFree(dr);
-    }
-    if (mode == MpiDeviceMode::kHostStaged) {
-      EXPECT_GT(t.staging_bytes(), 0);
+  const std::int64_t largest_gather = (kCounts[3] * 3 + 1) * (n + 1);
+  for (const std::int64_t limit : {MpiCommunicator::kDefaultMaxMessageBytes, std::int64_t{4096}}) {
+    world.set_max_message_bytes(limit);
+    for (const MpiDeviceMode mode : modes) {
+      SCOPED_TRACE(std::string(to_string(mode)) + ", message limit " + std::to_string(limit));
+      MpiDeviceCollectives t(world, mode);
+      EXPECT_EQ(t.device(), world.rank() % devices);
+      for (const std::int64_t count : kCounts) {
+        SCOPED_TRACE(count);
+        const std::vector<float> v = contribution(r, count);
+        float* d = nullptr;
+        require(cudaMalloc(&d, static_cast<std::size_t>(count + 1) * sizeof(float)), "cudaMalloc");
+        // Written on the stream (the transport must wait for it), reduced, read back on the stream.
+        require(cudaMemcpyAsync(d, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice, st), "copy in");
+        t.allreduce_sum_on(d, count, st);
+        std::vector<float> got(v.size());
+        require(cudaMemcpyAsync(got.data(), d, got.size() * sizeof(float), cudaMemcpyDeviceToHost, st), "copy out");
+        require(cudaStreamSynchronize(st), "sync");
+        EXPECT_EQ(wrong_sums(got, n), 0);
+        const std::int64_t bytes = count * 3 + 1;
+        const std::vector<std::byte> mine = make_block(r, bytes);
+        void* ds = nullptr;
+        void* dr = nullptr;
+        require(cudaMalloc(&ds, static_cast<std::size_t>(bytes)), "cudaMalloc");
+        require(cudaMalloc(&dr, static_cast<std::size_t>(bytes * n)), "cudaMalloc");
+        require(cudaMemcpyAsync(ds, mine.data(), mine.size(), cudaMemcpyHostToDevice, st), "copy in");
+        t.allgather_on(ds, dr, bytes, st);
+        std::vector<std::byte> all(static_cast<std::size_t>(bytes * n));
+        require(cudaMemcpyAsync(all.data(), dr, all.size(), cudaMemcpyDeviceToHost, st), "copy out");
+        require(cudaStreamSynchronize(st), "sync");
+        for (int o = 0; o < n; ++o)
+          EXPECT_EQ(count_wrong(std::span<const std::byte>(all).subspan(static_cast<std::size_t>(o * bytes),
+                                                                        static_cast<std::size_t>(bytes)),
+                                o),
+                    0)
+              << "block of rank " << o;
+        cudaFree(d);
+        cudaFree(ds);
+        cudaFree(dr);
+      }
+      // Staged: the largest call's bytes rounded up to a power of two; direct: nothing, unless the gathers went
+      // over the message limit (then they were staged).
+      const bool staged = mode == MpiDeviceMode::kHostStaged || (kCounts[3] * 3 + 1) * n > limit;
+      EXPECT_EQ(t.staging_bytes(), staged ? pow2_at_least(largest_gather) : 0);
     }
   }
+  // A capturing stream is refused with a clear error (no MPI call is made, so the ranks stay in step).
+  MpiDeviceCollectives t(world, MpiDeviceMode::kHostStaged);
+  float* d = nullptr;
+  require(cudaMalloc(&d, sizeof(float)), "cudaMalloc");
+  require(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "begin capture");
+  EXPECT_THROW(t.allreduce_sum_on(d, 1, st), std::logic_error);
+  cudaGraph_t graph = nullptr;
+  require(cudaStreamEndCapture(st, &graph), "end capture");
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  cudaFree(d);
   cudaStreamDestroy(st);
 }
 
