@@ -3,26 +3,15 @@
 #if __has_include(<mpi-ext.h>)
 #include <mpi-ext.h>  // Open MPI: MPIX_Query_cuda_support
 #endif
-#include <unistd.h>
 
 #include <cstddef>
 #include <cstdlib>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 
 #include "comm/mpi_device_collectives.h"
 
 namespace hylo::comm {
-namespace {
-
-std::string host_name() {
-  char host[256] = {};
-  if (gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "?");
-  return host;
-}
-
-}  // namespace
 
 const char* to_string(MpiDeviceMode mode) {
   switch (mode) {
@@ -80,8 +69,8 @@ std::string MpiDeviceCollectives::transport() const { return std::string("mpi ")
 
 void MpiDeviceCollectives::check(cudaError_t rc, const char* op) const {
   if (rc != cudaSuccess)
-    throw CommError(std::string(op) + " on communicator " + mpi_.name() + " (mpi " + to_string(mode_) + "), rank " +
-                    std::to_string(mpi_.rank()) + " on " + host_name() + ": " + cudaGetErrorString(rc));
+    throw CommError(std::string(op) + " on communicator " + mpi_.name() + " (mpi " + to_string(mode_) + "), " +
+                    rank_and_host() + ": " + cudaGetErrorString(rc));
 }
 
 void* MpiDeviceCollectives::staging(std::int64_t bytes) {
@@ -97,8 +86,8 @@ void* MpiDeviceCollectives::staging(std::int64_t bytes) {
   const cudaError_t rc = cudaHostAlloc(&staging_, static_cast<std::size_t>(bytes), cudaHostAllocDefault);
   if (rc != cudaSuccess) {
     staging_ = nullptr;
-    throw CommError("mpi host-staged transport on communicator " + mpi_.name() + ", rank " +
-                    std::to_string(mpi_.rank()) + " on " + host_name() + ": cannot pin " + std::to_string(bytes) +
+    throw CommError("mpi host-staged transport on communicator " + mpi_.name() + ", " +
+                    rank_and_host() + ": cannot pin " + std::to_string(bytes) +
                     " bytes of host memory for staging (" + cudaGetErrorString(rc) + ")");
   }
   staging_bytes_ = bytes;

@@ -495,15 +495,15 @@ AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_b
   return {o.download(), lse.download()};
 }
 
+// The queries the default kernel multiplies: q rounded to bf16.
+MlaQueries rounded_to_bf16(const MlaQueries& q) { return {round_bf16(q.q_lat), round_bf16(q.q_pe)}; }
+
 void check_mla(const MlaCase& c, const MlaQueries& q, const std::vector<float>& cache,
                const DeviceBuffer<__nv_bfloat16>& dcache) {
   SCOPED_TRACE(describe(c));
   // The default kernel multiplies q rounded to bf16: against the reference on those queries; with q_hi_lo
   // (scores as if q were fp32) against the reference on q itself. Same bounds for both.
-  MlaQueries qb = q;
-  qb.q_lat = round_bf16(q.q_lat);
-  qb.q_pe = round_bf16(q.q_pe);
-  const Errors e = compare(mla_gpu(c, q, dcache), mla_ref(c, qb, cache), c.T * c.H, c.r);
+  const Errors e = compare(mla_gpu(c, q, dcache), mla_ref(c, rounded_to_bf16(q), cache), c.T * c.H, c.r);
   const Errors eh = compare(mla_gpu(c, q, dcache, 0, 0, true), mla_ref(c, q, cache), c.T * c.H, c.r);
   std::printf("mla_decode %-46s o_lat %.2e  lse %.2e (hi + lo q: %.2e %.2e)\n", describe(c).c_str(), e.o, e.lse, eh.o,
               eh.lse);
@@ -684,10 +684,7 @@ TEST(MlaDecodeCuda, ForcedTileSizes) {
     const auto cache = round_bf16(random_vector(c.S * (c.r + c.dr), seed += 7));
     const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(cache));
     const MlaQueries q = make_queries(c, seed += 7);
-    MlaQueries qb = q;
-    qb.q_lat = round_bf16(q.q_lat);
-    qb.q_pe = round_bf16(q.q_pe);
-    const AttnOut ref = mla_ref(c, qb, cache);
+    const AttnOut ref = mla_ref(c, rounded_to_bf16(q), cache);
     for (const std::int64_t bt : {64, 128}) {
       const Errors e = compare(mla_gpu(c, q, dcache, 0, 0, false, bt), ref, c.T * c.H, c.r);
       std::printf("mla_decode %-46s tile %3lld: o_lat %.2e lse %.2e\n", describe(c).c_str(),
