@@ -11,13 +11,21 @@
 // Accounting differs by transport: NCCL records each enqueued call ("allreduce_sum (stream)") with zero seconds
 // (the time is the stream's; graph replays are not counted again); MPI records every call under its plain name
 // with the seconds the host spent in the MPI collective (exposed communication; staging copies not included).
+//
+// Waiting (the watchdog, RELIABILITY.md): a host that needs the results of work it enqueued after these collectives
+// (a logits download, the end of a prefill) waits with wait(stream, op), not a plain cudaStreamSynchronize: over
+// NCCL a peer that never joins would leave the stream, and a plain synchronize, blocked forever. NCCL polls the
+// stream and its communicator's asynchronous error against NcclOptions::timeout_seconds and, past it, aborts the
+// communicator and throws CommError naming the operation, the communicator, this rank and host and the deadline.
+// MPI's calls have completed before they return, so its wait is a plain synchronize (a stuck peer blocks inside
+// the MPI call itself: there is no deadline on this transport). After a CommError the caller aborts every
+// communicator it holds (abort()) and ends the job (MpiSession::abort).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <string>
-
 
 namespace hylo::comm {
 
@@ -36,6 +44,13 @@ class DeviceCollectives {
   virtual bool capturable() const = 0;
   // For reports and logs: "nccl 2.28.3", "mpi cuda-aware", "mpi host-staged", "mpi host buffers".
   virtual std::string transport() const = 0;
+  // Blocks until the work enqueued on `stream` so far is complete, under this transport's watchdog (above); `op`
+  // names what is waited for in the error ("prefill", "decode step"). Throws CommError.
+  virtual void wait(cudaStream_t stream, const char* op) = 0;
+  // Makes pending and later operations of this transport fail at once (NCCL: ncclCommAbort, so that kernels stuck
+  // in a collective exit and the device can be freed); MPI: nothing to abort per communicator (the job ends by
+  // MpiSession::abort). Idempotent.
+  virtual void abort() noexcept = 0;
 };
 
 }  // namespace hylo::comm

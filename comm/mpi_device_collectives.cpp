@@ -67,6 +67,11 @@ MpiDeviceCollectives::~MpiDeviceCollectives() {
 
 std::string MpiDeviceCollectives::transport() const { return std::string("mpi ") + to_string(mode_); }
 
+void MpiDeviceCollectives::wait(cudaStream_t stream, const char* op) {
+  if (mode_ == MpiDeviceMode::kHostBuffers) return;  // no device work
+  check(cudaStreamSynchronize(stream), op);
+}
+
 void MpiDeviceCollectives::check(cudaError_t rc, const char* op) const {
   if (rc != cudaSuccess)
     throw CommError(std::string(op) + " on communicator " + mpi_.name() + " (mpi " + to_string(mode_) + "), " +

@@ -51,6 +51,10 @@ class MpiDeviceCollectives final : public DeviceCollectives {
   void allgather_on(const void* send, void* recv, std::int64_t bytes_per_rank, cudaStream_t stream) override;
   bool capturable() const override { return false; }
   std::string transport() const override;
+  // The collectives have completed when they return: a plain cudaStreamSynchronize (CommError on a CUDA error).
+  void wait(cudaStream_t stream, const char* op) override;
+  // Nothing to abort per communicator: MPI collectives are not left pending (the job ends by MpiSession::abort).
+  void abort() noexcept override {}
   MpiDeviceMode mode() const { return mode_; }
   // Pinned host bytes held for staging (grows in powers of two, from 1 MiB, to cover the largest staged call's
   // send + receive bytes; 0 until a call is staged).

@@ -23,26 +23,6 @@ void check_cuda(cudaError_t e, const char* stmt) {
 
 }  // namespace
 
-// ---------------------------------------------------------------------------------------------- local device
-
-LocalDevice select_local_device(const MpiCommunicator& world) {
-  LocalDevice d;
-  MPI_Comm node = MPI_COMM_NULL;
-  HYLO_MPI_CHECK(MPI_Comm_split_type(world.handle(), MPI_COMM_TYPE_SHARED, world.rank(), MPI_INFO_NULL, &node));
-  HYLO_MPI_CHECK(MPI_Comm_rank(node, &d.local_rank));
-  HYLO_MPI_CHECK(MPI_Comm_size(node, &d.local_size));
-  MPI_Comm_free(&node);
-  const cudaError_t e = cudaGetDeviceCount(&d.device_count);
-  if (e != cudaSuccess || d.device_count == 0) {
-    throw CommError("no CUDA device is visible to " + rank_and_host() + " (local rank " + std::to_string(d.local_rank) +
-                    " of " + std::to_string(d.local_size) + "): the NCCL transport needs one GPU per rank" +
-                    (e != cudaSuccess ? " (" + cuda_what(e) + ")" : std::string()));
-  }
-  d.device = d.local_rank % d.device_count;
-  HYLO_NCCL_CUDA(cudaSetDevice(d.device));
-  return d;
-}
-
 // ---------------------------------------------------------------------------------------------- requests
 
 NcclCommunicator::P2pGroup::~P2pGroup() {
@@ -86,6 +66,7 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::create(const MpiCommunicator
   HYLO_NCCL_CUDA(cudaStreamCreateWithFlags(&c->stream_, cudaStreamNonBlocking));
   HYLO_NCCL_CUDA(cudaMalloc(&c->scratch_, 256 + 16 * static_cast<std::size_t>(c->size_)));
   HYLO_NCCL_CUDA(cudaMemset(c->scratch_, 0, 256 + 16 * static_cast<std::size_t>(c->size_)));
+  HYLO_NCCL_CUDA(cudaEventCreateWithFlags(&c->caller_done_, cudaEventDisableTiming));
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;  // every call returns at once; waits poll with a deadline (the watchdog)
   c->check(ncclCommInitRankConfig(&c->comm_, c->size_, id, c->rank_, &config), "ncclCommInitRankConfig", "setup");
@@ -108,6 +89,7 @@ NcclCommunicator::~NcclCommunicator() {
       ncclCommDestroy(comm_);
     }
   }
+  if (caller_done_ != nullptr) cudaEventDestroy(caller_done_);
   if (scratch_ != nullptr) cudaFree(scratch_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
@@ -151,7 +133,6 @@ void NcclCommunicator::check(ncclResult_t rc, const char* stmt, const char* op) 
 
 void NcclCommunicator::wait_event(cudaEvent_t event, const char* op) {
   const auto t0 = std::chrono::steady_clock::now();
-  int spins = 0;
   for (;;) {
     const cudaError_t q = cudaEventQuery(event);
     if (q == cudaSuccess) return;
@@ -167,8 +148,22 @@ void NcclCommunicator::wait_event(cudaEvent_t event, const char* op) {
       fail(op, std::string("not complete after ") + limit +
                    " (watchdog: a peer never joined this operation: stuck, dead or out of step); communicator aborted");
     }
-    if (++spins > 64) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    // Poll without sleeping for the first 20 ms: a decode step's wait is 1-5 ms and a sleep would add the kernel
+    // timer's slack (~50 us) to it; longer waits (prefill, collectives of seconds) sleep between polls.
+    if (waited < 0.02) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
   }
+}
+
+void NcclCommunicator::wait(cudaStream_t stream, const char* op) {
+  const std::string what = std::string(op) + " (caller's stream)";
+  if (aborted_) fail(what.c_str(), "the communicator was aborted earlier");
+  const cudaError_t rec = cudaEventRecord(caller_done_, stream);
+  if (rec != cudaSuccess) fail(what.c_str(), "cudaEventRecord: " + cuda_what(rec));
+  wait_event(caller_done_, what.c_str());
 }
 
 void NcclCommunicator::sync(const char* op) {

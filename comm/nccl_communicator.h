@@ -31,27 +31,19 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "comm/device_collectives.h"
+#include "comm/local_device.h"  // select_local_device: call it before creating any communicator
 #include "comm/mpi_communicator.h"
 
 namespace hylo::comm {
-
-// This process's rank among the ranks of its node (MPI_Comm_split_type SHARED over `world`; collective) and the
-// device picked from it: local_rank % visible devices, set current with cudaSetDevice. Throws CommError when no
-// CUDA device is visible, naming the rank and host. With more local ranks than devices, ranks share devices
-// (allowed for tests; a log line in the caller is appropriate).
-struct LocalDevice {
-  int local_rank = 0;
-  int local_size = 1;
-  int device = 0;
-  int device_count = 0;
-};
-LocalDevice select_local_device(const MpiCommunicator& world);
 
 struct NcclOptions {
   double timeout_seconds = 600.0;  // a wait longer than this aborts the communicator (watchdog)
 };
 
-class NcclCommunicator final : public Communicator {
+// Both interfaces: the blocking Communicator calls (the communicator's own stream, waited for by the watchdog) and
+// the stream-ordered DeviceCollectives of GPU engines (the caller's stream; wait() is the watchdog on it).
+class NcclCommunicator final : public Communicator, public DeviceCollectives {
  public:
   // Collective over `mpi`'s ranks: same rank order and size as `mpi`, named like it (or `name`), counted in the
   // same stats table. The current CUDA device is this rank's device from now on.
@@ -63,7 +55,7 @@ class NcclCommunicator final : public Communicator {
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  int device() const { return device_; }
+  int device() const override { return device_; }
   cudaStream_t stream() const { return stream_; }
   const NcclOptions& options() const { return options_; }
   // NCCL's version string ("2.28.3") and the transport name for reports.
@@ -74,11 +66,21 @@ class NcclCommunicator final : public Communicator {
   // the stats table with their bytes and zero seconds (the time is the stream's) when enqueued: replays of a
   // captured graph are not counted again. Same rules as the blocking
   // calls: every rank, same order, same sizes; device buffers.
-  void allreduce_sum_on(float* data, std::int64_t count, cudaStream_t stream);
-  void allgather_on(const void* send, void* recv, std::int64_t bytes_per_rank, cudaStream_t stream);
+  void allreduce_sum_on(float* data, std::int64_t count, cudaStream_t stream) override;
+  void allgather_on(const void* send, void* recv, std::int64_t bytes_per_rank, cudaStream_t stream) override;
+  bool capturable() const override { return true; }
+  // "nccl 2.28.3".
+  std::string transport() const override { return "nccl " + version(); }
+  // The watchdog on the caller's stream: an event recorded there is polled with ncclCommGetAsyncError against
+  // options().timeout_seconds (the same loop as this communicator's own waits); past the deadline, or on an NCCL
+  // error, the communicator is aborted and CommError names "<op> (caller's stream)", the communicator, this rank
+  // and host and the deadline. Work of other communicators on that stream is waited for too, but only this
+  // communicator's errors are seen (the caller aborts the others after a CommError).
+  void wait(cudaStream_t stream, const char* op) override;
 
-  // Aborts the NCCL communicator now (ncclCommAbort): every pending and later operation fails. Idempotent.
-  void abort() noexcept;
+  // Aborts the NCCL communicator now (ncclCommAbort): every pending and later operation fails, kernels stuck in a
+  // collective exit. Idempotent.
+  void abort() noexcept override;
   bool aborted() const { return aborted_; }
 
  protected:
@@ -131,6 +133,7 @@ class NcclCommunicator final : public Communicator {
   NcclOptions options_;
   bool aborted_ = false;
   std::byte* scratch_ = nullptr;  // device scratch for barrier / allgatherv sizes
+  cudaEvent_t caller_done_ = nullptr;  // wait(stream): recorded on the caller's stream (reused: one thread at a time)
 };
 
 }  // namespace hylo::comm

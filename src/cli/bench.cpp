@@ -12,6 +12,7 @@
 #include <optional>
 #include <random>
 
+#include "cli/gpu_transport.h"
 #include "cli/mpi_main.h"
 #include "comm/mpi_communicator.h"
 #include "comm/parallel_state.h"
@@ -31,9 +32,6 @@
 #include <cuda_runtime.h>
 
 #include "runtime/cuda_engine.h"
-#if HYLO_WITH_NCCL
-#include "comm/nccl_communicator.h"
-#endif
 #endif
 
 extern "C" void openblas_set_num_threads(int);
@@ -82,12 +80,16 @@ void add_bench_command(CLI::App& app, BenchArgs& a) {
   b->add_flag("--recurrent-scans", a.recurrent_scans,
               "GPU prefill scans by the token-by-token kernels instead of the chunked ones (for comparison)");
   b->add_option("--threads", a.threads, "CPU threads (0: all)")->capture_default_str();
-  b->add_option("--tp", a.tp, "Tensor-parallel ranks (CPU; GPU over NCCL, one GPU per rank: start with hylo-launch / mpirun)");
-  b->add_option("--cp", a.cp, "Context-parallel ranks (CPU runtime or GPUs over NCCL)");
+  b->add_option("--tp", a.tp, "Tensor-parallel ranks (CPU; GPU over --transport, one GPU per rank: start with hylo-launch / mpirun)");
+  b->add_option("--cp", a.cp, "Context-parallel ranks (CPU runtime or GPUs over --transport)");
   b->add_option("--cp-split", a.cp_split, "How CP cuts the prompt: zigzag (balanced causal work) or contiguous")
       ->check(CLI::IsMember({"zigzag", "contiguous"}))
       ->capture_default_str();
   b->add_option("--dp", a.dp, "Data-parallel replicas (1 only for now)");
+  add_transport_options(*b, a.transport, a.comm_timeout);
+  b->add_flag("!--no-comm-watchdog", a.comm_watchdog,
+              "GPU TP / CP: wait for the engine's stream with plain CUDA syncs instead of the NCCL watchdog (A/B of its "
+              "cost; a stuck peer then hangs the job)");
   b->callback([] {});
 }
 
@@ -149,6 +151,8 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     throw Error(ErrorKind::kUsage, "", "--cp-split", "'" + a.cp_split + "' is not a split: zigzag or contiguous");
   }
   const comm::SeqSplit seq_split = a.cp_split == "zigzag" ? comm::SeqSplit::kZigzag : comm::SeqSplit::kContiguous;
+  [[maybe_unused]] const GpuTransport transport = resolve_gpu_transport(a.transport);  // checked on every device
+  validate_comm_timeout(a.comm_timeout);
   std::optional<comm::ParallelComms> pc;
   if (nranks > 1) {
     pc.emplace(comm::make_parallel_comms(comm::ParallelState(nranks, world->rank(), comm::Layout{a.dp, a.cp, a.tp}), *world));
@@ -193,10 +197,10 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
   out["chunk_size"] = a.chunk_size;
   out["runs"] = nlohmann::json::array();
 
+  // How the ranks talk: the GPU transport's name (DeviceCollectives::transport()), the CPU runtime's MPI, or none.
+  std::string transport_used = nranks > 1 ? "mpi host buffers (cpu runtime)" : "none (one process)";
 #if HYLO_WITH_CUDA
-#if HYLO_WITH_NCCL
-  std::unique_ptr<comm::NcclCommunicator> nccl_tp, nccl_cp;  // declared before the engine: destroyed after it
-#endif
+  GpuComms gpu_comms;  // declared before the engine: destroyed after it
   std::optional<CudaEngine> engine;
   std::string device_name = "cpu";
   double peak = a.peak_tflops, hbm = a.hbm_tbps;
@@ -213,30 +217,25 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     o.chunked_scans = !a.recurrent_scans;
     o.decode_gemv = !a.cublas_decode;
     o.decode_graph = !a.no_decode_graph;
-    comm::NcclCommunicator* tp = nullptr;
-    comm::NcclCommunicator* cp = nullptr;
+    o.comm_watchdog = a.comm_watchdog;
+    transport_used = "none (one GPU)";
     if (a.tp > 1 || a.cp > 1) {
-#if HYLO_WITH_NCCL
-      const comm::LocalDevice dev = comm::select_local_device(*world);
-      if (a.tp > 1) {
-        nccl_tp = comm::NcclCommunicator::create(pc->tp);
-        tp = nccl_tp.get();
+      gpu_comms = make_gpu_comms(transport, *world, pc->tp, pc->cp, a.comm_timeout);
+      transport_used = gpu_comms.transport;
+      if (root) {
+        spdlog::info("TP {} x CP {} ({}) over {} (rank 0 on device {} of {}); {}", a.tp, a.cp, a.cp_split,
+                     gpu_comms.transport, gpu_comms.device.device, gpu_comms.device.device_count,
+                     a.comm_watchdog ? watchdog_line(transport, a.comm_timeout)
+                                     : std::string("watchdog off (--no-comm-watchdog): plain stream syncs"));
       }
-      if (a.cp > 1) {
-        nccl_cp = comm::NcclCommunicator::create(pc->cp);
-        cp = nccl_cp.get();
-      }
-      if (root) spdlog::info("TP {} x CP {} ({}) over NCCL {} (rank 0 on device {} of {})", a.tp, a.cp, a.cp_split,
-                             comm::NcclCommunicator::version(), dev.device, dev.device_count);
-      if (dev.local_size > dev.device_count && dev.local_rank == 0) {
-        spdlog::warn("{} ranks on this node share {} GPU(s): each GPU runs several ranks (slow; start one rank per GPU)",
-                     dev.local_size, dev.device_count);
-      }
-#else
-      throw Error(ErrorKind::kUsage, "", "--tp/--cp", "this hylo was built without NCCL: TP / CP on GPUs are unavailable");
-#endif
     }
-    engine.emplace(cfg, weights, longest + a.decode_steps + kProfiledDecodeSteps + 1, o, tp, cp, seq_split);
+    engine.emplace(cfg, weights, longest + a.decode_steps + kProfiledDecodeSteps + 1, o, gpu_comms.tp.get(),
+                   gpu_comms.cp.get(), seq_split);
+    if (root && (a.tp > 1 || a.cp > 1)) {
+      std::printf("transport       %s (%s)\n", transport_used.c_str(),
+                  engine->decode_graph() ? "decode steps replay one CUDA graph"
+                                         : "decode steps launched kernel by kernel, no CUDA graph");
+    }
     device_name = engine->device_name();
     const bool h200 = device_name.find("H200") != std::string::npos;
     const bool h100 = device_name.find("H100") != std::string::npos;
@@ -471,12 +470,20 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
 #endif
   if (!root) return 0;
   if (gpu && nranks > 1) {
-    std::printf("%d GPUs (TP %d x CP %d, %s): MFU counts all of them; the decode floor is one GPU's bytes (TP shard of the "
-                "weights and states, its 1/(TP CP) of the context)\n", nranks, a.tp, a.cp, a.cp_split.c_str());
+    std::printf("%d GPUs (TP %d x CP %d, %s, over %s): MFU counts all of them; the decode floor is one GPU's bytes (TP "
+                "shard of the weights and states, its 1/(TP CP) of the context)\n", nranks, a.tp, a.cp,
+                a.cp_split.c_str(), transport_used.c_str());
   }
   out["tp"] = a.tp;
   out["cp"] = a.cp;
   out["cp_split"] = a.cp_split;
+  out["transport"] = transport_used;
+#if HYLO_WITH_CUDA
+  if (gpu && engine) {
+    out["decode_graph"] = engine->decode_graph();
+    if (nranks > 1) out["comm_watchdog_s"] = a.comm_watchdog && transport == GpuTransport::kNccl ? a.comm_timeout : 0.0;
+  }
+#endif
   std::printf("device %s; MFU against %.0f TFLOP/s; decode floor = (2 x params + context x KV bytes/token + states) / "
               "%.2f TB/s; prefill FLOPs = 2 P_body L + n_MLA nH (dn+dr+dv) L^2\n",
               device_name.c_str(), peak, hbm);

@@ -33,6 +33,9 @@ struct BenchArgs {
   int threads = 0;
   int tp = 1, cp = 1, dp = 1;             // layout (hylo-launch passes these); CPU and CUDA
   std::string cp_split = "zigzag";        // how CP cuts the prompt: zigzag or contiguous
+  std::string transport;                  // GPU TP / CP: nccl or mpi ("": nccl where built with NCCL, else mpi)
+  double comm_timeout = 600.0;            // NCCL watchdog deadline, seconds
+  bool comm_watchdog = true;              // false: plain stream syncs after collectives (A/B of the watchdog's cost)
 };
 
 void add_bench_command(CLI::App& app, BenchArgs& args);

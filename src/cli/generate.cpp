@@ -23,6 +23,7 @@
 #include "model/inspect.h"
 #include "model/model_weights.h"
 #include "model/weights.h"
+#include "cli/gpu_transport.h"
 #include "cli/mpi_main.h"
 #include "comm/mpi_communicator.h"
 #include "comm/parallel_state.h"
@@ -31,9 +32,6 @@
 #if HYLO_WITH_CUDA
 #include "kernels/sample_cuda.h"
 #include "runtime/cuda_engine.h"
-#if HYLO_WITH_NCCL
-#include "comm/nccl_communicator.h"
-#endif
 #endif
 #include "tokenizer/tokenizer.h"
 
@@ -174,6 +172,9 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
 #if !HYLO_WITH_CUDA
   if (gpu) throw Error(ErrorKind::kUsage, "", "--device", "this hylo was built without CUDA (no nvcc at build time)");
 #endif
+  // Checked on every device (a typo is a typo); used by GPU ranks with TP / CP only.
+  [[maybe_unused]] const GpuTransport transport = resolve_gpu_transport(a.transport);
+  validate_comm_timeout(a.comm_timeout);
   if (gpu && !a.dump_logits.empty()) {
     throw Error(ErrorKind::kUsage, a.dump_logits, "--dump-logits", "is a CPU-engine check; use --device cpu");
   }
@@ -231,9 +232,7 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
   // runs one decode step into `step`.
   std::optional<CpuEngine> cpu_engine;
 #if HYLO_WITH_CUDA
-#if HYLO_WITH_NCCL
-  std::unique_ptr<comm::NcclCommunicator> nccl_tp, nccl_cp;  // declared before the engine: destroyed after it
-#endif
+  GpuComms gpu_comms;  // declared before the engine: destroyed after it
   std::optional<CudaEngine> cuda_engine;
 #endif
   std::vector<float> logits;
@@ -247,30 +246,15 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
     CudaEngineOptions co;
     co.prefill_chunk = a.chunk_size;
     const std::int64_t capacity = a.capacity > 0 ? a.capacity : P + std::max<std::int64_t>(a.max_new_tokens, 1);
-    comm::NcclCommunicator* tp = nullptr;
-    comm::NcclCommunicator* cp = nullptr;
     if (pc && (pc->tp.size() > 1 || pc->cp.size() > 1)) {
-#if HYLO_WITH_NCCL
-      const comm::LocalDevice dev = comm::select_local_device(*world);
-      if (pc->tp.size() > 1) {
-        nccl_tp = comm::NcclCommunicator::create(pc->tp);
-        tp = nccl_tp.get();
+      gpu_comms = make_gpu_comms(transport, *world, pc->tp, pc->cp, a.comm_timeout);
+      if (root) {
+        spdlog::info("TP {} x CP {} over {}, one GPU per rank (rank 0: device {} of {}); {}", pc->tp.size(),
+                     pc->cp.size(), gpu_comms.transport, gpu_comms.device.device, gpu_comms.device.device_count,
+                     watchdog_line(transport, a.comm_timeout));
       }
-      if (pc->cp.size() > 1) {
-        nccl_cp = comm::NcclCommunicator::create(pc->cp);
-        cp = nccl_cp.get();
-      }
-      if (root) spdlog::info("TP {} x CP {} over NCCL {}, one GPU per rank (rank 0: device {} of {})", pc->tp.size(),
-                             pc->cp.size(), comm::NcclCommunicator::version(), dev.device, dev.device_count);
-      if (dev.local_size > dev.device_count && dev.local_rank == 0) {
-        spdlog::warn("{} ranks on this node share {} GPU(s): each GPU runs several ranks (slow; start one rank per GPU)",
-                     dev.local_size, dev.device_count);
-      }
-#else
-      throw Error(ErrorKind::kUsage, "", "--tp/--cp", "this hylo was built without NCCL: TP / CP on GPUs are unavailable");
-#endif
     }
-    cuda_engine.emplace(cfg, load_model_weights(cfg, bound), capacity, co, tp, cp, split);
+    cuda_engine.emplace(cfg, load_model_weights(cfg, bound), capacity, co, gpu_comms.tp.get(), gpu_comms.cp.get(), split);
     Vl = cuda_engine->config().vocab_size;
     vocab_begin = cuda_engine->vocab_begin();
     tp_size = cuda_engine->tp_size();
@@ -411,9 +395,13 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
   }
   std::printf("cache           %s\n", cache_line.c_str());
   if (gpu) {
+    std::string transport_used;
+#if HYLO_WITH_CUDA
+    transport_used = cuda_engine->transport();
+#endif
     std::printf("device          cuda (%s, bf16)\n",
                 tp_size * cp_size > 1 ? (std::to_string(tp_size * cp_size) + " GPUs, TP " + std::to_string(tp_size) +
-                                         " x CP " + std::to_string(cp_size) + " over NCCL").c_str()
+                                         " x CP " + std::to_string(cp_size) + " over " + transport_used).c_str()
                                       : "one GPU");
   } else {
     std::printf("device          cpu (float32 reference engine)\n");

@@ -32,6 +32,10 @@ struct GenerateArgs {
   int dp = 0;
   std::string cp_split = "zigzag";  // or "contiguous"
   std::string device = "cpu";       // "cpu" (the reference engine) or "cuda" (one GPU; builds with CUDA only)
+  // GPU ranks with TP / CP (cli/gpu_transport.h): "nccl" or "mpi" ("" = nccl where built with NCCL, else mpi), and
+  // the deadline of the NCCL watchdog in seconds.
+  std::string transport;
+  double comm_timeout = 600.0;
   std::int64_t capacity = 0;        // cuda: tokens the sequence may hold (0: prompt + max new tokens)
 };
 

@@ -11,6 +11,7 @@
 
 #include "cli/bench.h"
 #include "cli/generate.h"
+#include "cli/gpu_transport.h"
 #include "cli/tokenize.h"
 #include "common/error.h"
 #include "common/json.h"
@@ -322,6 +323,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 40));
   gen->add_option("--cp-split", ga.cp_split, "How the prompt is cut among CP ranks")
       ->check(CLI::IsMember({"zigzag", "contiguous"}))->capture_default_str();
+  add_transport_options(*gen, ga.transport, ga.comm_timeout);
 
   add_tokenize_command(app);
   BenchArgs ba;

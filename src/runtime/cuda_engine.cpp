@@ -10,6 +10,8 @@
 #include <limits>
 #include <optional>
 
+#include "comm/communicator.h"
+#include "comm/device_collectives.h"
 #include "common/error.h"
 #include "kernels/activation_cuda.h"
 #include "kernels/attention_cuda.h"
@@ -34,9 +36,6 @@
 #include "model/inspect.h"
 #include "runtime/mla_rope.h"
 #include "model/tp_shard.h"
-#if HYLO_WITH_NCCL
-#include "comm/nccl_communicator.h"
-#endif
 
 namespace hylo {
 
@@ -128,6 +127,10 @@ std::int64_t fused_width(const ModelConfig& c) {
 
 struct CudaEngine::Impl {
   cudaStream_t stream = nullptr;
+  // CP prefill under the watchdog: the host waits for layer l (an event on `stream`, waited for by `watch`) while
+  // layer l + 1 is queued, so the deadline bounds one layer and the GPU never runs dry.
+  cudaStream_t watch = nullptr;
+  cudaEvent_t layer_done[2] = {nullptr, nullptr};
   k::CublasLt lt;
   DBuf<bf16> embed, head;  // head empty when tied
   DBuf<float> final_norm;
@@ -484,11 +487,16 @@ CudaMemoryPlan plan_cuda_memory(const ModelConfig& c, const CudaEngineOptions& o
 }
 
 CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int64_t capacity, CudaEngineOptions options,
-                       comm::NcclCommunicator* tp, comm::NcclCommunicator* cp, comm::SeqSplit split)
+                       comm::DeviceCollectives* tp, comm::DeviceCollectives* cp, comm::SeqSplit split)
     : config_(std::move(config)), options_(options), capacity_(capacity), tp_(tp), cp_(cp), split_(split) {
   vocab_total_ = config_.vocab_size;
+  for (const auto& [c, what] : {std::pair{tp_, "tp"}, std::pair{cp_, "cp"}}) {
+    if (c != nullptr && c->size() > 1 && c->device() < 0) {
+      throw Error(ErrorKind::kUsage, "", what, std::string("the ") + what + " transport (" + c->transport() +
+                                                   ") has no CUDA device: select the rank's device before creating it");
+    }
+  }
   if (cp_ != nullptr && cp_->size() > 1) {
-#if HYLO_WITH_NCCL
     cp_size_ = cp_->size();
     cp_rank_ = cp_->rank();
     options_.device = cp_->device();
@@ -496,16 +504,12 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int
       throw Error(ErrorKind::kUsage, "", "tp/cp", "the TP and CP communicators of a rank are on different devices (" +
                                                       std::to_string(tp_->device()) + ", " + std::to_string(cp_->device()) + ")");
     }
-#else
-    throw Error(ErrorKind::kUsage, "", "cp", "context parallelism on GPUs needs a build with NCCL");
-#endif
   } else {
     cp_ = nullptr;
   }
   local_cap_ = cp_local_capacity(capacity_, cp_size_);
   std::optional<ModelWeights> shard;
   if (tp_ != nullptr && tp_->size() > 1) {
-#if HYLO_WITH_NCCL
     tp_size_ = tp_->size();
     tp_rank_ = tp_->rank();
     options_.device = tp_->device();
@@ -518,11 +522,16 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int
     vocab_begin_ = local.vocab_size * tp_rank_;
     shard = shard_model_weights(weights, config_, tp_rank_, tp_size_);
     config_ = std::move(local);
-#else
-    throw Error(ErrorKind::kUsage, "", "tp", "tensor parallelism on GPUs needs a build with NCCL");
-#endif
   } else {
     tp_ = nullptr;
+  }
+  // Collectives that block the host (MPI) cannot be recorded into a CUDA graph: decode steps are then launched.
+  for (const comm::DeviceCollectives* c : {tp_, cp_}) {
+    if (c != nullptr && !c->capturable() && options_.decode_graph) {
+      options_.decode_graph = false;
+      spdlog::info("cuda engine: decode steps launched kernel by kernel, without a CUDA graph: the {} transport "
+                   "blocks the host and cannot be captured", c->transport());
+    }
   }
   const ModelWeights& w = shard ? *shard : weights;
   if (capacity < 1) throw Error(ErrorKind::kUsage, "", "capacity", "the sequence capacity must be at least 1 token");
@@ -579,6 +588,10 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int
   impl_ = std::make_unique<Impl>();
   auto& m = *impl_;
   HYLO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+  if (cp_size_ > 1) {
+    HYLO_CUDA_CHECK(cudaStreamCreateWithFlags(&m.watch, cudaStreamNonBlocking));
+    for (auto& e : m.layer_done) HYLO_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  }
   m.decode_gemv = options_.decode_gemv;
   m.eps = static_cast<float>(config_.rms_norm_eps);
   if (options_.cudnn_attention && config_.count(MixerKind::kMLA) > 0) {
@@ -754,6 +767,10 @@ CudaEngine::~CudaEngine() {
   }
   if (impl_->step_graph) cudaGraphExecDestroy(impl_->step_graph);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
+  if (impl_->watch) cudaStreamDestroy(impl_->watch);
+  for (auto e : impl_->layer_done) {
+    if (e) cudaEventDestroy(e);
+  }
 }
 
 void CudaEngine::set_profiling(bool on) {
@@ -796,10 +813,45 @@ void CudaEngine::reset() {
 }
 
 void CudaEngine::forward(std::span<const std::int32_t> tokens, float* logits, bool all_logits) {
-  forward_impl(tokens, logits, all_logits, false);
+  try {
+    forward_impl(tokens, logits, all_logits, false);
+  } catch (const comm::CommError&) {
+    abort_collectives();
+    throw;
+  }
+}
+
+void CudaEngine::abort_collectives() noexcept {
+  if (tp_ != nullptr) tp_->abort();
+  if (cp_ != nullptr) cp_->abort();
+}
+
+void CudaEngine::sync_stream(const char* op) {
+  comm::DeviceCollectives* c = cp_ != nullptr ? cp_ : tp_;
+  if (c == nullptr || !options_.comm_watchdog) {
+    HYLO_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));
+    return;
+  }
+  // One communicator's watchdog covers the stream: a collective of the other one that never completes holds the
+  // stream too, so the deadline still expires (and abort_collectives then aborts both).
+  c->wait(impl_->stream, op);
+}
+
+std::string CudaEngine::transport() const {
+  const comm::DeviceCollectives* c = cp_ != nullptr ? cp_ : tp_;
+  return c != nullptr ? c->transport() : std::string();
 }
 
 std::vector<std::pair<float, std::int32_t>> CudaEngine::forward_top(std::span<const std::int32_t> tokens, int k) {
+  try {
+    return forward_top_impl(tokens, k);
+  } catch (const comm::CommError&) {
+    abort_collectives();
+    throw;
+  }
+}
+
+std::vector<std::pair<float, std::int32_t>> CudaEngine::forward_top_impl(std::span<const std::int32_t> tokens, int k) {
   const std::int64_t V = config_.vocab_size;
   if (k < 1 || k > std::min<std::int64_t>(k::kTopkMax, V)) {
     throw Error(ErrorKind::kUsage, "", "top-k", "k = " + std::to_string(k) + " candidates requested; the GPU top-k takes 1.." +
@@ -820,7 +872,6 @@ std::vector<std::pair<float, std::int32_t>> CudaEngine::forward_top(std::span<co
   const float* vals_d = m.top_vals.get();
   const std::int32_t* ids_d = m.top_ids.get();
   const auto n = static_cast<std::size_t>(k) * static_cast<std::size_t>(tp_size_);
-#if HYLO_WITH_NCCL
   if (tp_ != nullptr) {
     if (static_cast<std::size_t>(m.top_all_vals.size()) < n) {
       m.top_all_vals.resize(static_cast<std::int64_t>(n));
@@ -831,12 +882,11 @@ std::vector<std::pair<float, std::int32_t>> CudaEngine::forward_top(std::span<co
     vals_d = m.top_all_vals.get();
     ids_d = m.top_all_ids.get();
   }
-#endif
   std::vector<float> vals(n);
   std::vector<std::int32_t> ids(n);
   HYLO_CUDA_CHECK(cudaMemcpyAsync(vals.data(), vals_d, sizeof(float) * n, cudaMemcpyDeviceToHost, m.stream));
   HYLO_CUDA_CHECK(cudaMemcpyAsync(ids.data(), ids_d, sizeof(std::int32_t) * n, cudaMemcpyDeviceToHost, m.stream));
-  HYLO_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  sync_stream("top-k");
   std::vector<std::pair<float, std::int32_t>> out(n);
   for (std::size_t i = 0; i < n; ++i) {
     const auto rank = static_cast<std::int64_t>(i / static_cast<std::size_t>(k));
@@ -888,7 +938,7 @@ void CudaEngine::forward_impl(std::span<const std::int32_t> tokens, float* logit
       HYLO_CUDA_CHECK(cudaMemcpyAsync(logits, m.logits.get(), sizeof(float) * static_cast<std::size_t>(V),
                                       cudaMemcpyDeviceToHost, m.stream));
     }
-    HYLO_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    sync_stream("prefill");
     m.collect();
     return;
   }
@@ -961,7 +1011,7 @@ void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logi
                                       cudaMemcpyDeviceToHost, st));
     }
   }
-  HYLO_CUDA_CHECK(cudaStreamSynchronize(st));
+  sync_stream(T == 1 ? "decode step" : "prefill");
   m.collect();
 }
 
@@ -1127,7 +1177,6 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
             p.lse = m.cp_part.get() + nH * r;
           }
           m.timed("mla decode", [&] { k::mla_decode_cuda(p, st); });
-#if HYLO_WITH_NCCL
           if (cp) {
             const std::int64_t n = nH * (r + 1);
             m.timed("cp merge", [&] {
@@ -1141,7 +1190,6 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
               }
             });
           }
-#endif
           m.timed("mla decode", [&] { k::mla_expand_o_cuda(shape, 1, o_lat, L.mla.kv_b.get(), m.b2.get(), st); });
         } else if (options_.prefill_kv_cache) {
           // Decompressed K/V of every position kept for the prefill: decompress the positions not done yet (this
@@ -1431,14 +1479,9 @@ void CudaEngine::mlp_block(std::size_t li, float* x, std::int64_t T) {
 void CudaEngine::tp_allreduce_residual(std::int64_t T) { tp_allreduce(impl_->x.get(), T * config_.hidden_size); }
 
 void CudaEngine::tp_allreduce(float* x, std::int64_t count) {
-#if HYLO_WITH_NCCL
   if (tp_ == nullptr || count == 0) return;
   auto& m = *impl_;
   m.timed("tp allreduce", [&] { tp_->allreduce_sum_on(x, count, m.stream); });
-#else
-  (void)x;
-  (void)count;
-#endif
 }
 
 // ---- Context parallelism (CudaEngine's constructor comment; PARALLEL.md 2) ----
@@ -1467,7 +1510,6 @@ std::vector<CudaEngine::CpPiece> CudaEngine::cp_pieces(const comm::SequenceParti
 }
 
 void CudaEngine::cp_prefill(std::span<const std::int32_t> tokens) {
-#if HYLO_WITH_NCCL
   auto& m = *impl_;
   cudaStream_t st = m.stream;
   const auto L = static_cast<std::int64_t>(tokens.size());
@@ -1504,6 +1546,16 @@ void CudaEngine::cp_prefill(std::span<const std::int32_t> tokens) {
     tp_allreduce(m.cp_x.get(), Tl * H);
     for (const auto& pc : pieces) mlp_block(li, m.cp_x.get() + pc.row * H, pc.len);
     tp_allreduce(m.cp_x.get(), Tl * H);
+    // The watchdog per layer: a prompt of millions of tokens may take longer than the deadline, one layer of it
+    // does not. Layer li - 1 is waited for while layer li is queued (Impl::watch).
+    if (options_.comm_watchdog) {
+      HYLO_CUDA_CHECK(cudaEventRecord(m.layer_done[li % 2], st));
+      if (li > 0) {
+        HYLO_CUDA_CHECK(cudaStreamWaitEvent(m.watch, m.layer_done[(li - 1) % 2], 0));
+        const std::string op = "prefill layer " + std::to_string(li - 1);
+        cp_->wait(m.watch, op.c_str());
+      }
+    }
   }
   // The last prompt token's residual row on every CP rank: its owner's row, zeros elsewhere, summed (exact).
   const comm::TokenOwner last = part.owner(L - 1);
@@ -1516,13 +1568,9 @@ void CudaEngine::cp_prefill(std::span<const std::int32_t> tokens) {
   m.timed("cp exchange", [&] { cp_->allreduce_sum_on(m.x.get(), H, st); });
   length_ = L;
   cp_rows_ = Tl;
-#else
-  (void)tokens;
-#endif
 }
 
 void CudaEngine::cp_mla_layer(std::size_t li, const comm::SequencePartition& part, const std::vector<CpPiece>& pieces) {
-#if HYLO_WITH_NCCL
   auto& m = *impl_;
   cudaStream_t st = m.stream;
   auto& L = m.layers[li];
@@ -1596,16 +1644,10 @@ void CudaEngine::cp_mla_layer(std::size_t li, const comm::SequencePartition& par
     m.attend(a, m.b1.get(), m.cp_K.get(), m.cp_V.get(), T, pc.pos + T, pc.pos, m.b2.get());
     m.linear(m.b2.get(), T, L.mla.out, H, nH * dv, x, false, tp_rank_ == 0);
   }
-#else
-  (void)li;
-  (void)part;
-  (void)pieces;
-#endif
 }
 
 void CudaEngine::cp_recurrent_layer(std::size_t li, const comm::SequencePartition& part,
                                     const std::vector<CpPiece>& pieces) {
-#if HYLO_WITH_NCCL
   auto& m = *impl_;
   cudaStream_t st = m.stream;
   auto& Ly = m.layers[li];
@@ -1757,11 +1799,6 @@ void CudaEngine::cp_recurrent_layer(std::size_t li, const comm::SequencePartitio
     HYLO_CUDA_CHECK(cudaMemsetAsync(final_state, 0, sizeof(float) * state_n, st));
   }
   m.timed("cp exchange", [&] { cp_->allreduce_sum_on(final_state, state_n, st); });
-#else
-  (void)li;
-  (void)part;
-  (void)pieces;
-#endif
 }
 
 }  // namespace hylo

@@ -22,7 +22,7 @@
 namespace hylo {
 
 namespace comm {
-class NcclCommunicator;
+class DeviceCollectives;
 }
 
 struct CudaEngineOptions {
@@ -39,8 +39,14 @@ struct CudaEngineOptions {
   // (with a log line) when it does not fit; then every chunk re-decompresses the cached latents block by block.
   bool prefill_kv_cache = true;
   // Decode steps (one token) replay one captured CUDA graph: ~300 kernels per step launched as one, the position
-  // read from device memory. Off: the same kernels launched one by one (always so while profiling).
+  // read from device memory. Off: the same kernels launched one by one (always so while profiling, and over a
+  // transport whose collectives cannot be captured: DeviceCollectives::capturable(), e.g. MPI).
   bool decode_graph = true;
+  // With TP / CP, the host's waits for the engine's stream (end of a prefill chunk and of every CP prefill layer,
+  // the logits or top-k download of a decode step) go through the transport's watchdog
+  // (DeviceCollectives::wait: NCCL polls with its deadline and aborts a stuck collective). Off: a plain
+  // cudaStreamSynchronize, which hangs forever if a peer never joins (for measuring the watchdog's cost only).
+  bool comm_watchdog = true;
 };
 
 // Bytes the engine needs on the GPU, by part.
@@ -67,14 +73,14 @@ class CudaEngine {
   // Uploads the weights (bf16 matrices, fp32 vectors). `capacity`: the most tokens (prompt + generated) the
   // sequence will hold; refused with the numbers when the plan exceeds the device's free memory.
   //
-  // Tensor parallelism: with `tp` (an NCCL communicator of the TP group, size > 1; builds with NCCL) the engine
+  // Tensor parallelism: with `tp` (the device collectives of the TP group, size > 1: NCCL or MPI) the engine
   // holds TP rank tp->rank()'s shard (model/tp_shard.h: heads and inner sizes divided, vocab by contiguous
   // range) on the communicator's device, all-reduces the residual stream after the embedding, every mixer and
   // every MLP on its stream (rank 0 adds the old residual, the others their partial sums only), and returns logits
   // of its vocab slice [vocab_begin(), vocab_begin() + config().vocab_size). forward_top merges every rank's
   // candidates, so it returns the global top-k on every rank. Every rank runs the same calls in the same order.
   //
-  // Context parallelism: with `cp` (an NCCL communicator of the CP group, size > 1) the engine is one rank of a CP
+  // Context parallelism: with `cp` (the device collectives of the CP group, size > 1) the engine is one rank of a CP
   // group, with the algorithms of the CPU runtime (PARALLEL.md 2; runtime/engine.h):
   //  - the first forward() of a sequence is the whole prompt, the same on every CP rank; it is cut by `split`
   //    (comm::SequencePartition) and each rank runs its tokens through every layer, in pieces of at most
@@ -92,9 +98,16 @@ class CudaEngine {
   //  - decode steps (one token) run replicated on every CP rank; MLA attends each shard (absorbed form) and the
   //    (o_lat, lse) partials are all-gathered and merged in rank order (bitwise the same on every rank); the new
   //    latent is stored by rank comm::decode_owner(position). Captured in the decode graph like one GPU's steps.
-  // TP and CP combine (one communicator each, on the same device). Builds without NCCL refuse tp / cp.
+  // TP and CP combine (one communicator each, on the same device). The transport (comm/device_collectives.h) is
+  // NCCL (asynchronous, captured in the decode graph) or MPI (blocking the host; the decode graph is then turned
+  // off, with a log line). The communicators must outlive the engine.
+  //
+  // Faults: the host's waits after collectives go through the transport's watchdog (CudaEngineOptions::
+  // comm_watchdog). A CommError from a collective or a wait aborts every communicator of the engine (so that no
+  // kernel stays stuck in a collective and the device can be freed) and is rethrown: the engine is then unusable
+  // and the caller ends the job (MpiSession::abort).
   CudaEngine(ModelConfig config, const ModelWeights& weights, std::int64_t capacity, CudaEngineOptions options = {},
-             comm::NcclCommunicator* tp = nullptr, comm::NcclCommunicator* cp = nullptr,
+             comm::DeviceCollectives* tp = nullptr, comm::DeviceCollectives* cp = nullptr,
              comm::SeqSplit split = comm::SeqSplit::kZigzag);
   ~CudaEngine();
   CudaEngine(const CudaEngine&) = delete;
@@ -109,6 +122,10 @@ class CudaEngine {
   int cp_rank() const { return cp_rank_; }
   comm::SeqSplit cp_split() const { return split_; }
   const CudaMemoryPlan& plan() const { return plan_; }
+  // Whether decode steps replay a captured graph (CudaEngineOptions::decode_graph, off over MPI).
+  bool decode_graph() const { return options_.decode_graph; }
+  // The transport of the TP / CP collectives ("nccl 2.28.3", "mpi host-staged"); empty on one GPU.
+  std::string transport() const;
   std::int64_t length() const { return length_; }
   std::int64_t capacity() const { return capacity_; }
   std::string device_name() const;
@@ -142,6 +159,12 @@ class CudaEngine {
  private:
   struct Impl;
   void forward_impl(std::span<const std::int32_t> tokens, float* logits, bool all_logits, bool last_on_device);
+  std::vector<std::pair<float, std::int32_t>> forward_top_impl(std::span<const std::int32_t> tokens, int k);
+  // The host waits for the engine's stream: through the transport's watchdog with TP / CP (`op` names the wait in
+  // its error), else cudaStreamSynchronize.
+  void sync_stream(const char* op);
+  // After a CommError: every communicator of the engine aborted (DeviceCollectives::abort).
+  void abort_collectives() noexcept;
   void forward_chunk(std::span<const std::int32_t> tokens, float* logits, bool all_logits, bool head_on_device);
   void enqueue_layers(std::int64_t T, std::int64_t pos0, bool step);  // embedding + every layer of T tokens
   void enqueue_head(std::int64_t row);                                // final norm + LM head of one row -> logits
@@ -169,10 +192,10 @@ class CudaEngine {
   CudaMemoryPlan plan_;
   std::int64_t capacity_ = 0;
   std::int64_t length_ = 0;
-  comm::NcclCommunicator* tp_ = nullptr;
+  comm::DeviceCollectives* tp_ = nullptr;
   int tp_size_ = 1;
   int tp_rank_ = 0;
-  comm::NcclCommunicator* cp_ = nullptr;
+  comm::DeviceCollectives* cp_ = nullptr;
   int cp_size_ = 1;
   int cp_rank_ = 0;
   comm::SeqSplit split_ = comm::SeqSplit::kZigzag;
