@@ -46,6 +46,12 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// fp32 -> TF32 as the bit pattern mma reads (low 13 bits zero), rounded to nearest with ties away from zero: the
+// result of cvt.rna.tf32.f32 for every input but NaNs (inf stays inf: its low bits are zero; a NaN may change its
+// payload), in two integer instructions. sm_90 has no TF32 convert instruction: nvcc expands cvt.rna.tf32.f32 into
+// four (FSETP |x| < inf, IADD, SEL, LOP3), which made it the largest instruction class in the TF32 scan kernels.
+__device__ __forceinline__ unsigned tf32_rna(float x) { return (__float_as_uint(x) + 0x1000u) & 0xffffe000u; }
+
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(smem)), "l"(gmem) : "memory");
 }

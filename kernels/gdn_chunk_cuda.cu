@@ -146,12 +146,9 @@ Ws carve(void* base, int64_t nch, int64_t Hv, int64_t dk_pad, int64_t dv_pad) {
 
 // ---- TF32 mma helpers -----------------------------------------------------------------------------------
 
-// fp32 -> TF32 (round to nearest, ties away), as the bit pattern mma reads (low 13 bits zero).
-__device__ __forceinline__ unsigned tf32(float x) {
-  unsigned r;
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
-  return r;
-}
+// fp32 -> TF32 (round to nearest, ties away), as the bit pattern mma reads (low 13 bits zero): cvt.rna.tf32.f32's
+// result in two integer instructions (cuda::tf32_rna; the cvt itself is four on sm_90).
+__device__ __forceinline__ unsigned tf32(float x) { return cuda::tf32_rna(x); }
 __device__ __forceinline__ float tf32_round(float x) { return __uint_as_float(tf32(x)); }
 
 // c += a b for one 16 x 8 x 8 TF32 tile. Fragments (g = lane / 4, t = lane % 4):
@@ -173,10 +170,46 @@ __device__ __forceinline__ void split_tf32(float x, unsigned& hi, unsigned& lo) 
 
 // ---- kernel 1: WY representation per (chunk, v-head) ----------------------------------------------------
 
+// dst[r][c] = scale(r) * src[r * stride + a0 + c] for rows r < n and columns a0 + c < lim, 0 elsewhere, for the
+// 64 x 64 tile at a0 ([64][ld] in shared memory, ld a multiple of 4). vec: src 16-byte aligned with stride and lim
+// multiples of 4, so that every float4 group is 16-byte aligned and entirely inside or outside lim (4 float4 loads
+// per thread instead of 16 scalar ones with their 64-bit index arithmetic).
+template <class Scale>
+__device__ __forceinline__ void load_tile_scaled(float* dst, int ld, const float* src, int64_t stride, int n,
+                                                 int64_t a0, int64_t lim, bool vec, int tid, Scale scale) {
+  if (vec) {
+    const int r0 = tid >> 4, c4 = (tid & 15) * 4;
+    const bool col_in = a0 + c4 < lim;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int r = r0 + 16 * j;
+      float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (r < n && col_in) {
+        x = *reinterpret_cast<const float4*>(src + r * stride + a0 + c4);
+        const float f = scale(r);
+        x.x *= f;
+        x.y *= f;
+        x.z *= f;
+        x.w *= f;
+      }
+      *reinterpret_cast<float4*>(dst + r * ld + c4) = x;
+    }
+  } else {
+    for (int i = tid; i < kL * kKS; i += kThreads) {
+      const int r = i >> 6, cc = i & 63;
+      dst[r * ld + cc] = (r < n && a0 + cc < lim) ? scale(r) * src[r * stride + a0 + cc] : 0.0f;
+    }
+  }
+}
+
+// Bits of the WY kernel's `vec` argument: which inputs take the float4 path of load_tile_scaled.
+constexpr int kVecQK = 1;  // q (when present) and k: dk % 4 == 0, both 16-byte aligned
+constexpr int kVecV = 2;   // v: dv % 4 == 0, 16-byte aligned
+
 constexpr int kWyTile = 2 * kL * kLdRow;  // floats: K and Q slices [64][68] (also holds one [64][72] tile)
 constexpr int kWySmemBytes = kL * 8 + (2 * kL + 2 * kL * kLdRow + kWyTile) * 4;  // 70656
 
-__global__ void __launch_bounds__(kThreads) gdn_wy_kernel(GdnScanParams p, Ws ws) {
+__global__ void __launch_bounds__(kThreads) gdn_wy_kernel(GdnScanParams p, Ws ws, int vec) {
   extern __shared__ __align__(16) unsigned char wy_smem[];
   double* sG = reinterpret_cast<double*>(wy_smem);              // [64] G_i (fp64)
   float* sBeta = reinterpret_cast<float*>(wy_smem + kL * 8);    // [64] beta_i (0 for padded tokens)
@@ -233,20 +266,15 @@ __global__ void __launch_bounds__(kThreads) gdn_wy_kernel(GdnScanParams p, Ws ws
     for (int y = 0; y < 4; ++y) kk[x][y] = qk[x][y] = 0.0f;
   float* sK = sTile;
   float* sQ = sTile + kL * kLdRow;
+  const int64_t kstride = Hk * dk;                      // q / k: floats from one token's row to the next
+  const float* kbase = p.k + (t0 * Hk + hk) * dk;       // row r of this chunk at kbase + r kstride
+  const float* qbase = has_q ? p.q + (t0 * Hk + hk) * dk : nullptr;
+  const bool vqk = (vec & kVecQK) != 0, vv4 = (vec & kVecV) != 0;
+  auto one = [](int) { return 1.0f; };
   for (int64_t a0 = 0; a0 < dk; a0 += kKS) {
     __syncthreads();  // the previous slice is consumed (first pass: the gates above are published)
-    for (int i = tid; i < kL * kKS; i += kThreads) {
-      const int r = i >> 6, cc = i & 63;
-      const int64_t a = a0 + cc;
-      float kv = 0.0f, qv = 0.0f;
-      if (r < n && a < dk) {
-        const int64_t src = ((t0 + r) * Hk + hk) * dk + a;
-        kv = p.k[src];
-        if (has_q) qv = p.q[src];
-      }
-      sK[r * kLdRow + cc] = kv;
-      sQ[r * kLdRow + cc] = qv;
-    }
+    load_tile_scaled(sK, kLdRow, kbase, kstride, n, a0, dk, vqk, tid, one);
+    if (has_q) load_tile_scaled(sQ, kLdRow, qbase, kstride, n, a0, dk, vqk, tid, one);
     __syncthreads();
 #pragma unroll 2
     for (int k8 = 0; k8 < kKS / 8; ++k8) {
@@ -328,13 +356,7 @@ __global__ void __launch_bounds__(kThreads) gdn_wy_kernel(GdnScanParams p, Ws ws
   float* sB = sTile;  // [64][72]: scaled K or V slice, B[k = token j][n = feature]
   for (int a0 = 0; a0 < ws.dk_pad; a0 += kKS) {
     __syncthreads();  // the previous tile is consumed
-    for (int i = tid; i < kL * kKS; i += kThreads) {
-      const int r = i >> 6, cc = i & 63;
-      const int64_t a = a0 + cc;
-      float kv = 0.0f;
-      if (r < n && a < dk) kv = sBG[r] * p.k[((t0 + r) * Hk + hk) * dk + a];
-      sB[r * kLdCol + cc] = kv;
-    }
+    load_tile_scaled(sB, kLdCol, kbase, kstride, n, a0, dk, vqk, tid, [&](int r) { return sBG[r]; });
     __syncthreads();
     float acc[4][4];
 #pragma unroll
@@ -363,15 +385,10 @@ __global__ void __launch_bounds__(kThreads) gdn_wy_kernel(GdnScanParams p, Ws ws
 
   // 5. u = T diag(beta) V (v == nullptr: u = 0, the scan kernel then starts v' from 0 and never reads U).
   if (p.v == nullptr) return;
+  const float* vbase = p.v + (t0 * Hv + h) * dv;  // row r of this chunk at vbase + r Hv dv
   for (int c0 = 0; c0 < ws.dv_pad; c0 += kKS) {
     __syncthreads();
-    for (int i = tid; i < kL * kKS; i += kThreads) {
-      const int r = i >> 6, cc = i & 63;
-      const int64_t c = c0 + cc;
-      float vv = 0.0f;
-      if (r < n && c < dv) vv = sBeta[r] * p.v[((t0 + r) * Hv + h) * dv + c];
-      sB[r * kLdCol + cc] = vv;
-    }
+    load_tile_scaled(sB, kLdCol, vbase, Hv * dv, n, c0, dv, vv4, tid, [&](int r) { return sBeta[r]; });
     __syncthreads();
     float acc[4][4];
 #pragma unroll
@@ -465,27 +482,42 @@ __global__ void __launch_bounds__(kThreads, 1) gdn_state_kernel(GdnScanParams p,
 
   // Issues the copies of the next job (in order) into ring stage job % kNSt and commits them as one group (an
   // empty group past the last job, so that every iteration commits exactly one). Called only when every thread
-  // is done with what that stage held before (job - kNSt).
-  const int64_t J = nch * jpc;
-  int64_t ijob = 0, ic = 0;
-  int ir = 0;
+  // is done with what that stage held before (job - kNSt). Each thread copies the 16-byte pieces at rows
+  // cr + 16 j (j = 0..3), columns cc4..cc4 + 3 of the 64 x 64 slice; the addressing is hoisted out of the loop
+  // (the per-job index arithmetic in 64 bits was a quarter of this kernel's instructions).
+  const int J = static_cast<int>(nch) * jpc;
+  const int cr = tid >> 4, cc4 = (tid & 15) * 4;
+  const int64_t kstride = Hk * dk;  // k: floats from one token's row to the next
+  const float* wsrc = ws.Wn + (h * ws.Tp + cr) * dk_pad + cc4;  // + chunk * 64 dk_pad + slice * 64
+  const float* ksrc = p.k + cr * kstride + hk * dk + cc4;       // + chunk * 64 kstride + slice * 64
+  const int64_t wstep = 16 * static_cast<int64_t>(dk_pad), kstep = 16 * kstride;
+  const int64_t wchunk = kL * static_cast<int64_t>(dk_pad), kchunk = kL * kstride;
+  float* const wdst = ring + cr * kLdRow + cc4;
+  float* const kdst = ring + cr * kLdCol + cc4;
+  int ijob = 0, ic = 0, ir = 0, istage = 0;
   auto issue_next = [&]() {
     if (ijob < J) {
-      float* stg = ring + static_cast<int>(ijob % kNSt) * kStageF;
-      const int64_t ct0 = ic * kL;
+      const int so = istage * kStageF;
       if (ir < S) {
-        const float* src = ws.Wn + (h * ws.Tp + ct0) * dk_pad + ir * kKS;
-        for (int i = tid; i < kL * kKS / 4; i += kThreads) {
-          const int rr = i >> 4, c4 = (i & 15) * 4;
-          cuda::cp_async16(stg + rr * kLdRow + c4, src + static_cast<int64_t>(rr) * dk_pad + c4);
-        }
+        const float* src = wsrc + ic * wchunk + ir * kKS;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) cuda::cp_async16(wdst + so + 16 * j * kLdRow, src + j * wstep);
       } else {
-        load_qk_slice(stg, kLdCol, p.k, ct0, static_cast<int64_t>(ir - S) * kKS, T, Hk, hk, dk, fast, tid);
+        const int64_t ct0 = static_cast<int64_t>(ic) * kL;
+        const int sl = ir - S;
+        if (fast && ct0 + kL <= T && (sl + 1) * kKS <= dk) {  // a whole slice: no bounds to check
+          const float* src = ksrc + ic * kchunk + sl * kKS;
+#pragma unroll
+          for (int j = 0; j < 4; ++j) cuda::cp_async16(kdst + so + 16 * j * kLdCol, src + j * kstep);
+        } else {
+          load_qk_slice(ring + so, kLdCol, p.k, ct0, static_cast<int64_t>(sl) * kKS, T, Hk, hk, dk, fast, tid);
+        }
       }
       if (++ir == jpc) {
         ir = 0;
         ++ic;
       }
+      if (++istage == kNSt) istage = 0;
       ++ijob;
     }
     cuda::cp_async_commit();
@@ -527,15 +559,16 @@ __global__ void __launch_bounds__(kThreads, 1) gdn_state_kernel(GdnScanParams p,
 #pragma unroll
     for (int y = 0; y < 4; ++y) acc[x][y] = 0.0f;
   float ea = 0.0f, eb = 0.0f, eL = 0.0f;
-  int64_t job = 0;
+  int cstage = 0;  // job % kNSt
   for (int64_t c = 0; c < nch; ++c) {
     const int64_t row0 = h * ws.Tp + c * kL;
-    for (int r = 0; r < jpc; ++r, ++job) {
+    for (int r = 0; r < jpc; ++r) {
       // kAhead + job groups committed so far: at most kAhead - 1 pending means job's group has landed.
       cp_async_wait_group<kAhead - 1>();
       __syncthreads();  // job's data visible to all; every thread is done with job - 1 (its stage, v', the state)
       issue_next();     // job + kAhead, into job - 1's stage
-      const float* stg = ring + static_cast<int>(job % kNSt) * kStageF;
+      const float* stg = ring + cstage * kStageF;
+      if (++cstage == kNSt) cstage = 0;
 
       if (r < S) {
         // ---- "W" job r: v' += (-w)[:, slice] S[slice, :]  (v' starts from u)
@@ -848,10 +881,12 @@ void scan_chunked(const GdnScanParams& p, int64_t chunk_size, void* workspace, i
     const Ws ws = carve(workspace, nch, Hv, dk_pad, dv_pad);
     const bool fast_k = dk % 4 == 0 && aligned16(ps.k);
     const bool fast_q = dk % 4 == 0 && ps.q != nullptr && aligned16(ps.q);
+    const int wy_vec = ((fast_k && (ps.q == nullptr || fast_q)) ? kVecQK : 0) |
+                       ((ps.v != nullptr && dv % 4 == 0 && aligned16(ps.v)) ? kVecV : 0);
 
     if (times != nullptr) HYLO_CUDA_CHECK(cudaEventRecord(ev.e[0], stream));
     gdn_wy_kernel<<<dim3(static_cast<unsigned>(nch), static_cast<unsigned>(Hv)), kThreads, kWySmemBytes, stream>>>(
-        ps, ws);
+        ps, ws, wy_vec);
     HYLO_CUDA_LAUNCH_CHECK();
     if (times != nullptr) HYLO_CUDA_CHECK(cudaEventRecord(ev.e[1], stream));
     gdn_state_kernel<<<dim3(static_cast<unsigned>(cuda::ceil_div(dv, kDVt)), static_cast<unsigned>(Hv)), kThreads,

@@ -50,6 +50,7 @@
 
 #include "kernels/cuda_check.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/cuda_mma.cuh"
 #include "kernels/mamba2_chunk_cuda.h"
 
 namespace hylo::kernels {
@@ -119,11 +120,8 @@ int64_t layout(const Mamba2ScanParams& p, const Geometry& g, int64_t (&off)[5]) 
 
 __device__ __forceinline__ double softplus_d(double v) { return v > 20.0 ? v : log1p(exp(v)); }
 
-__device__ __forceinline__ unsigned to_tf32(float f) {
-  unsigned r;
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(f));
-  return r;
-}
+// cvt.rna.tf32.f32's result in two integer instructions (cuda::tf32_rna; the cvt itself is four on sm_90).
+__device__ __forceinline__ unsigned to_tf32(float f) { return cuda::tf32_rna(f); }
 
 // c += a b for one 16 x 8 x 8 tile, TF32 operands, fp32 accumulators.
 __device__ __forceinline__ void mma_tf32(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {

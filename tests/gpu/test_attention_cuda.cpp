@@ -678,7 +678,9 @@ TEST(MlaDecodeCuda, TmaPathIsTakenWhereItShouldBe) {
 // same results as the default 128 within the bounds; 128 where no such instantiation exists is refused.
 TEST(MlaDecodeCuda, ForcedTileSizes) {
   std::uint64_t seed = 63000;
-  for (const MlaCase& c : {MlaCase{8229, 24, 128, 64, 1, 0}, MlaCase{8229, 16, 256, 64, 2, 0},
+  // The two engine instantiations that take 128-token tiles: T nH > 16 with r <= 128 (Llama: 24 heads, r 128, also
+  // T = 2), T nH <= 16 with r <= 256 (Qwen: 16 heads, r 256, T = 1 only).
+  for (const MlaCase& c : {MlaCase{8229, 24, 128, 64, 1, 0}, MlaCase{8229, 16, 256, 64, 1, 0},
                            MlaCase{4097, 24, 128, 64, 2, 100}, MlaCase{1000, 16, 256, 64, 1, 0}}) {
     SCOPED_TRACE(describe(c));
     const auto cache = round_bf16(random_vector(c.S * (c.r + c.dr), seed += 7));
@@ -693,6 +695,11 @@ TEST(MlaDecodeCuda, ForcedTileSizes) {
       EXPECT_LE(e.lse, 5e-5);
     }
   }
+  // The Qwen shape with T = 2 (T nH = 32 > 16 with r 256) has no 128-token instantiation: refused, not run.
+  const MlaCase qwen2{1000, 16, 256, 64, 2, 0};
+  const DeviceBuffer<__nv_bfloat16> qcache(to_bf16(round_bf16(random_vector(qwen2.S * (qwen2.r + qwen2.dr), 63090))));
+  EXPECT_THROW(mla_gpu(qwen2, make_queries(qwen2, 63091), qcache, 0, 0, false, 128), std::invalid_argument);
+  EXPECT_NO_THROW(mla_gpu(qwen2, make_queries(qwen2, 63091), qcache, 0, 0, false, 64));
   const MlaCase big{1000, 16, 512, 64, 1, 0};  // r 512: 64-token tiles only
   const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(round_bf16(random_vector(big.S * (big.r + big.dr), 63100))));
   EXPECT_THROW(mla_gpu(big, make_queries(big, 63101), dcache, 0, 0, false, 128), std::invalid_argument);
