@@ -15,7 +15,8 @@
 //
 // Three kernels per segment (a run of whole chunks whose intermediates fit the workspace):
 //
-// 1. gdn_wy_kernel, grid [chunks, Hv], 256 threads, 70 KB shared. Fully parallel.
+// 1. gdn_wy_kernel, grid [chunks, Hv], 256 threads, 70 KB shared. Fully parallel. Also writes each chunk's K^T,
+//    TF32-rounded, for kernel 2 (one v-head per k-head does).
 //    Gram matrices K K^T and Q K^T [L, L] accumulated over dk slices of 64 with mma.sync m16n8k8 TF32 (K K^T in
 //    3xTF32, i.e. hi*hi + hi*lo + lo*hi with the fp32 value split into two TF32 parts, ~fp32 accurate: it feeds the
 //    inverse); the decays and masks are applied in fp32 (the exp of a masked pair is never formed). T = (I+N)^{-1}
@@ -23,25 +24,29 @@
 //    the scaled K / V slices (TF32 mma, T's fragments held in registers, the zero upper blocks of T skipped), and
 //    the per-token decays exp(G_i), exp(G_{L-1} - G_i). All are written to the workspace.
 //
-// 2. gdn_state_kernel, grid [ceil(dv / 32), Hv], 256 threads (8 warps), 1 block per SM: the only sequential part,
-//    and it does only the state recurrence. Block (x, h) owns state columns [32 x, 32 x + 32) of head h as an fp32
-//    [dk_pad, 32] tile in shared memory (loaded from / stored to p.state once per segment). Per chunk, 2 S jobs
-//    (S = dk_pad / 64):
+// 2. gdn_state_kernel<S>, S = dk_pad / 64, grid [ceil(dv / 32), Hv], 256 threads (8 warps), 1 block per SM: the
+//    only sequential part, and it does only the state recurrence. Block (x, h) owns state columns [32 x, 32 x + 32)
+//    of head h: the fp32 [dk_pad, 32] slice lives in registers for the whole segment (each thread holds its
+//    K-job accumulator entries of every dk slice, 8 S floats; the job loop of a chunk is unrolled so they stay
+//    registers), with a TF32-rounded transposed copy [32][dk_pad + 4] in shared memory as the W jobs' operand.
+//    Per chunk, 2 S jobs:
 //      S "W" jobs, slice s of dk: v' [64 x 32] += (-w)[:, slice] S[slice, :] (v' starts from u), TF32 mma, fp32
 //        accumulators in registers (warp w: rows 16 (w % 4).., columns 16 (w / 4)..); after the last slice the
-//        decayed v' (exp(G_{L-1} - G_j) v'_j, TF32-rounded) goes to shared memory and v' (TF32-rounded) over u in
-//        the workspace.
+//        decayed v' (exp(G_{L-1} - G_j) v'_j, TF32-rounded) goes to shared memory transposed and v' (TF32-rounded)
+//        over u in the workspace.
 //      S "K" jobs, slice s: S[64 s.., :] = exp(G_{L-1}) S[64 s.., :] + K[:, slice]^T (decayed v'), TF32 mma with
-//        fp32 accumulators initialised from the fp32 state; the old rows (S_c, the state before the chunk) are
-//        first stored TF32-rounded to the workspace.
-//    Every job's operand slice (-w from the workspace, or k) is fetched with cp.async kAhead = 5 jobs ahead into a
-//    6-stage ring (~90 KB in flight per SM, the loads are what bounds this kernel): per job one wait + one
-//    __syncthreads, then the copies of job + 5 are issued into the stage of job - 1. u and the decays of the next
-//    chunk are loaded into registers a whole chunk ahead. The stores of S_c and v' are skipped when o is not
-//    computed (o == nullptr or q == nullptr).
-//    Shared memory (floats): state [dk_pad][40] | ring 6 x [64][72] | decayed v' [64][40]; row pitches make every
-//    fragment load bank-conflict free (pitch = 4 mod 32 where the fragment's k runs along a row, 8 mod 32 where it
-//    runs down a column).
+//        the fp32 state registers as accumulators (same warp tiling: features 16 (w % 4).. of the slice); the old
+//        rows (S_c, the state before the chunk) are first stored TF32-rounded to the workspace.
+//    Every fragment comes by ldmatrix (32-bit elements move intact through its b16 form): -w and K^T (written
+//    TF32-rounded by kernel 1, so no operand is converted here) as row-major A tiles, the state copy and v'^T as
+//    transposed B tiles. Every job's operand slice (-w or K^T from the workspace) is fetched with cp.async
+//    kAhead = 5 jobs ahead into a 6-stage ring: per job one wait + one __syncthreads, then the copies of job + 5
+//    are issued into the stage of job - 1. u and the decays of the next chunk are loaded into registers a whole
+//    chunk ahead. The stores of S_c and v' are skipped when o is not computed (o == nullptr or q == nullptr).
+//    Shared memory (floats): state copy [32][dk_pad + 4] | ring 6 x [64][68] | decayed v'^T [32][68]; row pitches
+//    of an odd number of 16-byte units make the ldmatrix rows and the scattered transposed stores conflict free.
+//    (The previous version kept the fp32 state in shared memory and converted operands per use: 445 instructions
+//    per job and warp, a quarter of them index arithmetic and TF32 conversions.)
 //
 // 3. gdn_out_kernel, grid [chunks, Hv, ceil(dv / 64)], 256 threads, 105 KB shared (2 blocks per SM). Fully
 //    parallel: o[chunk, 64 columns] = diag(exp(G)) Q S_c + A v' (Q S_c over dk slices of 64, q and S_c slices
@@ -94,7 +99,6 @@ constexpr int kDVt = 32;       // state columns per scan block
 // kLdCol: tiles whose fragments run k down a column (B read as [k][n], or A read transposed).
 constexpr int kLdRow = kKS + 4;   // 68
 constexpr int kLdCol = kKS + 8;   // 72
-constexpr int kLdV = kDVt + 8;    // 40: state, u, v' tiles of the scan kernel ([k][n] B operands / accumulators)
 
 // ---- workspace ------------------------------------------------------------------------------------------
 
@@ -107,6 +111,7 @@ struct Ws {
   float* eG;    // [Hv][Tp]          exp(G_i)
   float* eGl;   // [Hv][Tp]          exp(G_{L-1} - G_i)
   float* Hs;    // [Hv][nch][dk_pad][dv_pad]  S_c, the state before each chunk, TF32-rounded (kernel 3's operand)
+  float* KT;    // [Hk][nch][dk_pad][64]  K^T of each chunk, TF32-rounded (kernel 2's operand, written by kernel 1)
   int64_t Tp;   // padded tokens of the segment (a multiple of 64)
   int64_t nch;  // chunks of the segment (Tp / 64)
   int dk_pad, dv_pad;
@@ -116,13 +121,13 @@ constexpr int64_t kAlign = 256;  // bytes, each workspace part
 
 int64_t part_bytes(int64_t floats) { return round_up(floats * 4, kAlign); }
 
-int64_t ws_bytes_for(int64_t nch, int64_t Hv, int64_t dk_pad, int64_t dv_pad) {
+int64_t ws_bytes_for(int64_t nch, int64_t Hk, int64_t Hv, int64_t dk_pad, int64_t dv_pad) {
   const int64_t Tp = nch * kL;
   return part_bytes(Hv * Tp * dk_pad) + part_bytes(Hv * Tp * dv_pad) + part_bytes(Hv * Tp * kL) +
-         2 * part_bytes(Hv * Tp) + part_bytes(Hv * nch * dk_pad * dv_pad);
+         2 * part_bytes(Hv * Tp) + part_bytes(Hv * nch * dk_pad * dv_pad) + part_bytes(Hk * Tp * dk_pad);
 }
 
-Ws carve(void* base, int64_t nch, int64_t Hv, int64_t dk_pad, int64_t dv_pad) {
+Ws carve(void* base, int64_t nch, int64_t Hv, int64_t dk_pad, int64_t dv_pad) {  // KT is the last part
   const int64_t Tp = nch * kL;
   char* p = static_cast<char*>(base);
   Ws ws{};
@@ -137,6 +142,8 @@ Ws carve(void* base, int64_t nch, int64_t Hv, int64_t dk_pad, int64_t dv_pad) {
   ws.eGl = reinterpret_cast<float*>(p);
   p += part_bytes(Hv * Tp);
   ws.Hs = reinterpret_cast<float*>(p);
+  p += part_bytes(Hv * nch * dk_pad * dv_pad);
+  ws.KT = reinterpret_cast<float*>(p);
   ws.Tp = Tp;
   ws.nch = nch;
   ws.dk_pad = static_cast<int>(dk_pad);
@@ -271,11 +278,16 @@ __global__ void __launch_bounds__(kThreads) gdn_wy_kernel(GdnScanParams p, Ws ws
   const float* qbase = has_q ? p.q + (t0 * Hk + hk) * dk : nullptr;
   const bool vqk = (vec & kVecQK) != 0, vv4 = (vec & kVecV) != 0;
   auto one = [](int) { return 1.0f; };
+  const bool write_kt = h % (Hv / Hk) == 0;  // one v-head per k-head writes its K^T
   for (int64_t a0 = 0; a0 < dk; a0 += kKS) {
     __syncthreads();  // the previous slice is consumed (first pass: the gates above are published)
     load_tile_scaled(sK, kLdRow, kbase, kstride, n, a0, dk, vqk, tid, one);
     if (has_q) load_tile_scaled(sQ, kLdRow, qbase, kstride, n, a0, dk, vqk, tid, one);
     __syncthreads();
+    if (write_kt) {  // K^T of the slice for kernel 2 (rows: features a0.., 64 tokens each; zero padding included)
+      float* kt = ws.KT + ((hk * ws.nch + chunk) * ws.dk_pad + a0) * kL;
+      for (int i = tid; i < kL * kKS; i += kThreads) kt[i] = tf32_round(sK[(i & 63) * kLdRow + (i >> 6)]);
+    }
 #pragma unroll 2
     for (int k8 = 0; k8 < kKS / 8; ++k8) {
       const int kc = 8 * k8 + t;
@@ -451,69 +463,103 @@ __device__ __forceinline__ void load_qk_slice(float* dst, int ld, const float* s
 
 constexpr int kNSt = 6;               // ring stages
 constexpr int kAhead = kNSt - 1;      // jobs whose copies are in flight ahead of the one computing
-constexpr int kStageF = kL * kLdCol;  // floats per stage: a -w slice [64][68] or a k slice [64][72]
+constexpr int kStageF = kL * kLdRow;  // floats per stage: a -w slice [64 tokens][68] or a K^T slice [64 features][68]
+constexpr int kLdT = kL + 4;          // 68: decayed v' transposed, [32 columns][64 tokens]
 
-int64_t state_smem_bytes(int64_t dk_pad) { return 4 * (dk_pad * kLdV + kNSt * kStageF + kL * kLdV); }
+// Shared memory of the state kernel: the TF32 state copy [32][dk_pad + 4], the ring, v'^T [32][68].
+int64_t state_smem_bytes(int64_t dk_pad) { return 4 * (kDVt * (dk_pad + 4) + kNSt * kStageF + kDVt * kLdT); }
 
-__global__ void __launch_bounds__(kThreads, 1) gdn_state_kernel(GdnScanParams p, Ws ws, int fast_k) {
+// TF32 fragments by ldmatrix (the b16 form moves 32-bit elements intact: lane i gets row i / 4, element i % 4 of
+// each 8 x 4 fp32 matrix). Row pitches ld (floats) must make rows 16-byte aligned; an odd number of 16-byte units
+// (68, dk_pad + 4) keeps the 8 rows of each matrix in distinct bank groups.
+// A fragment of the 16 x 8 row-major tile at `tile` (A[m][k] at tile[m ld + k]).
+__device__ __forceinline__ void ldsm_tf32_a(const float* tile, int ld, int lane, unsigned (&a)[4]) {
+  const int row = (lane & 7) + 8 * ((lane >> 3) & 1), col = 4 * (lane >> 4);
+  cuda::ldsm_x4(cuda::smem_u32(tile + row * ld + col), a);
+}
+// B fragments of two adjacent n-tiles from B stored transposed at `tileT` (B[k][n] at tileT[n ld + k], n < 16,
+// k < 8): b[0], b[1] for n-tile 0, b[2], b[3] for n-tile 1.
+__device__ __forceinline__ void ldsm_tf32_b2(const float* tileT, int ld, int lane, unsigned (&b)[4]) {
+  const int row = (lane & 7) + 8 * (lane >> 4), col = 4 * ((lane >> 3) & 1);
+  cuda::ldsm_x4(cuda::smem_u32(tileT + row * ld + col), b);
+}
+
+// S = dk_pad / 64 slices (1..8): the job loop of a chunk is unrolled so that the fp32 state stays in registers.
+template <int S>
+__global__ void __launch_bounds__(kThreads, 1) gdn_state_kernel(GdnScanParams p, Ws ws) {
   extern __shared__ __align__(16) float st_smem[];
-  const int dk_pad = ws.dk_pad;
-  const int S = dk_pad / kKS;          // dk slices
-  const int jpc = 2 * S;               // jobs per chunk: S "W" jobs, then S "K" jobs
-  float* sH = st_smem;                 // [dk_pad][40] the state tile, fp32
-  float* ring = sH + dk_pad * kLdV;    // kNSt stages
-  float* sVs = ring + kNSt * kStageF;  // [64][40] exp(G_{L-1} - G_j) v'_j, TF32-rounded
+  constexpr int kJobs = 2 * S;          // per chunk: S "W" jobs, then S "K" jobs
+  constexpr int kDkPad = S * kKS;
+  constexpr int kLdH = kDkPad + 4;
+  float* sHr = st_smem;                 // [32][dk_pad + 4] the state transposed, TF32-rounded (W jobs' B operand)
+  float* ring = sHr + kDVt * kLdH;      // kNSt stages
+  float* sVT = ring + kNSt * kStageF;   // [32][68] exp(G_{L-1} - G_j) v'_j transposed, TF32-rounded (K jobs' B)
 
-  const int64_t T = p.T, Hk = p.n_k_heads, Hv = p.n_v_heads, dk = p.head_k_dim, dv = p.head_v_dim;
+  const int64_t Hk = p.n_k_heads, Hv = p.n_v_heads, dk = p.head_k_dim, dv = p.head_v_dim;
   const int64_t h = blockIdx.y, hk = h / (Hv / Hk);
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kDVt;  // first state column of this block
-  const int64_t nch = ws.nch, dv_pad = ws.dv_pad;
+  const int nch = static_cast<int>(ws.nch);
+  const int64_t dv_pad = ws.dv_pad;
   const bool has_v = p.v != nullptr;
   const bool store_o = p.o != nullptr && p.q != nullptr;  // kernel 3 runs: it needs S_c and v'
-  const bool fast = fast_k != 0;
   const int tid = static_cast<int>(threadIdx.x), w = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
 
-  // The state tile, zero-padded (published by the first __syncthreads of the loop).
+  // Warp tiling of both products: m-tile w % 4 (rows 16 (w % 4)..: tokens in W jobs, features of the slice in K
+  // jobs) and the n-tiles of state columns 16 (w / 4).. and 16 (w / 4) + 8...
+  const int mrow = 16 * (w & 3), nb = 16 * (w >> 2);
+  const int ra = mrow + g, rb = ra + 8;  // this thread's accumulator rows
+  const int cpair = nb + 2 * t;          // + 8 nt: its accumulator column pair in n-tile nt
+
+  // The fp32 state, in registers for the whole segment: st[s][nt][v] = S[64 s + (v < 2 ? ra : rb)][c0 + cpair +
+  // 8 nt + (v & 1)] (this thread's K-job accumulator entries of slice s), and its TF32-rounded transposed copy in
+  // shared memory for the W jobs.
+  float st[S][2][4];
   float* Sh = p.state + h * dk * dv;
-  for (int i = tid; i < dk_pad * kDVt; i += kThreads) {
-    const int a = i >> 5, cc = i & 31;
-    sH[a * kLdV + cc] = (a < dk && c0 + cc < dv) ? Sh[a * dv + c0 + cc] : 0.0f;
+  auto publish = [&](int s) {  // s is a compile-time constant at every call (unrolled loops)
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int v = 0; v < 4; ++v)
+        sHr[(cpair + 8 * nt + (v & 1)) * kLdH + kKS * s + (v < 2 ? ra : rb)] = tf32_round(st[s][nt][v]);
+  };
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        const int64_t a = kKS * s + (v < 2 ? ra : rb), col = c0 + cpair + 8 * nt + (v & 1);
+        st[s][nt][v] = (a < dk && col < dv) ? Sh[a * dv + col] : 0.0f;
+      }
+    publish(s);  // visible to the block after the first __syncthreads of the loop
   }
 
   // Issues the copies of the next job (in order) into ring stage job % kNSt and commits them as one group (an
   // empty group past the last job, so that every iteration commits exactly one). Called only when every thread
   // is done with what that stage held before (job - kNSt). Each thread copies the 16-byte pieces at rows
-  // cr + 16 j (j = 0..3), columns cc4..cc4 + 3 of the 64 x 64 slice; the addressing is hoisted out of the loop
-  // (the per-job index arithmetic in 64 bits was a quarter of this kernel's instructions).
-  const int J = static_cast<int>(nch) * jpc;
+  // cr + 16 j (j = 0..3), columns cc4..cc4 + 3 of the 64 x 64 slice (-w: [tokens][features] of the workspace,
+  // K^T: [features][tokens], both complete and aligned).
+  const int J = nch * kJobs;
   const int cr = tid >> 4, cc4 = (tid & 15) * 4;
-  const int64_t kstride = Hk * dk;  // k: floats from one token's row to the next
-  const float* wsrc = ws.Wn + (h * ws.Tp + cr) * dk_pad + cc4;  // + chunk * 64 dk_pad + slice * 64
-  const float* ksrc = p.k + cr * kstride + hk * dk + cc4;       // + chunk * 64 kstride + slice * 64
-  const int64_t wstep = 16 * static_cast<int64_t>(dk_pad), kstep = 16 * kstride;
-  const int64_t wchunk = kL * static_cast<int64_t>(dk_pad), kchunk = kL * kstride;
-  float* const wdst = ring + cr * kLdRow + cc4;
-  float* const kdst = ring + cr * kLdCol + cc4;
+  const float* wsrc = ws.Wn + (h * ws.Tp + cr) * kDkPad + cc4;              // + chunk 64 dk_pad + slice 64
+  const float* ksrc = ws.KT + (hk * ws.nch * kDkPad + cr) * kL + cc4;       // + (chunk dk_pad + slice 64) 64
+  float* const cdst = ring + cr * kLdRow + cc4;
   int ijob = 0, ic = 0, ir = 0, istage = 0;
   auto issue_next = [&]() {
     if (ijob < J) {
-      const int so = istage * kStageF;
+      const float* src;
+      int64_t step;
       if (ir < S) {
-        const float* src = wsrc + ic * wchunk + ir * kKS;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) cuda::cp_async16(wdst + so + 16 * j * kLdRow, src + j * wstep);
+        src = wsrc + static_cast<int64_t>(ic) * (kL * kDkPad) + ir * kKS;
+        step = 16 * kDkPad;
       } else {
-        const int64_t ct0 = static_cast<int64_t>(ic) * kL;
-        const int sl = ir - S;
-        if (fast && ct0 + kL <= T && (sl + 1) * kKS <= dk) {  // a whole slice: no bounds to check
-          const float* src = ksrc + ic * kchunk + sl * kKS;
-#pragma unroll
-          for (int j = 0; j < 4; ++j) cuda::cp_async16(kdst + so + 16 * j * kLdCol, src + j * kstep);
-        } else {
-          load_qk_slice(ring + so, kLdCol, p.k, ct0, static_cast<int64_t>(sl) * kKS, T, Hk, hk, dk, fast, tid);
-        }
+        src = ksrc + (static_cast<int64_t>(ic) * kDkPad + (ir - S) * kKS) * kL;
+        step = 16 * kL;
       }
-      if (++ir == jpc) {
+      float* d = cdst + istage * kStageF;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) cuda::cp_async16(d + 16 * j * kLdRow, src + j * step);
+      if (++ir == kJobs) {
         ir = 0;
         ++ic;
       }
@@ -523,20 +569,16 @@ __global__ void __launch_bounds__(kThreads, 1) gdn_state_kernel(GdnScanParams p,
     cuda::cp_async_commit();
   };
 
-  // "W" job tiling of v' [64 x 32]: warp w owns rows 16 (w % 4).. and columns 16 (w / 4).. (two n-tiles).
-  const int ra = 16 * (w & 3) + g, rb = ra + 8;
-  const int vcol = 16 * (w >> 2) + 2 * t;  // + 8 nt: this thread's column pair in n-tile nt (accumulator layout)
-
   // u (this thread's accumulator entries) and the decays of a chunk, loaded into registers one chunk ahead.
   float un[2][4];
   float ean = 0.0f, ebn = 0.0f, eLn = 0.0f;
-  auto prefetch = [&](int64_t c) {
-    const int64_t row0 = h * ws.Tp + c * kL;
+  auto prefetch = [&](int c) {
+    const int64_t row0 = h * ws.Tp + static_cast<int64_t>(c) * kL;
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
       if (has_v) {
-        const float2 x = *reinterpret_cast<const float2*>(ws.U + (row0 + ra) * dv_pad + c0 + vcol + 8 * nt);
-        const float2 y = *reinterpret_cast<const float2*>(ws.U + (row0 + rb) * dv_pad + c0 + vcol + 8 * nt);
+        const float2 x = *reinterpret_cast<const float2*>(ws.U + (row0 + ra) * dv_pad + c0 + cpair + 8 * nt);
+        const float2 y = *reinterpret_cast<const float2*>(ws.U + (row0 + rb) * dv_pad + c0 + cpair + 8 * nt);
         un[nt][0] = x.x;
         un[nt][1] = x.y;
         un[nt][2] = y.x;
@@ -554,24 +596,21 @@ __global__ void __launch_bounds__(kThreads, 1) gdn_state_kernel(GdnScanParams p,
   for (int d = 0; d < kAhead; ++d) issue_next();
 
   float acc[2][4];
-#pragma unroll
-  for (int x = 0; x < 2; ++x)
-#pragma unroll
-    for (int y = 0; y < 4; ++y) acc[x][y] = 0.0f;
   float ea = 0.0f, eb = 0.0f, eL = 0.0f;
   int cstage = 0;  // job % kNSt
-  for (int64_t c = 0; c < nch; ++c) {
-    const int64_t row0 = h * ws.Tp + c * kL;
-    for (int r = 0; r < jpc; ++r) {
+  for (int c = 0; c < nch; ++c) {
+    const int64_t row0 = h * ws.Tp + static_cast<int64_t>(c) * kL;
+#pragma unroll
+    for (int r = 0; r < kJobs; ++r) {
       // kAhead + job groups committed so far: at most kAhead - 1 pending means job's group has landed.
       cp_async_wait_group<kAhead - 1>();
-      __syncthreads();  // job's data visible to all; every thread is done with job - 1 (its stage, v', the state)
+      __syncthreads();  // job's data visible to all; every thread is done with job - 1 (its stage, v'^T, the state)
       issue_next();     // job + kAhead, into job - 1's stage
       const float* stg = ring + cstage * kStageF;
       if (++cstage == kNSt) cstage = 0;
 
       if (r < S) {
-        // ---- "W" job r: v' += (-w)[:, slice] S[slice, :]  (v' starts from u)
+        // ---- "W" job r: v' += (-w)[:, slice r] S[slice r, :]  (v' starts from u); -w is stored TF32-rounded.
         if (r == 0) {
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt)
@@ -582,30 +621,35 @@ __global__ void __launch_bounds__(kThreads, 1) gdn_state_kernel(GdnScanParams p,
           eL = eLn;
           if (c + 1 < nch) prefetch(c + 1);
         }
-        const float* Bb = sH + r * kKS * kLdV;
+        // All fragments first (their loads overlap), then the products in two chains per n-tile (even / odd
+        // k-steps, summed at the end) so that the mma latency is not paid 8 times in a row.
+        unsigned a[kKS / 8][4], b[kKS / 8][4];
 #pragma unroll
         for (int k8 = 0; k8 < kKS / 8; ++k8) {
-          const int kc = 8 * k8 + t;
-          unsigned a[4];  // -w is stored TF32-rounded
-          a[0] = __float_as_uint(stg[ra * kLdRow + kc]);
-          a[1] = __float_as_uint(stg[rb * kLdRow + kc]);
-          a[2] = __float_as_uint(stg[ra * kLdRow + kc + 4]);
-          a[3] = __float_as_uint(stg[rb * kLdRow + kc + 4]);
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            const int col = 16 * (w >> 2) + 8 * nt + g;
-            mma_tf32(acc[nt], a, tf32(Bb[kc * kLdV + col]), tf32(Bb[(kc + 4) * kLdV + col]));
-          }
+          ldsm_tf32_a(stg + mrow * kLdRow + 8 * k8, kLdRow, lane, a[k8]);
+          ldsm_tf32_b2(sHr + nb * kLdH + kKS * r + 8 * k8, kLdH, lane, b[k8]);
         }
+        float odd[2][4] = {};
+#pragma unroll
+        for (int k8 = 0; k8 < kKS / 8; k8 += 2) {
+          mma_tf32(acc[0], a[k8], b[k8][0], b[k8][1]);
+          mma_tf32(acc[1], a[k8], b[k8][2], b[k8][3]);
+          mma_tf32(odd[0], a[k8 + 1], b[k8 + 1][0], b[k8 + 1][1]);
+          mma_tf32(odd[1], a[k8 + 1], b[k8 + 1][2], b[k8 + 1][3]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int v = 0; v < 4; ++v) acc[nt][v] += odd[nt][v];
         if (r == S - 1) {
-          // v' complete: its decayed copy for the K jobs; v' itself (TF32-rounded) over u for kernel 3.
+          // v' complete: its decayed copy, transposed, for the K jobs; v' itself (TF32-rounded) over u for kernel 3.
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt) {
-            const int col = vcol + 8 * nt;
-            sVs[ra * kLdV + col] = tf32_round(ea * acc[nt][0]);
-            sVs[ra * kLdV + col + 1] = tf32_round(ea * acc[nt][1]);
-            sVs[rb * kLdV + col] = tf32_round(eb * acc[nt][2]);
-            sVs[rb * kLdV + col + 1] = tf32_round(eb * acc[nt][3]);
+            const int col = cpair + 8 * nt;
+            sVT[col * kLdT + ra] = tf32_round(ea * acc[nt][0]);
+            sVT[(col + 1) * kLdT + ra] = tf32_round(ea * acc[nt][1]);
+            sVT[col * kLdT + rb] = tf32_round(eb * acc[nt][2]);
+            sVT[(col + 1) * kLdT + rb] = tf32_round(eb * acc[nt][3]);
             if (store_o) {
               *reinterpret_cast<float2*>(ws.U + (row0 + ra) * dv_pad + c0 + col) =
                   make_float2(tf32_round(acc[nt][0]), tf32_round(acc[nt][1]));
@@ -615,60 +659,71 @@ __global__ void __launch_bounds__(kThreads, 1) gdn_state_kernel(GdnScanParams p,
           }
         }
       } else {
-        // ---- "K" job s: S[rows] = exp(G_{L-1}) S[rows] + K[:, rows]^T (decayed v'), rows = 64 s + 16 (w / 2)..,
-        // columns: n-tiles 2 (w % 2), 2 (w % 2) + 1. The old rows (S_c, the state before this chunk) go to the
-        // workspace for kernel 3 first (TF32-rounded: kernel 3 only uses them as mma operands).
-        const int s = r - S;
-        const int am = 16 * (w >> 1);  // row within the slice
-        float* Hrow = sH + (s * kKS + am) * kLdV;
-        float* Hg = ws.Hs + ((h * nch + c) * dk_pad + s * kKS + am) * dv_pad + c0;
-        float hc[2][4];
-#pragma unroll
-        for (int q2 = 0; q2 < 2; ++q2) {
-          const int col = 8 * ((w & 1) * 2 + q2) + 2 * t;
-          const float x0 = Hrow[g * kLdV + col], x1 = Hrow[g * kLdV + col + 1];
-          const float x2 = Hrow[(g + 8) * kLdV + col], x3 = Hrow[(g + 8) * kLdV + col + 1];
-          if (store_o) {
-            *reinterpret_cast<float2*>(Hg + static_cast<int64_t>(g) * dv_pad + col) =
-                make_float2(tf32_round(x0), tf32_round(x1));
-            *reinterpret_cast<float2*>(Hg + static_cast<int64_t>(g + 8) * dv_pad + col) =
-                make_float2(tf32_round(x2), tf32_round(x3));
-          }
-          hc[q2][0] = eL * x0;
-          hc[q2][1] = eL * x1;
-          hc[q2][2] = eL * x2;
-          hc[q2][3] = eL * x3;
-        }
+        // ---- "K" job s: S[slice s] = exp(G_{L-1}) S[slice s] + K[:, slice s]^T (decayed v'). The old rows (S_c,
+        // the state before this chunk) go to the workspace for kernel 3 first (TF32-rounded: kernel 3 only uses
+        // them as mma operands).
+        const int s = r - S;  // a constant after unrolling: st[s] stays in registers
+        unsigned a[kL / 8][4], b[kL / 8][4];  // all fragments first, as in the W jobs
 #pragma unroll
         for (int k8 = 0; k8 < kL / 8; ++k8) {
-          const int kc = 8 * k8 + t;  // token j
-          // A[m = feature am + ., k = token] = K[token][feature]: the k slice read transposed.
-          unsigned a[4];
-          a[0] = tf32(stg[kc * kLdCol + am + g]);
-          a[1] = tf32(stg[kc * kLdCol + am + g + 8]);
-          a[2] = tf32(stg[(kc + 4) * kLdCol + am + g]);
-          a[3] = tf32(stg[(kc + 4) * kLdCol + am + g + 8]);
+          ldsm_tf32_a(stg + mrow * kLdRow + 8 * k8, kLdRow, lane, a[k8]);  // A[feature][token] = K^T
+          ldsm_tf32_b2(sVT + nb * kLdT + 8 * k8, kLdT, lane, b[k8]);        // B[token][column] = decayed v'
+        }
+        float hc[2][4], odd[2][4] = {};
 #pragma unroll
-          for (int q2 = 0; q2 < 2; ++q2) {
-            const int col = 8 * ((w & 1) * 2 + q2) + g;
-            mma_tf32(hc[q2], a, __float_as_uint(sVs[kc * kLdV + col]), __float_as_uint(sVs[(kc + 4) * kLdV + col]));
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int v = 0; v < 4; ++v) hc[nt][v] = eL * st[s][nt][v];
+        if (store_o) {
+          float* Hg = ws.Hs + ((h * nch + c) * static_cast<int64_t>(kDkPad) + kKS * s) * dv_pad + c0;
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            const int col = cpair + 8 * nt;
+            *reinterpret_cast<float2*>(Hg + ra * dv_pad + col) =
+                make_float2(tf32_round(st[s][nt][0]), tf32_round(st[s][nt][1]));
+            *reinterpret_cast<float2*>(Hg + rb * dv_pad + col) =
+                make_float2(tf32_round(st[s][nt][2]), tf32_round(st[s][nt][3]));
           }
         }
 #pragma unroll
-        for (int q2 = 0; q2 < 2; ++q2) {
-          const int col = 8 * ((w & 1) * 2 + q2) + 2 * t;
-          Hrow[g * kLdV + col] = hc[q2][0];
-          Hrow[g * kLdV + col + 1] = hc[q2][1];
-          Hrow[(g + 8) * kLdV + col] = hc[q2][2];
-          Hrow[(g + 8) * kLdV + col + 1] = hc[q2][3];
+        for (int k8 = 0; k8 < kL / 8; k8 += 2) {
+          mma_tf32(hc[0], a[k8], b[k8][0], b[k8][1]);
+          mma_tf32(hc[1], a[k8], b[k8][2], b[k8][3]);
+          mma_tf32(odd[0], a[k8 + 1], b[k8 + 1][0], b[k8 + 1][1]);
+          mma_tf32(odd[1], a[k8 + 1], b[k8 + 1][2], b[k8 + 1][3]);
         }
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int v = 0; v < 4; ++v) st[s][nt][v] = hc[nt][v] + odd[nt][v];
+        publish(s);  // read by the next chunk's W job s, after the barriers between
       }
     }
   }
-  __syncthreads();  // the last K jobs' state writes
-  for (int i = tid; i < dk_pad * kDVt; i += kThreads) {
-    const int a = i >> 5, cc = i & 31;
-    if (a < dk && c0 + cc < dv) Sh[a * dv + c0 + cc] = sH[a * kLdV + cc];
+  cp_async_wait_group<0>();  // only empty groups remain; nothing may be in flight at exit
+#pragma unroll
+  for (int s = 0; s < S; ++s)
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        const int64_t a = kKS * s + (v < 2 ? ra : rb), col = c0 + cpair + 8 * nt + (v & 1);
+        if (a < dk && col < dv) Sh[a * dv + col] = st[s][nt][v];
+      }
+}
+
+// The instantiation for dk_pad = 64 S (S = 1..8).
+using StateKernel = void (*)(GdnScanParams, Ws);
+StateKernel state_kernel_for(int S) {
+  switch (S) {
+    case 1: return gdn_state_kernel<1>;
+    case 2: return gdn_state_kernel<2>;
+    case 3: return gdn_state_kernel<3>;
+    case 4: return gdn_state_kernel<4>;
+    case 5: return gdn_state_kernel<5>;
+    case 6: return gdn_state_kernel<6>;
+    case 7: return gdn_state_kernel<7>;
+    default: return gdn_state_kernel<8>;
   }
 }
 
@@ -839,7 +894,8 @@ void scan_chunked(const GdnScanParams& p, int64_t chunk_size, void* workspace, i
   if (p.T == 0) return;
   if (p.k == nullptr || p.g == nullptr || p.beta == nullptr || p.state == nullptr)
     throw std::invalid_argument("gdn chunked cuda: k, g, beta and state are required");
-  const int64_t Hv = p.n_v_heads, dk_pad = round_up(p.head_k_dim, kKS), dv_pad = round_up(p.head_v_dim, kKS);
+  const int64_t Hk = p.n_k_heads, Hv = p.n_v_heads;
+  const int64_t dk_pad = round_up(p.head_k_dim, kKS), dv_pad = round_up(p.head_v_dim, kKS);
   const int optin = device_smem_optin();
   if (max_smem_bytes(dk_pad) > optin)
     throw std::invalid_argument("gdn chunked cuda: dk " + std::to_string(p.head_k_dim) + " needs " +
@@ -850,22 +906,23 @@ void scan_chunked(const GdnScanParams& p, int64_t chunk_size, void* workspace, i
 
   // Chunks per segment: as many as the workspace holds (ws_bytes_for is increasing in nch).
   const int64_t total_ch = (p.T + kL - 1) / kL;
-  const int64_t per_chunk = ws_bytes_for(1, Hv, dk_pad, dv_pad);
+  const int64_t per_chunk = ws_bytes_for(1, Hk, Hv, dk_pad, dv_pad);
   int64_t seg_ch = std::min(total_ch, workspace_bytes / per_chunk + 1);
-  while (seg_ch > 0 && ws_bytes_for(seg_ch, Hv, dk_pad, dv_pad) > workspace_bytes) --seg_ch;
+  while (seg_ch > 0 && ws_bytes_for(seg_ch, Hk, Hv, dk_pad, dv_pad) > workspace_bytes) --seg_ch;
   if (seg_ch < 1)
     throw std::invalid_argument("gdn chunked cuda: workspace of " + std::to_string(workspace_bytes) +
                                 " B is smaller than one chunk's " + std::to_string(per_chunk) + " B");
 
   // One value per device whatever dk (calls with different dk on other threads never lower it under a launch).
   HYLO_CUDA_CHECK(cudaFuncSetAttribute(gdn_wy_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kWySmemBytes));
-  HYLO_CUDA_CHECK(cudaFuncSetAttribute(gdn_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(std::min<int64_t>(state_smem_bytes(kMaxDim), optin))));
+  const StateKernel state_kernel = state_kernel_for(static_cast<int>(dk_pad / kKS));
+  HYLO_CUDA_CHECK(cudaFuncSetAttribute(state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(state_smem_bytes(dk_pad))));
   HYLO_CUDA_CHECK(cudaFuncSetAttribute(gdn_out_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kOutSmemBytes));
 
   SegmentEvents ev(times != nullptr);
   if (times != nullptr) *times = GdnChunkKernelTimes{};
-  const int64_t Hk = p.n_k_heads, dk = p.head_k_dim, dv = p.head_v_dim;
+  const int64_t dk = p.head_k_dim, dv = p.head_v_dim;
   const int64_t state_smem = state_smem_bytes(dk_pad);
   for (int64_t tc = 0; tc < total_ch; tc += seg_ch) {
     const int64_t nch = std::min(seg_ch, total_ch - tc);
@@ -889,8 +946,8 @@ void scan_chunked(const GdnScanParams& p, int64_t chunk_size, void* workspace, i
         ps, ws, wy_vec);
     HYLO_CUDA_LAUNCH_CHECK();
     if (times != nullptr) HYLO_CUDA_CHECK(cudaEventRecord(ev.e[1], stream));
-    gdn_state_kernel<<<dim3(static_cast<unsigned>(cuda::ceil_div(dv, kDVt)), static_cast<unsigned>(Hv)), kThreads,
-                       static_cast<size_t>(state_smem), stream>>>(ps, ws, fast_k ? 1 : 0);
+    state_kernel<<<dim3(static_cast<unsigned>(cuda::ceil_div(dv, kDVt)), static_cast<unsigned>(Hv)), kThreads,
+                   static_cast<size_t>(state_smem), stream>>>(ps, ws);
     HYLO_CUDA_LAUNCH_CHECK();
     if (times != nullptr) HYLO_CUDA_CHECK(cudaEventRecord(ev.e[2], stream));
     if (ps.o != nullptr) {
@@ -922,7 +979,7 @@ std::int64_t gdn_scan_chunked_workspace_bytes(const GdnScanParams& p, std::int64
   check_sizes(p, chunk_size);
   if (p.T == 0) return 0;
   const int64_t nch = (std::min(p.T, kGdnChunkSegmentTokens) + kL - 1) / kL;
-  return ws_bytes_for(nch, p.n_v_heads, round_up(p.head_k_dim, kKS), round_up(p.head_v_dim, kKS));
+  return ws_bytes_for(nch, p.n_k_heads, p.n_v_heads, round_up(p.head_k_dim, kKS), round_up(p.head_v_dim, kKS));
 }
 
 bool gdn_scan_chunked_supported(const GdnScanParams& p, std::int64_t chunk_size) {

@@ -12,8 +12,8 @@
 // Supported: chunk_size == kGdnChunkSize (64); 1 <= head_k_dim, head_v_dim <= 512; n_v_heads a multiple of
 // n_k_heads, <= 65535; any T >= 0 (processed in segments of whole chunks that fit the workspace); any alignment of
 // the inputs (16-byte aligned q/k with dk % 4 == 0 take the cp.async path, others a plain-load path).
-// Shared memory: the sequential state kernel needs 4 (40 dk_pad + 30208) bytes, dk_pad = dk rounded up to 64:
-// 162 KB at dk = 256, 203 KB at dk = 512 (sm_90's opt-in limit is 227 KiB = 232448 B; an sm_80 device (163 KiB)
+// Shared memory: the sequential state kernel needs 4 (32 (dk_pad + 4) + 28288) bytes, dk_pad = dk rounded up to 64:
+// 146 KB at dk = 256, 179 KB at dk = 512 (sm_90's opt-in limit is 227 KiB = 232448 B; an sm_80 device (163 KiB)
 // supports dk <= 256); the WY kernel 70 KB, the output kernel 105 KB.
 #pragma once
 
@@ -37,8 +37,8 @@ inline constexpr std::int64_t kGdnChunkSegmentTokens = 4096;
 // min(T, kGdnChunkSegmentTokens) tokens: with nch = ceil(min(T, 4096) / 64) chunks, Tp = 64 nch,
 // dk_pad = round_up(dk, 64), dv_pad = round_up(dv, 64):
 //   4 * (Hv Tp dk_pad  [-w]  +  Hv Tp dv_pad  [u, then v']  +  Hv Tp 64  [decayed q.k scores]  +  2 Hv Tp
-//        [decays]  +  Hv nch dk_pad dv_pad  [the state before each chunk])
-// plus 256-byte alignment of each of the 6 parts. HyLo-Qwen (Hv 6, dk 256, dv 512), T >= 4096: 283 MB.
+//        [decays]  +  Hv nch dk_pad dv_pad  [the state before each chunk]  +  Hk Tp dk_pad  [K^T])
+// plus 256-byte alignment of each of the 7 parts. HyLo-Qwen (Hk = Hv = 6, dk 256, dv 512), T >= 4096: 308 MB.
 // T == 0: 0. Throws std::invalid_argument for unsupported sizes or chunk_size.
 std::int64_t gdn_scan_chunked_workspace_bytes(const GdnScanParams& p, std::int64_t chunk_size);
 
@@ -48,9 +48,9 @@ bool gdn_scan_chunked_supported(const GdnScanParams& p, std::int64_t chunk_size)
 // The scan: o (unless null) and the state advanced over p.T tokens. workspace: device memory, 16-byte aligned, of
 // workspace_bytes bytes; any size that holds at least one chunk works (smaller means more segments), the size
 // gdn_scan_chunked_workspace_bytes returns runs T <= 4096 as a single segment.
-// Per segment three kernels: the WY kernel (grid [chunks, Hv]) builds -w, u, the decayed causal q.k scores and the
-// decays of each chunk in parallel; the state kernel (grid [ceil(dv / 32), Hv]) walks the chunks in order carrying
-// a [dk, 32] slice of the state in shared memory, storing the state before each chunk and the chunk's v'; the
+// Per segment three kernels: the WY kernel (grid [chunks, Hv]) builds -w, u, K^T, the decayed causal q.k scores and
+// the decays of each chunk in parallel; the state kernel (grid [ceil(dv / 32), Hv]) walks the chunks in order
+// carrying a [dk, 32] slice of the state in registers, storing the state before each chunk and the chunk's v'; the
 // output kernel (grid [chunks, Hv, ceil(dv / 64)]) computes o in parallel. See kernels/gdn_chunk_cuda.cu.
 void gdn_scan_chunked_cuda(const GdnScanParams& p, std::int64_t chunk_size, void* workspace,
                            std::int64_t workspace_bytes, cudaStream_t stream);
