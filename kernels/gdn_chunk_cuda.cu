@@ -48,9 +48,10 @@
 //    (The previous version kept the fp32 state in shared memory and converted operands per use: 445 instructions
 //    per job and warp, a quarter of them index arithmetic and TF32 conversions.)
 //
-// 3. gdn_out_kernel, grid [chunks, Hv, ceil(dv / 64)], 256 threads, 105 KB shared (2 blocks per SM). Fully
-//    parallel: o[chunk, 64 columns] = diag(exp(G)) Q S_c + A v' (Q S_c over dk slices of 64, q and S_c slices
-//    double-buffered with cp.async; A v' over the causal k-steps only), o_i = fmaf(exp(G_i), (Q S_c)_i, (A v')_i).
+// 3. gdn_out_kernel, grid [chunks, Hv, ceil(dv / 64)], 256 threads, 103 KB shared (2 blocks per SM). Fully
+//    parallel: o[chunk, 64 columns] = diag(exp(G)) Q S_c + A v' (Q S_c over dk slices of 64, q and S_c^T slices
+//    double-buffered with cp.async and read by ldmatrix: q TF32-rounded by kernel 1, S_c stored transposed by
+//    kernel 2; A v' over the causal k-steps only), o_i = fmaf(exp(G_i), (Q S_c)_i, (A v')_i).
 //    With q == nullptr (o = 0) it is replaced by a memset of o.
 //
 // Every product keeps the operand rounding and the per-element accumulation order of the earlier two-kernel
@@ -110,7 +111,8 @@ struct Ws {
   float* A;     // [Hv][Tp][64]      decayed causal q.k scores of the token's chunk, TF32-rounded
   float* eG;    // [Hv][Tp]          exp(G_i)
   float* eGl;   // [Hv][Tp]          exp(G_{L-1} - G_i)
-  float* Hs;    // [Hv][nch][dk_pad][dv_pad]  S_c, the state before each chunk, TF32-rounded (kernel 3's operand)
+  float* Hs;    // [Hv][nch][dv_pad][dk_pad]  S_c^T, the state before each chunk, TF32-rounded (kernel 3's operand)
+  float* Qr;    // [Hk][Tp][dk_pad]  q, TF32-rounded (kernel 3's operand, written by kernel 1; only when o is computed)
   float* KT;    // [Hk][nch][dk_pad][64]  K^T of each chunk, TF32-rounded (kernel 2's operand, written by kernel 1)
   int64_t Tp;   // padded tokens of the segment (a multiple of 64)
   int64_t nch;  // chunks of the segment (Tp / 64)
@@ -124,10 +126,10 @@ int64_t part_bytes(int64_t floats) { return round_up(floats * 4, kAlign); }
 int64_t ws_bytes_for(int64_t nch, int64_t Hk, int64_t Hv, int64_t dk_pad, int64_t dv_pad) {
   const int64_t Tp = nch * kL;
   return part_bytes(Hv * Tp * dk_pad) + part_bytes(Hv * Tp * dv_pad) + part_bytes(Hv * Tp * kL) +
-         2 * part_bytes(Hv * Tp) + part_bytes(Hv * nch * dk_pad * dv_pad) + part_bytes(Hk * Tp * dk_pad);
+         2 * part_bytes(Hv * Tp) + part_bytes(Hv * nch * dk_pad * dv_pad) + 2 * part_bytes(Hk * Tp * dk_pad);
 }
 
-Ws carve(void* base, int64_t nch, int64_t Hv, int64_t dk_pad, int64_t dv_pad) {  // KT is the last part
+Ws carve(void* base, int64_t nch, int64_t Hk, int64_t Hv, int64_t dk_pad, int64_t dv_pad) {
   const int64_t Tp = nch * kL;
   char* p = static_cast<char*>(base);
   Ws ws{};
@@ -143,6 +145,8 @@ Ws carve(void* base, int64_t nch, int64_t Hv, int64_t dk_pad, int64_t dv_pad) { 
   p += part_bytes(Hv * Tp);
   ws.Hs = reinterpret_cast<float*>(p);
   p += part_bytes(Hv * nch * dk_pad * dv_pad);
+  ws.Qr = reinterpret_cast<float*>(p);
+  p += part_bytes(Hk * Tp * dk_pad);
   ws.KT = reinterpret_cast<float*>(p);
   ws.Tp = Tp;
   ws.nch = nch;
@@ -287,6 +291,11 @@ __global__ void __launch_bounds__(kThreads) gdn_wy_kernel(GdnScanParams p, Ws ws
     if (write_kt) {  // K^T of the slice for kernel 2 (rows: features a0.., 64 tokens each; zero padding included)
       float* kt = ws.KT + ((hk * ws.nch + chunk) * ws.dk_pad + a0) * kL;
       for (int i = tid; i < kL * kKS; i += kThreads) kt[i] = tf32_round(sK[(i & 63) * kLdRow + (i >> 6)]);
+      if (has_q) {  // q of the slice for kernel 3, token-major as kernel 3 reads it
+        float* qr = ws.Qr + (hk * ws.Tp + t0) * ws.dk_pad + a0;
+        for (int i = tid; i < kL * kKS; i += kThreads)
+          qr[(i >> 6) * ws.dk_pad + (i & 63)] = tf32_round(sQ[(i >> 6) * kLdRow + (i & 63)]);
+      }
     }
 #pragma unroll 2
     for (int k8 = 0; k8 < kKS / 8; ++k8) {
@@ -432,31 +441,6 @@ __global__ void __launch_bounds__(kThreads) gdn_wy_kernel(GdnScanParams p, Ws ws
 template <int N>
 __device__ __forceinline__ void cp_async_wait_group() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// Copies rows [t0, t0 + 64) x features [a0, a0 + 64) of q or k (token-major [T, Hk, dk], head hk) into a
-// [64][ld] shared tile, zero outside the tokens / features (or everywhere when src == nullptr). fast: dk % 4 == 0
-// and src 16-byte aligned, so every 4-float group is a 16-byte aligned cp.async (or entirely out of range).
-// The plain-load path and the zero fill store directly: visible to the block after its next __syncthreads.
-__device__ __forceinline__ void load_qk_slice(float* dst, int ld, const float* src, int64_t t0, int64_t a0,
-                                              int64_t T, int64_t Hk, int64_t hk, int64_t dk, bool fast, int tid) {
-  if (fast) {
-    for (int i = tid; i < kL * kKS / 4; i += kThreads) {
-      const int r = i >> 4, c4 = (i & 15) * 4;
-      const int64_t a = a0 + c4;
-      float* d = dst + r * ld + c4;
-      if (src != nullptr && t0 + r < T && a < dk)
-        cuda::cp_async16(d, src + ((t0 + r) * Hk + hk) * dk + a);
-      else
-        *reinterpret_cast<float4*>(d) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-  } else {
-    for (int i = tid; i < kL * kKS; i += kThreads) {
-      const int r = i >> 6, cc = i & 63;
-      const int64_t a = a0 + cc;
-      dst[r * ld + cc] = (src != nullptr && t0 + r < T && a < dk) ? src[((t0 + r) * Hk + hk) * dk + a] : 0.0f;
-    }
-  }
 }
 
 // ---- kernel 2: the sequential state scan over chunks ----------------------------------------------------
@@ -674,16 +658,13 @@ __global__ void __launch_bounds__(kThreads, 1) gdn_state_kernel(GdnScanParams p,
         for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
           for (int v = 0; v < 4; ++v) hc[nt][v] = eL * st[s][nt][v];
-        if (store_o) {
-          float* Hg = ws.Hs + ((h * nch + c) * static_cast<int64_t>(kDkPad) + kKS * s) * dv_pad + c0;
+        if (store_o) {  // S_c^T [column][feature]: kernel 3 reads it as ldmatrix B tiles
+          float* Hg = ws.Hs + ((h * nch + c) * dv_pad + c0) * kDkPad + kKS * s;
 #pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            const int col = cpair + 8 * nt;
-            *reinterpret_cast<float2*>(Hg + ra * dv_pad + col) =
-                make_float2(tf32_round(st[s][nt][0]), tf32_round(st[s][nt][1]));
-            *reinterpret_cast<float2*>(Hg + rb * dv_pad + col) =
-                make_float2(tf32_round(st[s][nt][2]), tf32_round(st[s][nt][3]));
-          }
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int v = 0; v < 4; ++v)
+              Hg[(cpair + 8 * nt + (v & 1)) * kDkPad + (v < 2 ? ra : rb)] = tf32_round(st[s][nt][v]);
         }
 #pragma unroll
         for (int k8 = 0; k8 < kL / 8; k8 += 2) {
@@ -730,36 +711,37 @@ StateKernel state_kernel_for(int S) {
 // ---- kernel 3: the outputs, fully parallel --------------------------------------------------------------
 
 constexpr int kOutN = 64;                            // o columns per block
-constexpr int kOStage = kL * kLdRow + kKS * kLdCol;  // q slice [64][68] + S_c slice [64][72]
-constexpr int kOutSmemBytes = 4 * (2 * kOStage + kL * kLdRow + kL * kLdCol + kL);  // 107776
+constexpr int kOStage = 2 * kL * kLdRow;  // q slice [64 tokens][68] + S_c^T slice [64 columns][68]
+constexpr int kOutSmemBytes = 4 * (2 * kOStage + kL * kLdRow + kL * kLdCol + kL);  // 105728
 
-__global__ void __launch_bounds__(kThreads, 2) gdn_out_kernel(GdnScanParams p, Ws ws, int fast_q) {
+__global__ void __launch_bounds__(kThreads, 2) gdn_out_kernel(GdnScanParams p, Ws ws) {
   extern __shared__ __align__(16) float o_smem[];
   float* ring = o_smem;            // 2 stages
   float* sA = ring + 2 * kOStage;  // [64][68] decayed causal scores, TF32-rounded
   float* sV = sA + kL * kLdRow;    // [64][72] v' columns [n0, n0 + 64), TF32-rounded
   float* sEG = sV + kL * kLdCol;   // [64] exp(G_i)
 
-  const int64_t T = p.T, Hk = p.n_k_heads, Hv = p.n_v_heads, dk = p.head_k_dim, dv = p.head_v_dim;
+  const int64_t T = p.T, Hk = p.n_k_heads, Hv = p.n_v_heads, dv = p.head_v_dim;
   const int64_t c = blockIdx.x, h = blockIdx.y, hk = h / (Hv / Hk);
   const int64_t n0 = static_cast<int64_t>(blockIdx.z) * kOutN;
   const int64_t ct0 = c * kL, row0 = h * ws.Tp + ct0;
   const int dk_pad = ws.dk_pad;
   const int S = dk_pad / kKS;
   const int64_t dv_pad = ws.dv_pad;
-  const float* Hc = ws.Hs + (h * ws.nch + c) * dk_pad * dv_pad + n0;  // S_c [dk_pad][dv_pad] from column n0
-  const bool fast = fast_q != 0;
   const int tid = static_cast<int>(threadIdx.x), w = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
 
-  // Slice s of q and S_c into stage s % 2 (with s == 0 also A, v' and the decays); one commit group per call.
+  // Slice s of q and S_c^T into stage s % 2 (with s == 0 also A, v' and the decays); one commit group per call.
+  // Both are complete, aligned workspace tiles: each thread copies rows cr + 16 j, columns cc4..cc4 + 3.
+  const int cr = tid >> 4, cc4 = (tid & 15) * 4;
+  const float* qsrc = ws.Qr + (hk * ws.Tp + ct0 + cr) * dk_pad + cc4;                // + slice 64
+  const float* ssrc = ws.Hs + ((h * ws.nch + c) * dv_pad + n0 + cr) * dk_pad + cc4;  // + slice 64
+  const int64_t step = 16 * static_cast<int64_t>(dk_pad);
   auto issue = [&](int s) {
-    float* stg = ring + (s & 1) * kOStage;
-    load_qk_slice(stg, kLdRow, p.q, ct0, static_cast<int64_t>(s) * kKS, T, Hk, hk, dk, fast, tid);
-    const float* src = Hc + static_cast<int64_t>(s) * kKS * dv_pad;
-    float* sS = stg + kL * kLdRow;
-    for (int i = tid; i < kKS * kOutN / 4; i += kThreads) {
-      const int rr = i >> 4, c4 = (i & 15) * 4;
-      cuda::cp_async16(sS + rr * kLdCol + c4, src + static_cast<int64_t>(rr) * dv_pad + c4);
+    float* stg = ring + (s & 1) * kOStage + cr * kLdRow + cc4;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      cuda::cp_async16(stg + 16 * j * kLdRow, qsrc + s * kKS + j * step);
+      cuda::cp_async16(stg + kL * kLdRow + 16 * j * kLdRow, ssrc + s * kKS + j * step);
     }
     if (s == 0) {
       for (int i = tid; i < kL * kL / 4; i += kThreads) {
@@ -789,21 +771,18 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_out_kernel(GdnScanParams p, W
       cp_async_wait_group<0>();
     }
     __syncthreads();
-    const float* Qs = ring + (s & 1) * kOStage;
-    const float* Ss = Qs + kL * kLdRow;
+    const float* Qs = ring + (s & 1) * kOStage;  // A[token][feature]
+    const float* St = Qs + kL * kLdRow;          // B[feature][column] stored as [column][feature]
 #pragma unroll
     for (int k8 = 0; k8 < kKS / 8; ++k8) {
-      const int kc = 8 * k8 + t;
-      unsigned a[4];
-      a[0] = tf32(Qs[ra * kLdRow + kc]);
-      a[1] = tf32(Qs[rb * kLdRow + kc]);
-      a[2] = tf32(Qs[ra * kLdRow + kc + 4]);
-      a[3] = tf32(Qs[rb * kLdRow + kc + 4]);
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const int col = ncol0 + 8 * nt + g;
-        mma_tf32(acc[nt], a, __float_as_uint(Ss[kc * kLdCol + col]), __float_as_uint(Ss[(kc + 4) * kLdCol + col]));
-      }
+      unsigned a[4], b0[4], b1[4];
+      ldsm_tf32_a(Qs + 16 * mo * kLdRow + 8 * k8, kLdRow, lane, a);
+      ldsm_tf32_b2(St + ncol0 * kLdRow + 8 * k8, kLdRow, lane, b0);
+      ldsm_tf32_b2(St + (ncol0 + 16) * kLdRow + 8 * k8, kLdRow, lane, b1);
+      mma_tf32(acc[0], a, b0[0], b0[1]);
+      mma_tf32(acc[1], a, b0[2], b0[3]);
+      mma_tf32(acc[2], a, b1[0], b1[1]);
+      mma_tf32(acc[3], a, b1[2], b1[3]);
     }
     __syncthreads();  // stage s % 2 is refilled by issue(s + 2)
   }
@@ -935,7 +914,7 @@ void scan_chunked(const GdnScanParams& p, int64_t chunk_size, void* workspace, i
     ps.g = p.g + t0 * Hv;
     ps.beta = p.beta + t0 * Hv;
     ps.o = p.o ? p.o + t0 * Hv * dv : nullptr;
-    const Ws ws = carve(workspace, nch, Hv, dk_pad, dv_pad);
+    const Ws ws = carve(workspace, nch, Hk, Hv, dk_pad, dv_pad);
     const bool fast_k = dk % 4 == 0 && aligned16(ps.k);
     const bool fast_q = dk % 4 == 0 && ps.q != nullptr && aligned16(ps.q);
     const int wy_vec = ((fast_k && (ps.q == nullptr || fast_q)) ? kVecQK : 0) |
@@ -954,7 +933,7 @@ void scan_chunked(const GdnScanParams& p, int64_t chunk_size, void* workspace, i
       if (ps.q != nullptr) {
         gdn_out_kernel<<<dim3(static_cast<unsigned>(nch), static_cast<unsigned>(Hv),
                               static_cast<unsigned>(cuda::ceil_div(dv, kOutN))),
-                         kThreads, kOutSmemBytes, stream>>>(ps, ws, fast_q ? 1 : 0);
+                         kThreads, kOutSmemBytes, stream>>>(ps, ws);
         HYLO_CUDA_LAUNCH_CHECK();
       } else {  // q == nullptr: o = 0 (all-zero bits are +0.0f)
         HYLO_CUDA_CHECK(cudaMemsetAsync(ps.o, 0, static_cast<size_t>(ps.T * Hv * dv) * sizeof(float), stream));

@@ -37,8 +37,8 @@ inline constexpr std::int64_t kGdnChunkSegmentTokens = 4096;
 // min(T, kGdnChunkSegmentTokens) tokens: with nch = ceil(min(T, 4096) / 64) chunks, Tp = 64 nch,
 // dk_pad = round_up(dk, 64), dv_pad = round_up(dv, 64):
 //   4 * (Hv Tp dk_pad  [-w]  +  Hv Tp dv_pad  [u, then v']  +  Hv Tp 64  [decayed q.k scores]  +  2 Hv Tp
-//        [decays]  +  Hv nch dk_pad dv_pad  [the state before each chunk]  +  Hk Tp dk_pad  [K^T])
-// plus 256-byte alignment of each of the 7 parts. HyLo-Qwen (Hk = Hv = 6, dk 256, dv 512), T >= 4096: 308 MB.
+//        [decays]  +  Hv nch dk_pad dv_pad  [the state before each chunk]  +  2 Hk Tp dk_pad  [q, K^T])
+// plus 256-byte alignment of each of the 8 parts. HyLo-Qwen (Hk = Hv = 6, dk 256, dv 512), T >= 4096: 334 MB.
 // T == 0: 0. Throws std::invalid_argument for unsupported sizes or chunk_size.
 std::int64_t gdn_scan_chunked_workspace_bytes(const GdnScanParams& p, std::int64_t chunk_size);
 
@@ -48,7 +48,8 @@ bool gdn_scan_chunked_supported(const GdnScanParams& p, std::int64_t chunk_size)
 // The scan: o (unless null) and the state advanced over p.T tokens. workspace: device memory, 16-byte aligned, of
 // workspace_bytes bytes; any size that holds at least one chunk works (smaller means more segments), the size
 // gdn_scan_chunked_workspace_bytes returns runs T <= 4096 as a single segment.
-// Per segment three kernels: the WY kernel (grid [chunks, Hv]) builds -w, u, K^T, the decayed causal q.k scores and
+// Per segment three kernels: the WY kernel (grid [chunks, Hv]) builds -w, u, K^T, a TF32 copy of q, the decayed
+// causal q.k scores and
 // the decays of each chunk in parallel; the state kernel (grid [ceil(dv / 32), Hv]) walks the chunks in order
 // carrying a [dk, 32] slice of the state in registers, storing the state before each chunk and the chunk's v'; the
 // output kernel (grid [chunks, Hv, ceil(dv / 64)]) computes o in parallel. See kernels/gdn_chunk_cuda.cu.
