@@ -132,6 +132,7 @@ void NcclCommunicator::check(ncclResult_t rc, const char* stmt, const char* op) 
 }
 
 void NcclCommunicator::wait_event(cudaEvent_t event, const char* op) {
+  if (aborted_) fail(op, "the communicator was aborted earlier");
   const auto t0 = std::chrono::steady_clock::now();
   for (;;) {
     const cudaError_t q = cudaEventQuery(event);
@@ -207,8 +208,10 @@ std::shared_ptr<NcclCommunicator::P2pGroup> NcclCommunicator::enqueue(bool send,
 }
 
 void NcclCommunicator::flush(const char* op) {
-  if (queue_.empty()) return;
+  // Every operation passes here before its first NCCL call: an aborted communicator's handle is freed, so no NCCL
+  // call may see it again.
   if (aborted_) fail(op, "the communicator was aborted earlier");
+  if (queue_.empty()) return;
   std::vector<P2p> q;
   q.swap(queue_);
   std::shared_ptr<P2pGroup> g = std::move(open_);

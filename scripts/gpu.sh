@@ -64,7 +64,7 @@ case "${1:-}" in
       tests+=(test_mpi_device_collectives)
       result[test_mpi_device_collectives]="$r ($ngpu ranks; $(grep -o 'mpi device transport here: [^(]*' \
         "$out/test_mpi_device_collectives.log" | head -1 | sed 's/.*here: //'))"
-      # TP = 2 of the CUDA engine against one GPU (golden "mixed": its 2 kv heads allow TP 2 only).
+      # TP = 2 of the CUDA engine against one GPU, over NCCL and over MPI (golden "mixed": its 2 kv heads allow TP 2 only).
       start=$(date +%s.%N)
       timeout 300 mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE=0 -x HYLO_SOURCE_DIR .carry/bin/test_cuda_tp \
         --gtest_color=no >"$out/test_cuda_tp.log" 2>&1
@@ -72,29 +72,35 @@ case "${1:-}" in
       case $rc in 0) r="pass" ;; 77) r="skip" ;; *) r="FAIL($rc)" ;; esac
       tests+=(test_cuda_tp)
       result[test_cuda_tp]="$r (2 ranks) $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}') s"
-      # CP = every GPU (zigzag and contiguous; with 4: TP 2 x CP 2 too) against one GPU.
+      # CP = every GPU (zigzag and contiguous; with 4: TP 2 x CP 2 too) against one GPU, over NCCL and over MPI, then
+      # the watchdog on the engine's collectives (3 s deadline, ~20 s of it).
       start=$(date +%s.%N)
-      timeout 400 mpirun --allow-run-as-root -np "$ngpu" -x NCCL_NVLS_ENABLE=0 -x HYLO_SOURCE_DIR .carry/bin/test_cuda_cp \
+      timeout 500 mpirun --allow-run-as-root -np "$ngpu" -x NCCL_NVLS_ENABLE=0 -x HYLO_SOURCE_DIR .carry/bin/test_cuda_cp \
         --gtest_color=no >"$out/test_cuda_cp.log" 2>&1
       rc=$?
       case $rc in 0) r="pass" ;; 77) r="skip" ;; *) r="FAIL($rc)" ;; esac
       tests+=(test_cuda_cp)
       result[test_cuda_cp]="$r ($ngpu ranks) $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}') s"
-      # hylo generate with TP 2, CP 2 (and TP 2 x CP 2 with 4 GPUs) against one GPU: the same greedy tokens.
+      # hylo generate with TP 2, CP 2 (and TP 2 x CP 2 with 4 GPUs) against one GPU: the same greedy tokens, over NCCL
+      # and over MPI (--transport; the transport each run reported in the table).
       for layout in "2 1" "1 2" "2 2"; do
         set -- $layout
         (( $1 * $2 <= ngpu )) || continue
-        t="generate_tp$1_cp$2"
-        timeout 200 tests/mpi/test_generate_cuda_parallel.sh mpirun .carry/bin/hylo "$PWD" "$1" "$2" >"$out/$t.log" 2>&1
-        rc=$?
-        case $rc in 0) r="pass" ;; 77) r="skip" ;; *) r="FAIL($rc)" ;; esac
-        tests+=("$t")
-        result[$t]="$r"
+        for transport in nccl mpi; do
+          t="generate_tp$1_cp$2"
+          [[ $transport == nccl ]] || t="${t}_$transport"
+          timeout 200 tests/mpi/test_generate_cuda_parallel.sh mpirun .carry/bin/hylo "$PWD" "$1" "$2" "$transport" \
+            >"$out/$t.log" 2>&1
+          rc=$?
+          case $rc in 0) r="pass" ;; 77) r="skip" ;; *) r="FAIL($rc)" ;; esac
+          tests+=("$t")
+          result[$t]="$r ($(grep -o 'PASS: TP [0-9]* x CP [0-9]* over [^=]*' "$out/$t.log" | sed 's/.* over //;s/ *$//'))"
+        done
       done
     fi
     echo "---- GPU tests ----"
     for t in "${tests[@]}"; do printf '%-24s %s\n' "$t" "${result[$t]}"; done
-    grep -h -E "^\s+(\[|hylo-tiny|greedy|chunk|linear|CP|TP|  )" "$out"/test_*.log | head -60 >"$out/summary.txt"
+    grep -h -E "^\s+(\[|hylo-tiny|greedy|chunk|linear|CP|TP|watchdog|  )" "$out"/test_*.log | head -80 >"$out/summary.txt"
     grep -h -E "FAILED|Failure|error" "$out"/test_*.log | head -40
     ;;
   bench)

@@ -110,7 +110,7 @@ std::vector<std::int32_t> random_prompt(std::int64_t n, std::int64_t vocab, std:
   return p;
 }
 
-double rel_l2(const std::vector<float>& got, const std::vector<float>& ref) {
+[[maybe_unused]] double rel_l2(const std::vector<float>& got, const std::vector<float>& ref) {  // CUDA only
   double num = 0, den = 0;
   for (std::size_t i = 0; i < ref.size(); ++i) {
     const double d = static_cast<double>(got[i]) - ref[i];
@@ -188,7 +188,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
   const std::string name = a.model.empty() ? a.preset : a.model;
   spdlog::info("{}: {} parameters, weights ready in {:.1f} s", name, format_count(fp.parameters), since(t_load));
   const std::int64_t V = cfg.vocab_size;
-  const std::int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  [[maybe_unused]] const std::int64_t longest = *std::max_element(lengths.begin(), lengths.end());  // CUDA only
   nlohmann::ordered_json out;
   out["model"] = name;
   out["parameters"] = fp.parameters;

@@ -822,6 +822,7 @@ void CudaEngine::forward(std::span<const std::int32_t> tokens, float* logits, bo
 }
 
 void CudaEngine::abort_collectives() noexcept {
+  comm_failed_ = true;
   if (tp_ != nullptr) tp_->abort();
   if (cp_ != nullptr) cp_->abort();
 }
@@ -904,6 +905,11 @@ std::vector<std::pair<float, std::int32_t>> CudaEngine::forward_top_impl(std::sp
 }
 
 void CudaEngine::forward_impl(std::span<const std::int32_t> tokens, float* logits, bool all_logits, bool last_on_device) {
+  if (comm_failed_) {
+    // Nothing may run: a replayed decode graph would launch collectives on the aborted (freed) communicators.
+    throw comm::CommError("cuda engine: its communicators were aborted after a collective failed; the engine is "
+                          "unusable (end the job)");
+  }
   const auto T = static_cast<std::int64_t>(tokens.size());
   if (T == 0) return;
   HYLO_CUDA_CHECK(cudaSetDevice(options_.device));  // several engines (devices) may share a process

@@ -199,6 +199,7 @@ class CudaEngine {
   int cp_size_ = 1;
   int cp_rank_ = 0;
   comm::SeqSplit split_ = comm::SeqSplit::kZigzag;
+  bool comm_failed_ = false;    // a CommError aborted the communicators: every later call throws at once
   std::int64_t local_cap_ = 0;  // CP: latent rows of this rank's shard (capacity without CP)
   std::int64_t cp_rows_ = 0;    // CP: latent rows this rank holds now
   std::int64_t vocab_begin_ = 0;

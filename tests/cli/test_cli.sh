@@ -78,6 +78,27 @@ if ! nvidia-smi -L >/dev/null 2>&1; then
   expect_fail 2 "[--device]" -- "$hylo" bench --preset hylo-tiny --device cuda --prefill 16
 fi
 expect_fail 2 "exactly one of" -- "$hylo" generate --model "$work/tiny2"
+# --transport nccl|mpi and --comm-timeout (GPU ranks with TP / CP): documented in the help, bad values refused with the
+# flag named (status 2) on any device; the CPU engine ignores the transport.
+echo "1 2 3" >"$work/ids3.txt"
+for cmd in generate bench; do
+  "$hylo" $cmd --help >"$work/help.txt" 2>&1 || true
+  grep -q -- "--transport" "$work/help.txt" || fail "$cmd --help lacks --transport"
+  grep -q -- "--comm-timeout" "$work/help.txt" || fail "$cmd --help lacks --comm-timeout"
+done
+expect_fail 2 '[--transport]: "tcp" is not a transport: nccl or mpi' -- \
+  "$hylo" generate --model "$work/tiny2" --token-ids "$work/ids3.txt" --transport tcp
+expect_fail 2 "[--transport]" -- "$hylo" bench --preset hylo-tiny --device cpu --prefill 16 --transport NCCL
+expect_fail 2 "[--comm-timeout]" -- "$hylo" generate --model "$work/tiny2" --token-ids "$work/ids3.txt" --comm-timeout 0
+expect_fail 2 "[--comm-timeout]" -- "$hylo" bench --preset hylo-tiny --device cpu --prefill 16 --comm-timeout -5
+if grep -q "built without NCCL" "$work/help.txt"; then
+  expect_fail 2 "built without NCCL" -- "$hylo" generate --model "$work/tiny2" --token-ids "$work/ids3.txt" --transport nccl
+else
+  grep -q "Default here: nccl" "$work/help.txt" || fail "bench --help does not name the default transport"
+fi
+"$hylo" --log-level warn generate --model "$work/tiny2" --token-ids "$work/ids3.txt" --max-new-tokens 1 --transport mpi \
+  >"$work/gen_mpi.txt" || fail "generate --transport mpi on the CPU"
+grep -q "^ids: " "$work/gen_mpi.txt" || fail "generate --transport mpi: $(cat "$work/gen_mpi.txt")"
 # bench on the CPU engine (the CUDA path runs on the GPU machine: docs/PERFORMANCE.md): a table and a JSON file
 # with one run per prompt length; bad lengths refused.
 OMP_NUM_THREADS=2 "$hylo" --log-level warn bench --preset hylo-tiny --device cpu --prefill 96,1K --decode-steps 2 \
@@ -88,6 +109,7 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 assert [r["prompt_tokens"] for r in d["runs"]] == [96, 1024], d
 assert all(r["ttft_s"] > 0 and r["decode_ms_per_token"] > 0 for r in d["runs"]), d
+assert d["transport"] == "none (one process)", d["transport"]
 PY
 expect_fail 2 "is not a token count" -- "$hylo" bench --preset hylo-tiny --device cpu --prefill 8Q
 expect_fail 2 "the job has 1 ranks" -- "$hylo" bench --preset hylo-tiny --device cpu --cp 2

@@ -1,7 +1,11 @@
-// Context parallelism of the CUDA engine over NCCL (issue 7): CP = number of ranks (one GPU each), and TP 2 x CP 2
-// on 4 ranks, against the single-GPU engine run on every rank with the whole model (CTest comm_cuda_cp_np2 and
-// comm_cuda_cp_np4, label gpu; the GPU machine: `mpirun -np N -x NCCL_NVLS_ENABLE=0`). Exit 77 on every rank
-// without a CUDA device.
+// Context parallelism of the CUDA engine (issue 7): CP = number of ranks (one GPU each), and TP 2 x CP 2 on 4 ranks,
+// against the single-GPU engine run on every rank with the whole model (CTest comm_cuda_cp_np2 and comm_cuda_cp_np4,
+// label gpu; the GPU machine: `mpirun -np N -x NCCL_NVLS_ENABLE=0 -x HYLO_SOURCE_DIR`). Exit 77 on every rank
+// without a CUDA device. The golden-layout runs go over both transports, NCCL and MPI (MpiDeviceCollectives:
+// CUDA-aware or host-staged, as the MPI says; no decode graph), held to the same bounds, and the MPI run must pick
+// the NCCL run's greedy tokens. Last, the watchdog: with a 3 s deadline, the ranks but 0 skip a prefill (then a
+// decode step) and rank 0 must get a CommError naming the operation, the communicator and itself within the deadline
+// plus slack, not hang.
 //
 // What differs from one GPU is the order of fp32 sums (a chunk's scan from a zero state composed with its incoming
 // state by the transition, whose GDN M comes from the chunked kernel's TF32 products; attention of a piece over all
@@ -18,6 +22,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -26,9 +31,11 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "comm/mpi_communicator.h"
+#include "comm/mpi_device_collectives.h"
 #include "common/error.h"
 #include "comm/nccl_communicator.h"
 #include "comm/stats.h"
@@ -54,6 +61,7 @@ using testing_cuda::rel_l2;
 struct Result {
   double prefill = 0, decode = 0;
   int same = 0, steps = 0;
+  std::vector<std::int32_t> tokens;  // the parallel engine's greedy picks (prefill and every step)
 };
 
 // One sequence on both engines: the prompt, then `steps` greedy steps alternating the two decode paths (logits to
@@ -70,6 +78,7 @@ void run_sequence(CudaEngine& one, CudaEngine& par, const std::vector<std::int32
   auto all = gather(mine);
   res.prefill = std::max(res.prefill, rel_l2(all, ref));
   EXPECT_EQ(argmax(all), argmax(ref)) << what << ": prefill of " << prompt.size();
+  res.tokens.push_back(argmax(all));
   std::int32_t t = argmax(ref);
   for (int i = 0; i < steps; ++i, ++res.steps) {
     std::int32_t a = 0, b = 0;
@@ -85,6 +94,7 @@ void run_sequence(CudaEngine& one, CudaEngine& par, const std::vector<std::int32
       b = par.forward_top(std::span<const std::int32_t>(&t, 1), 1)[0].second;
     }
     res.same += a == b ? 1 : 0;
+    res.tokens.push_back(b);
     EXPECT_EQ(a, b) << what << ": decode step " << i << " after a prompt of " << prompt.size();
     t = a;
   }
@@ -102,12 +112,13 @@ class CudaCp : public ::testing::Test {
   comm::LocalDevice dev_;
 };
 
-// CP over all ranks, zigzag and contiguous: a prompt cut into pieces of 64 (prefill_chunk), 32 greedy steps; then
-// prompts shorter than 2 CP (ranks without tokens: empty chunks, identity summaries, empty latent shards) and a
-// one-token prompt, each with decode steps that wrap the round-robin latent owner several times.
+// CP over all ranks, zigzag and contiguous, over NCCL and over MPI: a prompt cut into pieces of 64 (prefill_chunk),
+// 32 greedy steps; then prompts shorter than 2 CP (ranks without tokens: empty chunks, identity summaries, empty latent
+// shards) and a one-token prompt, each with decode steps that wrap the round-robin latent owner several times.
 TEST_F(CudaCp, GoldenMixedMatchesOneGpu) {
   using namespace comm;
-  auto cp = NcclCommunicator::create(*world_, NcclOptions{120.0}, "cp");
+  auto nccl = NcclCommunicator::create(*world_, NcclOptions{120.0}, "cp");
+  MpiDeviceCollectives mpi(*world_);
   const Model m = golden_mixed();
   CudaEngineOptions o;
   o.prefill_chunk = 64;
@@ -116,30 +127,44 @@ TEST_F(CudaCp, GoldenMixedMatchesOneGpu) {
   CudaEngine one(m.cfg, m.w, 400, o);
   for (const SeqSplit split : {SeqSplit::kZigzag, SeqSplit::kContiguous}) {
     const char* name = split == SeqSplit::kZigzag ? "zigzag" : "contiguous";
-    CudaEngine par(m.cfg, m.w, 400, o, nullptr, cp.get(), split);
-    ASSERT_EQ(par.cp_size(), world_->size());
-    auto same_row = [](const std::vector<float>& v) { return v; };
-    Result long_r, short_r;
-    run_sequence(one, par, prompt_of(300, m.cfg.vocab_size, 51), 32, same_row, long_r, name);
-    for (const std::int64_t n : {std::int64_t{1}, std::int64_t{3}, std::int64_t{2 * world_->size() + 1}}) {
-      run_sequence(one, par, prompt_of(n, m.cfg.vocab_size, 52 + n), 9, same_row, short_r, name);
+    std::vector<std::int32_t> nccl_tokens;
+    for (DeviceCollectives* cp : {static_cast<DeviceCollectives*>(nccl.get()), static_cast<DeviceCollectives*>(&mpi)}) {
+      const bool over_mpi = cp == &mpi;
+      const std::string what = std::string(name) + " over " + cp->transport();
+      CudaEngine par(m.cfg, m.w, 400, o, nullptr, cp, split);
+      ASSERT_EQ(par.cp_size(), world_->size());
+      EXPECT_EQ(par.transport(), cp->transport());
+      EXPECT_EQ(par.decode_graph(), !over_mpi) << what << ": MPI blocks the host, so no decode graph";
+      auto same_row = [](const std::vector<float>& v) { return v; };
+      Result long_r, short_r;
+      run_sequence(one, par, prompt_of(300, m.cfg.vocab_size, 51), 32, same_row, long_r, what);
+      for (const std::int64_t n : {std::int64_t{1}, std::int64_t{3}, std::int64_t{2 * world_->size() + 1}}) {
+        run_sequence(one, par, prompt_of(n, m.cfg.vocab_size, 52 + n), 9, same_row, short_r, what);
+      }
+      if (world_->rank() == 0) {
+        std::printf("  CP %d %s vs one GPU, golden mixed: 300-token prompt logits rel L2 %.2e, decode %.2e, greedy "
+                    "%d/%d; short prompts (1, 3, 2 CP + 1): prefill %.2e, decode %.2e, greedy %d/%d\n",
+                    world_->size(), what.c_str(), long_r.prefill, long_r.decode, long_r.same, long_r.steps,
+                    short_r.prefill, short_r.decode, short_r.same, short_r.steps);
+      }
+      EXPECT_LE(long_r.prefill, 1e-2) << what;
+      EXPECT_LE(long_r.decode, 2e-2) << what;
+      EXPECT_LE(short_r.prefill, 1e-2) << what;
+      EXPECT_LE(short_r.decode, 2e-2) << what;
+      std::vector<std::int32_t> tokens = long_r.tokens;
+      tokens.insert(tokens.end(), short_r.tokens.begin(), short_r.tokens.end());
+      if (over_mpi) {
+        EXPECT_EQ(tokens, nccl_tokens) << what << ": the MPI transport picks other greedy tokens than NCCL";
+      } else {
+        nccl_tokens = tokens;
+      }
+      // Usage errors: a second prompt into a CP sequence, and all_logits.
+      std::vector<float> lg(static_cast<std::size_t>(m.cfg.vocab_size * 2));
+      const auto two = prompt_of(2, m.cfg.vocab_size, 9);
+      EXPECT_THROW(par.forward(two, lg.data(), false), Error);
+      par.reset();
+      EXPECT_THROW(par.forward(two, lg.data(), true), Error);
     }
-    if (world_->rank() == 0) {
-      std::printf("  CP %d %s vs one GPU, golden mixed: 300-token prompt logits rel L2 %.2e, decode %.2e, greedy %d/%d; "
-                  "short prompts (1, 3, 2 CP + 1): prefill %.2e, decode %.2e, greedy %d/%d\n",
-                  world_->size(), name, long_r.prefill, long_r.decode, long_r.same, long_r.steps, short_r.prefill,
-                  short_r.decode, short_r.same, short_r.steps);
-    }
-    EXPECT_LE(long_r.prefill, 1e-2) << name;
-    EXPECT_LE(long_r.decode, 2e-2) << name;
-    EXPECT_LE(short_r.prefill, 1e-2) << name;
-    EXPECT_LE(short_r.decode, 2e-2) << name;
-    // Usage errors: a second prompt into a CP sequence, and all_logits.
-    std::vector<float> lg(static_cast<std::size_t>(m.cfg.vocab_size * 2));
-    const auto two = prompt_of(2, m.cfg.vocab_size, 9);
-    EXPECT_THROW(par.forward(two, lg.data(), false), Error);
-    par.reset();
-    EXPECT_THROW(par.forward(two, lg.data(), true), Error);
   }
 }
 
@@ -201,27 +226,113 @@ TEST_F(CudaCp, TpTimesCpMatchesOneGpu) {
   ParallelComms pc = make_parallel_comms(ParallelState(4, world_->rank(), Layout{1, 2, 2}), *world_);
   auto tp = NcclCommunicator::create(pc.tp, NcclOptions{120.0}, "tp");
   auto cp = NcclCommunicator::create(pc.cp, NcclOptions{120.0}, "cp");
+  MpiDeviceCollectives mpi_tp(pc.tp), mpi_cp(pc.cp);
   const Model m = golden_mixed();
   CudaEngineOptions o;
   o.prefill_chunk = 64;
   o.device = dev_.device;
   CudaEngine one(m.cfg, m.w, 400, o);
-  CudaEngine par(m.cfg, m.w, 400, o, tp.get(), cp.get());
-  ASSERT_EQ(par.tp_size(), 2);
-  ASSERT_EQ(par.cp_size(), 2);
   auto gather = [&](const std::vector<float>& slice) {
     std::vector<float> all(slice.size() * 2);
     pc.tp.allgather(slice.data(), all.data(), static_cast<std::int64_t>(slice.size() * sizeof(float)));
     return all;
   };
-  Result r;
-  run_sequence(one, par, prompt_of(300, m.cfg.vocab_size, 71), 32, gather, r, "tp2 x cp2");
-  if (world_->rank() == 0) {
-    std::printf("  TP 2 x CP 2 vs one GPU, golden mixed: logits rel L2 %.2e, decode %.2e, greedy %d/%d\n", r.prefill,
-                r.decode, r.same, r.steps);
+  std::vector<std::int32_t> nccl_tokens;
+  for (const bool over_mpi : {false, true}) {
+    DeviceCollectives* t = over_mpi ? static_cast<DeviceCollectives*>(&mpi_tp) : tp.get();
+    DeviceCollectives* c = over_mpi ? static_cast<DeviceCollectives*>(&mpi_cp) : cp.get();
+    const std::string what = "tp2 x cp2 over " + c->transport();
+    CudaEngine par(m.cfg, m.w, 400, o, t, c);
+    ASSERT_EQ(par.tp_size(), 2);
+    ASSERT_EQ(par.cp_size(), 2);
+    EXPECT_EQ(par.decode_graph(), !over_mpi) << what;
+    Result r;
+    run_sequence(one, par, prompt_of(300, m.cfg.vocab_size, 71), 32, gather, r, what);
+    if (world_->rank() == 0) {
+      std::printf("  TP 2 x CP 2 over %s vs one GPU, golden mixed: logits rel L2 %.2e, decode %.2e, greedy %d/%d\n",
+                  c->transport().c_str(), r.prefill, r.decode, r.same, r.steps);
+    }
+    EXPECT_LE(r.prefill, 1e-2) << what;
+    EXPECT_LE(r.decode, 2e-2) << what;
+    if (over_mpi) {
+      EXPECT_EQ(r.tokens, nccl_tokens) << what << ": the MPI transport picks other greedy tokens than NCCL";
+    } else {
+      nccl_tokens = r.tokens;
+    }
   }
-  EXPECT_LE(r.prefill, 1e-2);
-  EXPECT_LE(r.decode, 2e-2);
+}
+
+// The watchdog on the engine's stream-ordered collectives (DeviceCollectives::wait at the engine's host waits): with
+// a 3 s deadline, the ranks but 0 never run `skipped` (after `common`, which every rank runs). Rank 0 must get a
+// CommError within the deadline plus slack naming the communicator, itself and the deadline, and one of `ops` (the
+// wait, or the collective whose enqueue NCCL could not finish); its communicator is then aborted and refuses work.
+// The others wait past the deadline, then abort theirs (a job would end here: MpiSession::abort).
+template <class Common, class Skipped>
+void expect_watchdog(comm::MpiCommunicator& world, comm::NcclCommunicator& cp, Common common, Skipped skipped,
+                     std::initializer_list<const char*> ops) {
+  const double deadline = cp.options().timeout_seconds;
+  common();
+  if (world.rank() == 0) {
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      skipped();
+      ADD_FAILURE() << "the engine completed without the other ranks";
+    } catch (const comm::CommError& e) {
+      const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const std::string what = e.what();
+      std::printf("  watchdog after %.2f s (deadline %.1f s): %s\n", took, deadline, what.c_str());
+      bool named = false;
+      for (const char* op : ops) named = named || what.find(op) != std::string::npos;
+      EXPECT_TRUE(named) << what;
+      EXPECT_NE(what.find("'cp'"), std::string::npos) << what;
+      EXPECT_NE(what.find("rank 0"), std::string::npos) << what;
+      EXPECT_NE(what.find("3.0 s"), std::string::npos) << what;
+      EXPECT_GE(took, 0.9 * deadline);
+      EXPECT_LT(took, deadline + 10.0);
+    }
+    EXPECT_TRUE(cp.aborted()) << "the engine must abort its communicators after a CommError";
+    EXPECT_THROW(skipped(), comm::CommError);  // an aborted communicator refuses further work, at once
+  } else {
+    std::this_thread::sleep_for(std::chrono::duration<double>(deadline + 3.0));
+    cp.abort();
+  }
+  world.barrier();  // MPI is fine: only NCCL was stuck
+}
+
+TEST_F(CudaCp, WatchdogEndsAPrefillThatPeersSkip) {
+  using namespace comm;
+  auto cp = NcclCommunicator::create(*world_, NcclOptions{3.0}, "cp");
+  const Model m = golden_mixed();
+  CudaEngineOptions o;
+  o.prefill_chunk = 64;
+  o.device = dev_.device;
+  CudaEngine par(m.cfg, m.w, 400, o, nullptr, cp.get());
+  const auto prompt = prompt_of(300, m.cfg.vocab_size, 81);
+  std::vector<float> lg(static_cast<std::size_t>(m.cfg.vocab_size));
+  expect_watchdog(
+      *world_, *cp, [] {}, [&] { par.forward(prompt, lg.data(), false); }, {"prefill", "allgather", "allreduce"});
+}
+
+TEST_F(CudaCp, WatchdogEndsADecodeStepThatPeersSkip) {
+  using namespace comm;
+  auto cp = NcclCommunicator::create(*world_, NcclOptions{3.0}, "cp");
+  const Model m = golden_mixed();
+  CudaEngineOptions o;
+  o.prefill_chunk = 64;
+  o.device = dev_.device;
+  CudaEngine par(m.cfg, m.w, 400, o, nullptr, cp.get());
+  ASSERT_TRUE(par.decode_graph());
+  const auto prompt = prompt_of(50, m.cfg.vocab_size, 82);
+  std::vector<float> lg(static_cast<std::size_t>(m.cfg.vocab_size));
+  std::int32_t t = 0;
+  auto common = [&] {
+    par.forward(prompt, lg.data(), false);
+    t = argmax(lg);
+    for (int i = 0; i < 3; ++i) t = par.forward_top(std::span<const std::int32_t>(&t, 1), 1)[0].second;  // graph
+  };
+  // The skipped step is a graph replay: no NCCL call is made on the host, only the wait can see it hang.
+  expect_watchdog(
+      *world_, *cp, common, [&] { par.forward_top(std::span<const std::int32_t>(&t, 1), 1); }, {"decode step"});
 }
 
 }  // namespace

@@ -139,6 +139,12 @@ TEST(MpiDeviceCollectives, HostBuffersAllreduceAndAllgather) {
   EXPECT_EQ(world.stats().total({}, "world", "allgather").calls, calls);
   EXPECT_THROW(t.allreduce_sum_on(nullptr, -1, nullptr), std::invalid_argument);
   EXPECT_THROW(t.allgather_on(nullptr, nullptr, -1, nullptr), std::invalid_argument);
+  // wait() has nothing to wait for on host buffers; abort() is a no-op on MPI (the job ends by MpiSession::abort).
+  t.wait(nullptr, "host buffers");
+  t.abort();
+  std::vector<float> one = contribution(r, 3);
+  t.allreduce_sum_on(one.data(), 3, nullptr);
+  EXPECT_EQ(wrong_sums(one, n), 0);
 }
 
 // Device buffers through the modes this MPI can do (host-staged always; direct where it reports CUDA-aware).
@@ -173,7 +179,7 @@ TEST(MpiDeviceCollectives, DeviceBuffersMatchHostResults) {
         t.allreduce_sum_on(d, count, st);
         std::vector<float> got(v.size());
         require(cudaMemcpyAsync(got.data(), d, got.size() * sizeof(float), cudaMemcpyDeviceToHost, st), "copy out");
-        require(cudaStreamSynchronize(st), "sync");
+        t.wait(st, "copy out");  // DeviceCollectives::wait: a plain stream sync on this transport
         EXPECT_EQ(wrong_sums(got, n), 0);
         const std::int64_t bytes = count * 3 + 1;
         const std::vector<std::byte> mine = make_block(r, bytes);
