@@ -17,8 +17,8 @@
 // NCCL a peer that never joins would leave the stream, and a plain synchronize, blocked forever. NCCL polls the
 // stream and its communicator's asynchronous error against NcclOptions::timeout_seconds and, past it, aborts the
 // communicator and throws CommError naming the operation, the communicator, this rank and host and the deadline.
-// MPI's calls have completed before they return, so its wait is a plain synchronize (a stuck peer blocks inside
-// the MPI call itself: there is no deadline on this transport). After a CommError the caller aborts every
+// MPI's calls have completed before they return, so its wait is a plain synchronize; the deadline is on the MPI
+// calls themselves (MpiCommunicator::set_timeout_seconds, set from --comm-timeout by the CLI). After a CommError the caller aborts every
 // communicator it holds (abort()) and ends the job (MpiSession::abort).
 #pragma once
 

@@ -3,11 +3,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <functional>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -45,11 +49,41 @@ void check_received(const MPI_Status& status, std::int64_t expected, const char*
   }
 }
 
-// The MPI requests of one chunked nonblocking transfer, completed in order.
+// Waits for one posted request: MPI_Wait without a deadline (timeout <= 0), else MPI_Test polling (yielding for the
+// first 20 ms, then sleeping 100 us between polls; MPI_Test also drives the library's progress) until `timeout`
+// seconds have passed, then CommError: "<describe()>: not complete after T s (watchdog: ...)".
+void wait_watched(MPI_Request* request, MPI_Status* status, double timeout, const std::function<std::string()>& describe) {
+  if (timeout <= 0) {
+    HYLO_MPI_CHECK(MPI_Wait(request, status));
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    int done = 0;
+    HYLO_MPI_CHECK(MPI_Test(request, &done, status));
+    if (done != 0) return;
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (waited > timeout) {
+      char limit[32];
+      std::snprintf(limit, sizeof limit, "%.1f s", timeout);
+      throw CommError(describe() + ": not complete after " + limit +
+                      " (watchdog: a peer never joined this operation: stuck, dead or out of step)");
+    }
+    if (waited < 0.02) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  }
+}
+
+// The MPI requests of one chunked nonblocking transfer, completed in order (watched like the communicator's own
+// waits: `describe` names the operation for the watchdog's error).
 class MpiPendingOp final : public PendingOp {
  public:
-  MpiPendingOp(const char* op, std::string comm, int peer, bool is_recv)
-      : op_(op), comm_(std::move(comm)), peer_(peer), is_recv_(is_recv) {}
+  MpiPendingOp(const char* op, std::string comm, int peer, bool is_recv, double timeout = 0.0,
+               std::function<std::string()> describe = {})
+      : op_(op), comm_(std::move(comm)), peer_(peer), is_recv_(is_recv), timeout_(timeout), describe_(std::move(describe)) {}
   ~MpiPendingOp() override {
     // Only reached un-waited if posting a later chunk threw: complete what was posted (see Request).
     for (MPI_Request& r : requests_) {
@@ -67,7 +101,7 @@ class MpiPendingOp final : public PendingOp {
   void wait() override {
     for (std::size_t i = 0; i < requests_.size(); ++i) {
       MPI_Status status;
-      HYLO_MPI_CHECK(MPI_Wait(&requests_[i], &status));
+      wait_watched(&requests_[i], &status, timeout_, describe_);
       if (is_recv_) check_received(status, sizes_[i], op_, comm_, peer_);
     }
   }
@@ -77,6 +111,8 @@ class MpiPendingOp final : public PendingOp {
   std::string comm_;
   int peer_;
   bool is_recv_;
+  double timeout_;
+  std::function<std::string()> describe_;
   std::vector<MPI_Request> requests_;
   std::vector<std::int64_t> sizes_;
 };
@@ -160,7 +196,9 @@ MpiCommunicator MpiCommunicator::world(std::string name, std::shared_ptr<CommSta
 MpiCommunicator MpiCommunicator::split(int colour, int key, std::string name) const {
   MPI_Comm sub = MPI_COMM_NULL;
   HYLO_MPI_CHECK(MPI_Comm_split(comm_, colour, key, &sub));
-  return MpiCommunicator(sub, std::move(name), stats_ptr(), max_message_bytes_);
+  MpiCommunicator c(sub, std::move(name), stats_ptr(), max_message_bytes_);
+  c.timeout_seconds_ = timeout_seconds_;
+  return c;
 }
 
 MpiCommunicator::MpiCommunicator(MpiCommunicator&& other) noexcept
@@ -168,7 +206,10 @@ MpiCommunicator::MpiCommunicator(MpiCommunicator&& other) noexcept
       comm_(std::exchange(other.comm_, MPI_COMM_NULL)),
       rank_(other.rank_),
       size_(other.size_),
-      max_message_bytes_(other.max_message_bytes_) {}
+      max_message_bytes_(other.max_message_bytes_),
+      timeout_seconds_(other.timeout_seconds_),
+      recent_(other.recent_),
+      recent_count_(other.recent_count_) {}
 
 MpiCommunicator& MpiCommunicator::operator=(MpiCommunicator&& other) noexcept {
   if (this != &other) {
@@ -178,6 +219,9 @@ MpiCommunicator& MpiCommunicator::operator=(MpiCommunicator&& other) noexcept {
     rank_ = other.rank_;
     size_ = other.size_;
     max_message_bytes_ = other.max_message_bytes_;
+    timeout_seconds_ = other.timeout_seconds_;
+    recent_ = other.recent_;
+    recent_count_ = other.recent_count_;
   }
   return *this;
 }
@@ -197,25 +241,72 @@ void MpiCommunicator::set_max_message_bytes(std::int64_t bytes) {
   max_message_bytes_ = bytes;
 }
 
+void MpiCommunicator::set_timeout_seconds(double seconds) {
+  if (!(seconds >= 0) || !std::isfinite(seconds)) {
+    throw std::invalid_argument("communicator " + name() + ": watchdog deadline " + std::to_string(seconds) +
+                                " s (need a finite number >= 0; 0 = none)");
+  }
+  timeout_seconds_ = seconds;
+}
+
+void MpiCommunicator::note(const char* op, std::int64_t bytes, int peer) {
+  recent_[static_cast<std::size_t>(recent_count_ % kRecent)] = Recent{op, bytes, peer};
+  ++recent_count_;
+}
+
+std::string MpiCommunicator::recent() const {
+  std::string r;
+  const std::int64_t first = std::max<std::int64_t>(0, recent_count_ - kRecent);
+  for (std::int64_t i = first; i < recent_count_; ++i) {
+    const Recent& e = recent_[static_cast<std::size_t>(i % kRecent)];
+    if (!r.empty()) r += ", ";
+    r += "#" + std::to_string(i + 1) + " " + e.op + " " + std::to_string(e.bytes) + " B";
+    if (e.peer >= 0) r += " rank " + std::to_string(e.peer);
+  }
+  return r.empty() ? "none" : r;
+}
+
+void MpiCommunicator::wait(MPI_Request* request, MPI_Status* status, const char* op) {
+  wait_watched(request, status, timeout_seconds_, [&] {
+    return "MPI " + std::string(op) + " on communicator '" + name() + "' (rank " + std::to_string(rank_) + " of " +
+           std::to_string(size_) + ", " + rank_and_host() + "; its last operations: " + recent() + ")";
+  });
+}
+
 void MpiCommunicator::do_send(const void* data, std::int64_t bytes, int dest, int tag) {
   // Same (peer, tag, communicator) for every piece: MPI's non-overtaking rule keeps them in order.
+  note("send", bytes, dest);
   for (std::int64_t i = 0, n = num_chunks(bytes, max_message_bytes_); i < n; ++i) {
     const ByteChunk c = chunk_at(bytes, max_message_bytes_, i);
-    HYLO_MPI_CHECK(MPI_Send(bytes_at(data, c.offset), as_count(c.bytes), MPI_BYTE, dest, tag, comm_));
+    if (timeout_seconds_ > 0) {
+      MPI_Request r = MPI_REQUEST_NULL;
+      HYLO_MPI_CHECK(MPI_Isend(bytes_at(data, c.offset), as_count(c.bytes), MPI_BYTE, dest, tag, comm_, &r));
+      wait(&r, MPI_STATUS_IGNORE, "send");
+    } else {
+      HYLO_MPI_CHECK(MPI_Send(bytes_at(data, c.offset), as_count(c.bytes), MPI_BYTE, dest, tag, comm_));
+    }
   }
 }
 
 void MpiCommunicator::do_recv(void* data, std::int64_t bytes, int source, int tag) {
+  note("recv", bytes, source);
   for (std::int64_t i = 0, n = num_chunks(bytes, max_message_bytes_); i < n; ++i) {
     const ByteChunk c = chunk_at(bytes, max_message_bytes_, i);
     MPI_Status status;
-    HYLO_MPI_CHECK(MPI_Recv(bytes_at(data, c.offset), as_count(c.bytes), MPI_BYTE, source, tag, comm_, &status));
+    if (timeout_seconds_ > 0) {
+      MPI_Request r = MPI_REQUEST_NULL;
+      HYLO_MPI_CHECK(MPI_Irecv(bytes_at(data, c.offset), as_count(c.bytes), MPI_BYTE, source, tag, comm_, &r));
+      wait(&r, &status, "recv");
+    } else {
+      HYLO_MPI_CHECK(MPI_Recv(bytes_at(data, c.offset), as_count(c.bytes), MPI_BYTE, source, tag, comm_, &status));
+    }
     check_received(status, c.bytes, "recv", name(), source);
   }
 }
 
 std::unique_ptr<PendingOp> MpiCommunicator::do_isend(const void* data, std::int64_t bytes, int dest, int tag) {
-  auto op = std::make_unique<MpiPendingOp>("isend", name(), dest, false);
+  note("isend", bytes, dest);
+  auto op = std::make_unique<MpiPendingOp>("isend", name(), dest, false, timeout_seconds_, describer("isend"));
   for (std::int64_t i = 0, n = num_chunks(bytes, max_message_bytes_); i < n; ++i) {
     const ByteChunk c = chunk_at(bytes, max_message_bytes_, i);
     MPI_Request r = MPI_REQUEST_NULL;
@@ -226,7 +317,8 @@ std::unique_ptr<PendingOp> MpiCommunicator::do_isend(const void* data, std::int6
 }
 
 std::unique_ptr<PendingOp> MpiCommunicator::do_irecv(void* data, std::int64_t bytes, int source, int tag) {
-  auto op = std::make_unique<MpiPendingOp>("irecv", name(), source, true);
+  note("irecv", bytes, source);
+  auto op = std::make_unique<MpiPendingOp>("irecv", name(), source, true, timeout_seconds_, describer("irecv"));
   for (std::int64_t i = 0, n = num_chunks(bytes, max_message_bytes_); i < n; ++i) {
     const ByteChunk c = chunk_at(bytes, max_message_bytes_, i);
     MPI_Request r = MPI_REQUEST_NULL;
@@ -242,8 +334,45 @@ void MpiCommunicator::allreduce_impl(T* data, std::int64_t count, MPI_Datatype t
   for (std::int64_t i = 0, n = num_chunks(count, per_chunk); i < n; ++i) {
     const ByteChunk c = chunk_at(count, per_chunk, i);  // in elements here
     if (c.bytes == 0) continue;
-    HYLO_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + c.offset, as_count(c.bytes), type, MPI_SUM, comm_));
+    note("allreduce", c.bytes * static_cast<std::int64_t>(sizeof(T)));
+    if (timeout_seconds_ > 0) {
+      MPI_Request r = MPI_REQUEST_NULL;
+      HYLO_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data + c.offset, as_count(c.bytes), type, MPI_SUM, comm_, &r));
+      wait(&r, MPI_STATUS_IGNORE, "allreduce");
+    } else {
+      HYLO_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + c.offset, as_count(c.bytes), type, MPI_SUM, comm_));
+    }
   }
+}
+
+void MpiCommunicator::gather_bytes(const void* send, int count, void* recv, const char* op) {
+  note(op, count);
+  if (timeout_seconds_ > 0) {
+    MPI_Request r = MPI_REQUEST_NULL;
+    HYLO_MPI_CHECK(MPI_Iallgather(send, count, MPI_BYTE, recv, count, MPI_BYTE, comm_, &r));
+    wait(&r, MPI_STATUS_IGNORE, op);
+  } else {
+    HYLO_MPI_CHECK(MPI_Allgather(send, count, MPI_BYTE, recv, count, MPI_BYTE, comm_));
+  }
+}
+
+void MpiCommunicator::gatherv_bytes(const void* send, int count, void* recv, const int* counts, const int* displs) {
+  note("allgatherv", count);
+  if (timeout_seconds_ > 0) {
+    MPI_Request r = MPI_REQUEST_NULL;
+    HYLO_MPI_CHECK(MPI_Iallgatherv(send, count, MPI_BYTE, recv, counts, displs, MPI_BYTE, comm_, &r));
+    wait(&r, MPI_STATUS_IGNORE, "allgatherv");
+  } else {
+    HYLO_MPI_CHECK(MPI_Allgatherv(send, count, MPI_BYTE, recv, counts, displs, MPI_BYTE, comm_));
+  }
+}
+
+std::function<std::string()> MpiCommunicator::describer(const char* op) const {
+  // For a PendingOp that may outlive a move of this communicator: values, not `this`.
+  return [op, name = name(), rank = rank_, size = size_, last = recent()] {
+    return "MPI " + std::string(op) + " on communicator '" + name + "' (rank " + std::to_string(rank) + " of " +
+           std::to_string(size) + ", " + rank_and_host() + "; its last operations: " + last + ")";
+  };
 }
 
 void MpiCommunicator::do_allreduce_sum(float* data, std::int64_t count) { allreduce_impl(data, count, MPI_FLOAT); }
@@ -252,8 +381,7 @@ void MpiCommunicator::do_allreduce_sum(double* data, std::int64_t count) { allre
 void MpiCommunicator::do_allgather(const void* send, void* recv, std::int64_t bytes_per_rank) {
   const std::int64_t ranks = size_;
   if (bytes_per_rank * ranks <= max_message_bytes_) {
-    const int n = as_count(bytes_per_rank);
-    HYLO_MPI_CHECK(MPI_Allgather(send, n, MPI_BYTE, recv, n, MPI_BYTE, comm_));
+    gather_bytes(send, as_count(bytes_per_rank), recv, "allgather");
     return;
   }
   // Pieces of every block at a time, through a staging buffer of at most max_message_bytes_: each round
@@ -264,7 +392,7 @@ void MpiCommunicator::do_allgather(const void* send, void* recv, std::int64_t by
   for (std::int64_t i = 0, n = num_chunks(bytes_per_rank, piece); i < n; ++i) {
     const ByteChunk c = chunk_at(bytes_per_rank, piece, i);
     const int count = as_count(c.bytes);
-    HYLO_MPI_CHECK(MPI_Allgather(bytes_at(send, c.offset), count, MPI_BYTE, staging.data(), count, MPI_BYTE, comm_));
+    gather_bytes(bytes_at(send, c.offset), count, staging.data(), "allgather");
     for (std::int64_t r = 0; r < ranks; ++r) {
       std::memcpy(bytes_at(recv, r * bytes_per_rank + c.offset), staging.data() + r * c.bytes,
                   static_cast<std::size_t>(c.bytes));
@@ -275,7 +403,7 @@ void MpiCommunicator::do_allgather(const void* send, void* recv, std::int64_t by
 void MpiCommunicator::do_allgatherv(const void* data, std::int64_t bytes, GatheredBytes& out) {
   const auto ranks = static_cast<std::size_t>(size_);
   std::vector<std::int64_t> sizes(ranks);
-  HYLO_MPI_CHECK(MPI_Allgather(&bytes, 1, MPI_INT64_T, sizes.data(), 1, MPI_INT64_T, comm_));
+  gather_bytes(&bytes, static_cast<int>(sizeof bytes), sizes.data(), "allgatherv (sizes)");
   out.offsets.assign(ranks + 1, 0);
   for (std::size_t r = 0; r < ranks; ++r) {
     if (sizes[r] < 0)
@@ -292,8 +420,7 @@ void MpiCommunicator::do_allgatherv(const void* data, std::int64_t bytes, Gather
       counts[r] = as_count(sizes[r]);
       displs[r] = as_count(out.offsets[r]);
     }
-    HYLO_MPI_CHECK(MPI_Allgatherv(data, as_count(bytes), MPI_BYTE, out.data.data(), counts.data(), displs.data(),
-                                  MPI_BYTE, comm_));
+    gatherv_bytes(data, as_count(bytes), out.data.data(), counts.data(), displs.data());
     return;
   }
   // Rounds of at most `piece` bytes per rank through a staging buffer of at most max_message_bytes_, as in
@@ -311,7 +438,7 @@ void MpiCommunicator::do_allgatherv(const void* data, std::int64_t bytes, Gather
     }
     const int mine = counts[static_cast<std::size_t>(rank_)];
     const void* src = mine > 0 ? bytes_at(data, offset) : data;
-    HYLO_MPI_CHECK(MPI_Allgatherv(src, mine, MPI_BYTE, staging.data(), counts.data(), displs.data(), MPI_BYTE, comm_));
+    gatherv_bytes(src, mine, staging.data(), counts.data(), displs.data());
     for (std::size_t r = 0; r < ranks; ++r) {
       std::memcpy(out.data.data() + out.offsets[r] + offset, staging.data() + displs[r],
                   static_cast<std::size_t>(counts[r]));
@@ -323,11 +450,27 @@ void MpiCommunicator::do_broadcast(void* data, std::int64_t bytes, int root) {
   for (std::int64_t i = 0, n = num_chunks(bytes, max_message_bytes_); i < n; ++i) {
     const ByteChunk c = chunk_at(bytes, max_message_bytes_, i);
     if (c.bytes == 0) continue;
-    HYLO_MPI_CHECK(MPI_Bcast(bytes_at(data, c.offset), as_count(c.bytes), MPI_BYTE, root, comm_));
+    note("broadcast", c.bytes, root);
+    if (timeout_seconds_ > 0) {
+      MPI_Request r = MPI_REQUEST_NULL;
+      HYLO_MPI_CHECK(MPI_Ibcast(bytes_at(data, c.offset), as_count(c.bytes), MPI_BYTE, root, comm_, &r));
+      wait(&r, MPI_STATUS_IGNORE, "broadcast");
+    } else {
+      HYLO_MPI_CHECK(MPI_Bcast(bytes_at(data, c.offset), as_count(c.bytes), MPI_BYTE, root, comm_));
+    }
   }
 }
 
-void MpiCommunicator::do_barrier() { HYLO_MPI_CHECK(MPI_Barrier(comm_)); }
+void MpiCommunicator::do_barrier() {
+  note("barrier", 0);
+  if (timeout_seconds_ > 0) {
+    MPI_Request r = MPI_REQUEST_NULL;
+    HYLO_MPI_CHECK(MPI_Ibarrier(comm_, &r));
+    wait(&r, MPI_STATUS_IGNORE, "barrier");
+  } else {
+    HYLO_MPI_CHECK(MPI_Barrier(comm_));
+  }
+}
 
 // ---- parallel communicators -----------------------------------------------------------------------------
 

@@ -9,7 +9,9 @@
 
 #include <mpi.h>
 
+#include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -88,6 +90,15 @@ class MpiCommunicator final : public Communicator {
   void set_max_message_bytes(std::int64_t bytes);
   std::int64_t max_message_bytes() const { return max_message_bytes_; }
 
+  // Watchdog (RELIABILITY.md "Rank hang": mpirun does not notice a stuck rank). With a deadline > 0 every
+  // collective and transfer of this communicator is posted non-blocking and polled; one not complete after
+  // `seconds` throws CommError naming the operation, the communicator, this rank and host, the deadline and the
+  // communicator's last operations. The abandoned request stays posted, so the communicator is unusable after that:
+  // end the job (MpiSession::abort). 0 (the default): MPI's blocking calls, no deadline. split() copies it.
+  // Throws std::invalid_argument for a negative or non-finite value.
+  void set_timeout_seconds(double seconds);
+  double timeout_seconds() const { return timeout_seconds_; }
+
  protected:
   void do_send(const void* data, std::int64_t bytes, int dest, int tag) override;
   void do_recv(void* data, std::int64_t bytes, int source, int tag) override;
@@ -105,11 +116,30 @@ class MpiCommunicator final : public Communicator {
   void release() noexcept;
   template <class T>
   void allreduce_impl(T* data, std::int64_t count, MPI_Datatype type);
+  // The watchdog's pieces: the last operations (a ring of kRecent), and the wait for one posted request (MPI_Wait
+  // without a deadline).
+  static constexpr int kRecent = 8;
+  void note(const char* op, std::int64_t bytes, int peer = -1);
+  std::string recent() const;
+  void wait(MPI_Request* request, MPI_Status* status, const char* op);
+  // The error text's "MPI <op> on communicator ..." for a request completed later (by value: PendingOps outlive moves).
+  std::function<std::string()> describer(const char* op) const;
+  // MPI_Allgather / MPI_Allgatherv of bytes, watched.
+  void gather_bytes(const void* send, int count, void* recv, const char* op);
+  void gatherv_bytes(const void* send, int count, void* recv, const int* counts, const int* displs);
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 0;
   std::int64_t max_message_bytes_ = kDefaultMaxMessageBytes;
+  double timeout_seconds_ = 0.0;
+  struct Recent {
+    const char* op = nullptr;
+    std::int64_t bytes = 0;
+    int peer = -1;
+  };
+  std::array<Recent, kRecent> recent_{};
+  std::int64_t recent_count_ = 0;  // operations noted so far (the ring holds the last kRecent)
 };
 
 // The sub-communicators of a parallel layout. tp.rank() == state.coords().tp, and likewise for cp and dp.

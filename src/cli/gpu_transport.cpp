@@ -58,17 +58,18 @@ void add_transport_options(CLI::App& cmd, std::string& transport, double& comm_t
                              "graph). Default here: ") + default_gpu_transport() +
                      (nccl_built() ? "" : " (this hylo was built without NCCL)"));
   cmd.add_option("--comm-timeout", comm_timeout,
-                 "NCCL watchdog: seconds one wait on GPU collectives (a prefill chunk or CP layer, a decode step) may "
-                 "take before the communicators are aborted and the job ends, naming the rank and the operation")
+                 "Watchdog of the GPU transports: seconds one wait on collectives may take (NCCL: a prefill chunk or CP "
+                 "layer, a decode step; MPI: one collective) before the job ends, naming the rank and the operation")
       ->capture_default_str();
 }
 
 std::string watchdog_line(GpuTransport t, double seconds) {
-  if (t == GpuTransport::kMpi) {
-    return "no watchdog on the MPI transport (its calls block until every peer joins; a dead rank still ends the "
-           "job through mpirun)";
-  }
   char buf[160];
+  if (t == GpuTransport::kMpi) {
+    std::snprintf(buf, sizeof buf, "watchdog: an MPI collective not complete after %g s ends the job (--comm-timeout)",
+                  seconds);
+    return buf;
+  }
   std::snprintf(buf, sizeof buf, "watchdog: a collective not complete after %g s aborts the job (--comm-timeout)", seconds);
   return buf;
 }
@@ -81,7 +82,10 @@ GpuComms make_gpu_comms(GpuTransport t, const comm::MpiCommunicator& world, comm
   g.device = comm::select_local_device(world);
   auto make = [&](comm::MpiCommunicator& group) -> std::unique_ptr<comm::DeviceCollectives> {
     if (group.size() < 2) return nullptr;
-    if (t == GpuTransport::kMpi) return std::make_unique<comm::MpiDeviceCollectives>(group);
+    if (t == GpuTransport::kMpi) {
+      group.set_timeout_seconds(timeout_seconds);  // the MPI watchdog: every collective polled against the deadline
+      return std::make_unique<comm::MpiDeviceCollectives>(group);
+    }
 #if HYLO_WITH_NCCL
     return comm::NcclCommunicator::create(group, comm::NcclOptions{timeout_seconds});
 #else

@@ -30,7 +30,7 @@ GpuTransport resolve_gpu_transport(const std::string& flag);
 const char* to_string(GpuTransport t);
 // Error(kUsage, "--comm-timeout") unless the deadline is a positive finite number of seconds.
 void validate_comm_timeout(double seconds);
-// For the run log: "watchdog: collectives not complete after 600 s abort the job" (NCCL) or what MPI has instead.
+// For the run log: "watchdog: a collective not complete after 600 s aborts the job" (NCCL) or the MPI equivalent.
 std::string watchdog_line(GpuTransport t, double seconds);
 
 // --transport and --comm-timeout on a subcommand (generate, bench), with their help text.
@@ -46,7 +46,8 @@ struct GpuComms {
 };
 // Collective over `world`: selects the rank's GPU from its node-local rank (comm::select_local_device), then makes
 // the TP and CP collectives over `t` on `tp` / `cp` (kept by reference: they must outlive the result). NCCL aborts a
-// wait after `timeout_seconds` (the watchdog); MPI has no deadline. Warns when ranks share a GPU.
+// wait after `timeout_seconds` (the watchdog); over MPI the deadline is set on `tp` / `cp` themselves
+// (MpiCommunicator::set_timeout_seconds: each collective polled, CommError past it). Warns when ranks share a GPU.
 GpuComms make_gpu_comms(GpuTransport t, const comm::MpiCommunicator& world, comm::MpiCommunicator& tp,
                         comm::MpiCommunicator& cp, double timeout_seconds);
 #endif

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -190,6 +191,62 @@ TEST(MpiComm, PointToPoint) {
 TEST(MpiComm, Collectives) {
   MpiCommunicator world = fresh_world();
   check_collectives(world, std::int64_t{1} << 40);
+}
+
+// The same checks through the watchdog's paths (non-blocking calls polled against a deadline), also chunked.
+TEST(MpiComm, WatchedPathsGiveTheSameResults) {
+  for (std::int64_t limit : {MpiCommunicator::kDefaultMaxMessageBytes, std::int64_t{4096}}) {
+    SCOPED_TRACE("max message " + std::to_string(limit));
+    MpiCommunicator world = fresh_world(limit);
+    world.set_timeout_seconds(60.0);
+    MpiCommunicator sub = world.split(0, world.rank(), "sub");
+    EXPECT_EQ(sub.timeout_seconds(), 60.0) << "split() keeps the deadline";
+    check_point_to_point(sub, limit == 4096 ? 100'003 : std::int64_t{1} << 40);
+    check_collectives(sub, limit == 4096 ? 100'003 : std::int64_t{1} << 40);
+  }
+  MpiCommunicator world = fresh_world();
+  EXPECT_THROW(world.set_timeout_seconds(-1.0), std::invalid_argument);
+  EXPECT_THROW(world.set_timeout_seconds(std::nan("")), std::invalid_argument);
+  EXPECT_EQ(world.timeout_seconds(), 0.0) << "no deadline by default";
+}
+
+// A rank that never joins (RELIABILITY.md "Rank hang": mpirun does not notice): with a 1.5 s deadline the others'
+// allreduce ends with a CommError naming the operation, the communicator, the rank, the deadline and the last
+// operations; the late rank then joins, so the abandoned requests complete and the job ends cleanly.
+TEST(MpiComm, WatchdogNamesAStuckCollective) {
+  MpiCommunicator world = fresh_world();
+  MpiCommunicator c = world.split(0, world.rank(), "cp");
+  c.set_timeout_seconds(1.5);
+  const int late = c.size() - 1;
+  float x = 1.0f;
+  c.allreduce_sum(&x, 1);  // a first operation, listed in the error
+  EXPECT_EQ(x, static_cast<float>(c.size()));
+  if (c.rank() == late) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(3000));
+    c.allreduce_sum(&x, 1);  // joins the abandoned allreduce of the others
+    c.barrier();
+  } else {
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      c.allreduce_sum(&x, 1);
+      ADD_FAILURE() << "the allreduce completed without rank " << late;
+    } catch (const CommError& e) {
+      const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const std::string what = e.what();
+      EXPECT_NE(what.find("MPI allreduce on communicator 'cp'"), std::string::npos) << what;
+      EXPECT_NE(what.find("rank " + std::to_string(c.rank()) + " of " + std::to_string(c.size())), std::string::npos) << what;
+      EXPECT_NE(what.find("not complete after 1.5 s"), std::string::npos) << what;
+      EXPECT_NE(what.find("#1 allreduce 4 B"), std::string::npos) << what;  // its last operations
+      EXPECT_NE(what.find("#2 allreduce 4 B"), std::string::npos) << what;
+      EXPECT_GE(took, 1.4);
+      EXPECT_LT(took, 2.9) << "the error must come at the deadline, not when the late rank joins";
+      if (c.rank() == 0) std::printf("  watchdog after %.2f s: %s\n", took, what.c_str());
+    }
+    // The abandoned request completes once the late rank joins; MPI_Test in the next waits drives it.
+    c.set_timeout_seconds(30.0);
+    c.barrier();
+  }
+  world.barrier();
 }
 
 // The int-count chunking path that > 2 GiB transfers take, with limits small enough that every message above
