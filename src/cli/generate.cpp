@@ -201,6 +201,12 @@ int generate_impl(GenerateArgs a, comm::MpiCommunicator* world) {
     }
     pc.emplace(comm::make_parallel_comms(comm::ParallelState(n, world->rank(), comm::Layout{dp, cp, tp}), *world));
     if (root) spdlog::info("layout: {} ({} split), {} threads per rank", pc->state.describe(), comm::to_string(split), a.threads);
+    if (a.device == "cpu" && a.comm_timeout_given) {
+      // The CPU runtime's watchdog (MpiCommunicator::set_timeout_seconds): a rank stuck for longer ends the job with
+      // the operation named, instead of hanging the others (RELIABILITY.md "Rank hang").
+      for (comm::MpiCommunicator* c : {&pc->tp, &pc->cp, &pc->dp}) c->set_timeout_seconds(a.comm_timeout);
+      if (root) spdlog::info("watchdog: an MPI collective not complete after {:g} s ends the job (--comm-timeout)", a.comm_timeout);
+    }
   }
 
   const auto t_load = std::chrono::steady_clock::now();

@@ -33,9 +33,11 @@ struct GenerateArgs {
   std::string cp_split = "zigzag";  // or "contiguous"
   std::string device = "cpu";       // "cpu" (the reference engine) or "cuda" (one GPU; builds with CUDA only)
   // GPU ranks with TP / CP (cli/gpu_transport.h): "nccl" or "mpi" ("" = nccl where built with NCCL, else mpi), and
-  // the deadline of the NCCL watchdog in seconds.
+  // the deadline of the GPU transports' watchdog in seconds. CPU runs (MPI on host buffers) get the deadline only when
+  // --comm-timeout is given (comm_timeout_given): a long CPU prefill may keep a peer waiting for minutes.
   std::string transport;
   double comm_timeout = 600.0;
+  bool comm_timeout_given = false;
   std::int64_t capacity = 0;        // cuda: tokens the sequence may hold (0: prompt + max new tokens)
 };
 

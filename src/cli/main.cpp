@@ -335,6 +335,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  ga.comm_timeout_given = gen->count("--comm-timeout") > 0;
   if (*gen && generate_wants_mpi(ga)) return run_generate_mpi(ga, log_level, &argc, &argv);
   if (app.got_subcommand("bench") && bench_wants_mpi(ba)) return run_bench_mpi(ba, log_level, &argc, &argv);
   try {

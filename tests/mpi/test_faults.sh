@@ -7,6 +7,10 @@
 #   test_faults.sh generate-kill MPIEXEC HYLO NP
 #       `hylo generate` with CP = NP decoding without end; rank NP-1 gets SIGKILL from outside: mpirun must exit
 #       non-zero within 30 s, name the rank, and leave no hylo process behind.
+#   test_faults.sh generate-stop MPIEXEC HYLO NP
+#       the same job with --comm-timeout 4; rank NP-1 gets SIGSTOP (alive, stuck: mpirun does not notice): the MPI
+#       watchdog of the other ranks must end the job non-zero within 30 s, naming the stuck collective and the
+#       deadline, and leave no hylo process behind.
 #   test_faults.sh generate-error MPIEXEC HYLO NP
 #       rank 0 cannot read the prompt while the other ranks wait for it in a broadcast: the job must end
 #       non-zero within 30 s with rank 0's message naming itself and the file.
@@ -52,7 +56,7 @@ case "$mode" in
     echo "ok: rank $victim failed during $op with $np ranks: mpirun exited $rc after ${elapsed_ms} ms"
     grep -E "process rank $victim|MPI_ABORT was invoked|fatal:" "$out"
     ;;
-  generate-kill|generate-error)
+  generate-kill|generate-stop|generate-error)
     np="$4" victim=$(( $4 - 1 ))
     work="$(mktemp -d)"
     trap 'rm -f "$out"; rm -rf "$work"' EXIT
@@ -71,8 +75,10 @@ case "$mode" in
       grep "fatal:" "$out"
       exit 0
     fi
+    extra=()
+    [[ "$mode" == generate-stop ]] && extra=(--comm-timeout 4)
     "${launch[@]}" -np "$np" "$binary" generate --model "$work/ck" --token-ids "$work/ids.txt" --max-new-tokens 100000000 \
-      --ignore-eos >"$out" 2>&1 &
+      --ignore-eos "${extra[@]}" >"$out" 2>&1 &
     job=$!
     # Wait until decoding runs (rank 0 logs the load; prefill of 3,000 tokens follows), then kill the victim.
     for _ in $(seq 1 300); do grep -q "loaded" "$out" && break; sleep 0.1; done
@@ -86,6 +92,24 @@ case "$mode" in
     [[ -n "$pid" ]] || { kill -9 "$job"; fail "rank $victim not found"; }
     kill -0 "$job" 2>/dev/null || fail "the job ended before the kill"
     start=$(date +%s%N)
+    if [[ "$mode" == generate-stop ]]; then
+      kill -STOP "$pid"
+      for _ in $(seq 1 300); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
+      elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+      if kill -0 "$job" 2>/dev/null; then kill -9 "$pid" "$job"; fail "mpirun still running 30 s after rank $victim was stopped"; fi
+      wait "$job"
+      rc=$?
+      kill -9 "$pid" 2>/dev/null  # a stopped rank mpirun could not end
+      [[ $rc -ne 0 ]] || fail "mpirun exited 0 although rank $victim was stopped"
+      grep -Eq "fatal: MPI [a-z]+.* on communicator '(cp|tp)' .*not complete after 4.0 s" "$out" ||
+        fail "no fatal message naming the stuck MPI operation and the 4 s deadline"
+      sleep 1
+      left="$(leftovers)"
+      [[ -z "$left" ]] || fail "processes of $binary left behind: $left"
+      echo "ok: rank $victim of a $np-rank generate stopped: the watchdog ended the job, mpirun exited $rc after ${elapsed_ms} ms"
+      grep -E "fatal:" "$out" | head -2
+      exit 0
+    fi
     kill -9 "$pid"
     for _ in $(seq 1 300); do kill -0 "$job" 2>/dev/null || break; sleep 0.1; done
     elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
