@@ -156,6 +156,10 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
   std::optional<comm::ParallelComms> pc;
   if (nranks > 1) {
     pc.emplace(comm::make_parallel_comms(comm::ParallelState(nranks, world->rank(), comm::Layout{a.dp, a.cp, a.tp}), *world));
+    // CPU runs: the MPI watchdog when asked for (as in generate; the GPU transports get the deadline in make_gpu_comms).
+    if (a.device != "cuda" && a.comm_timeout_given) {
+      for (comm::MpiCommunicator* c : {&pc->tp, &pc->cp, &pc->dp}) c->set_timeout_seconds(a.comm_timeout);
+    }
   }
   std::vector<std::int64_t> lengths;
   for (const auto& s : a.prefill) lengths.push_back(parse_token_count(s));

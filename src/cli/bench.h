@@ -34,7 +34,8 @@ struct BenchArgs {
   int tp = 1, cp = 1, dp = 1;             // layout (hylo-launch passes these); CPU and CUDA
   std::string cp_split = "zigzag";        // how CP cuts the prompt: zigzag or contiguous
   std::string transport;                  // GPU TP / CP: nccl or mpi ("": nccl where built with NCCL, else mpi)
-  double comm_timeout = 600.0;            // NCCL watchdog deadline, seconds
+  double comm_timeout = 600.0;            // watchdog deadline of the GPU transports, seconds
+  bool comm_timeout_given = false;        // CPU runs: the MPI watchdog only when --comm-timeout is given
   bool comm_watchdog = true;              // false: plain stream syncs after collectives (A/B of the watchdog's cost)
 };
 

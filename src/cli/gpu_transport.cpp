@@ -60,7 +60,7 @@ void add_transport_options(CLI::App& cmd, std::string& transport, double& comm_t
   cmd.add_option("--comm-timeout", comm_timeout,
                  "Watchdog of the GPU transports: seconds one wait on collectives may take (NCCL: a prefill chunk or CP "
                  "layer, a decode step; MPI: one collective) before the job ends, naming the rank and the operation. CPU "
-                 "runs (generate): the same for their MPI collectives, only when given")
+                 "runs (generate, bench): the same for their MPI collectives, only when given")
       ->capture_default_str();
 }
 

@@ -336,6 +336,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   ga.comm_timeout_given = gen->count("--comm-timeout") > 0;
+  if (auto* bench = app.get_subcommand("bench"); bench != nullptr) ba.comm_timeout_given = bench->count("--comm-timeout") > 0;
   if (*gen && generate_wants_mpi(ga)) return run_generate_mpi(ga, log_level, &argc, &argv);
   if (app.got_subcommand("bench") && bench_wants_mpi(ba)) return run_bench_mpi(ba, log_level, &argc, &argv);
   try {
