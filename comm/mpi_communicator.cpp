@@ -266,11 +266,15 @@ std::string MpiCommunicator::recent() const {
   return r.empty() ? "none" : r;
 }
 
+// The watchdog error's subject: "MPI <op> on communicator '<name>' (rank R of N, <world rank and host>; its last ...)".
+static std::string op_text(const char* op, const std::string& comm, int rank, int size, const std::string& last) {
+  return "MPI " + std::string(op) + " on communicator '" + comm + "' (rank " + std::to_string(rank) + " of " +
+         std::to_string(size) + ", " + rank_and_host() + "; its last operations: " + last + ")";
+}
+
 void MpiCommunicator::wait(MPI_Request* request, MPI_Status* status, const char* op) {
-  wait_watched(request, status, timeout_seconds_, [&] {
-    return "MPI " + std::string(op) + " on communicator '" + name() + "' (rank " + std::to_string(rank_) + " of " +
-           std::to_string(size_) + ", " + rank_and_host() + "; its last operations: " + recent() + ")";
-  });
+  // Built only if the deadline passes.
+  wait_watched(request, status, timeout_seconds_, [&] { return op_text(op, name(), rank_, size_, recent()); });
 }
 
 void MpiCommunicator::do_send(const void* data, std::int64_t bytes, int dest, int tag) {
@@ -368,11 +372,10 @@ void MpiCommunicator::gatherv_bytes(const void* send, int count, void* recv, con
 }
 
 std::function<std::string()> MpiCommunicator::describer(const char* op) const {
+  // No deadline: never called, so nothing is built (isend / irecv are the CPU ring's hot path).
+  if (timeout_seconds_ <= 0) return {};
   // For a PendingOp that may outlive a move of this communicator: values, not `this`.
-  return [op, name = name(), rank = rank_, size = size_, last = recent()] {
-    return "MPI " + std::string(op) + " on communicator '" + name + "' (rank " + std::to_string(rank) + " of " +
-           std::to_string(size) + ", " + rank_and_host() + "; its last operations: " + last + ")";
-  };
+  return [op, name = name(), rank = rank_, size = size_, last = recent()] { return op_text(op, name, rank, size, last); };
 }
 
 void MpiCommunicator::do_allreduce_sum(float* data, std::int64_t count) { allreduce_impl(data, count, MPI_FLOAT); }
