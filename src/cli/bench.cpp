@@ -75,6 +75,7 @@ void add_bench_command(CLI::App& app, BenchArgs& a) {
   b->add_option("--json", a.json, "Write the results as JSON");
   b->add_flag("!--no-profile", a.profile, "Skip the per-op time split");
   b->add_flag("--cublas-decode", a.cublas_decode, "Decode projections through cuBLASLt instead of the GEMV kernel (A/B)");
+  b->add_flag("--mla-bf16-q", a.mla_bf16_q, "MLA decode with q rounded to bf16 instead of hi + lo bf16 pairs (A/B)");
   b->add_flag("--no-decode-graph", a.no_decode_graph,
               "Launch each decode step's kernels one by one instead of replaying one captured CUDA graph (A/B)");
   b->add_flag("--recurrent-scans", a.recurrent_scans,
@@ -220,6 +221,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     o.prefill_chunk = a.chunk_size;
     o.chunked_scans = !a.recurrent_scans;
     o.decode_gemv = !a.cublas_decode;
+    o.mla_q_hi_lo = !a.mla_bf16_q;
     o.decode_graph = !a.no_decode_graph;
     o.comm_watchdog = a.comm_watchdog;
     transport_used = "none (one GPU)";
@@ -485,6 +487,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
 #if HYLO_WITH_CUDA
   if (gpu && engine) {
     out["decode_graph"] = engine->decode_graph();
+    out["mla_q"] = a.mla_bf16_q ? "bf16" : "hi + lo bf16 pairs";
     if (nranks > 1) out["comm_watchdog_s"] = a.comm_watchdog && transport == GpuTransport::kNccl ? a.comm_timeout : 0.0;
   }
 #endif

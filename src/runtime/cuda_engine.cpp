@@ -55,9 +55,12 @@ std::vector<bf16> to_bf16(const std::vector<float>& v) {
 DBuf<bf16> upload_bf16(const HostTensor& t) { return DBuf<bf16>(to_bf16(t.data)); }
 // Row-wise concatenation of [rows_i, cols] matrices (same cols) as one bf16 matrix: projections that read the
 // same input run as one GEMM (one launch, one pass over the input).
-DBuf<bf16> upload_bf16_rows(std::initializer_list<const HostTensor*> parts) {
+// `pad_to` > 0: zero rows appended up to that many rows of `cols` columns (see gdn_proj_rows).
+DBuf<bf16> upload_bf16_rows(std::initializer_list<const HostTensor*> parts, std::int64_t pad_to = 0,
+                            std::int64_t cols = 0) {
   std::vector<float> all;
   for (const HostTensor* t : parts) all.insert(all.end(), t->data.begin(), t->data.end());
+  if (pad_to > 0 && static_cast<std::int64_t>(all.size()) < pad_to * cols) all.resize(static_cast<std::size_t>(pad_to * cols), 0.0f);
   return DBuf<bf16>(to_bf16(all));
 }
 DBuf<float> upload_f32(const HostTensor& t) { return DBuf<float>(t.data); }
@@ -91,6 +94,14 @@ struct DevState {
 
 std::uint64_t mat_bytes(std::int64_t rows, std::int64_t cols) { return static_cast<std::uint64_t>(rows * cols) * 2; }
 
+// Rows of the stacked GDN projections q | k | v | g | a | b (2 Kd + 2 Vd + 2 Hv), padded with zero rows to a
+// multiple of 16; it is also the row stride of their output. Qwen's 9228 rows (= 4 mod 8) made cuBLASLt pick an
+// sm80 CUTLASS kernel ("..._tn_align2") at 265 TFLOP/s for that GEMM, 24% of an 8K prefill (ncu, H200, 2026-11-28).
+std::int64_t gdn_proj_rows(const GdnConfig& g) {
+  const std::int64_t n = 2 * g.key_dim() + 2 * g.value_dim() + 2 * g.num_v_heads;
+  return (n + 15) / 16 * 16;
+}
+
 // Scratch bytes of the chunked scan kernels for a prefill call of C tokens (0 when they are off or unused).
 std::int64_t scan_workspace_bytes(const ModelConfig& c, const CudaEngineOptions& o, std::int64_t C, int cp = 1) {
   if (!o.chunked_scans || C < 2) return 0;
@@ -119,7 +130,7 @@ std::int64_t scan_workspace_bytes(const ModelConfig& c, const CudaEngineOptions&
 // Columns of the stacked projections' output (MLP gate | up; GDN q | k | v | g | a | b).
 std::int64_t fused_width(const ModelConfig& c) {
   std::int64_t w = 2 * c.intermediate_size;
-  if (c.count(MixerKind::kGDN) > 0) w = std::max(w, 2 * c.gdn.key_dim() + 2 * c.gdn.value_dim() + 2 * c.gdn.num_v_heads);
+  if (c.count(MixerKind::kGDN) > 0) w = std::max(w, gdn_proj_rows(c.gdn));
   return w;
 }
 
@@ -425,8 +436,7 @@ CudaMemoryPlan plan_cuda_memory(const ModelConfig& c, const CudaEngineOptions& o
       }
       case MixerKind::kGDN: {
         const auto& g = c.gdn;
-        p.weights += 2 * mat_bytes(g.key_dim(), H) + 2 * mat_bytes(g.value_dim(), H) + 2 * mat_bytes(g.num_v_heads, H) +
-                     mat_bytes(H, g.value_dim());
+        p.weights += mat_bytes(gdn_proj_rows(g), H) + mat_bytes(H, g.value_dim());
         p.states += static_cast<std::uint64_t>((g.conv_size - 1) * (2 * g.key_dim() + g.value_dim()) +
                                                g.num_v_heads * g.head_k_dim * g.head_v_dim) * 4;
         widest = std::max(widest, g.value_dim());
@@ -648,7 +658,8 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int
       }
       case MixerKind::kGDN: {
         const auto& c = config_.gdn;
-        d.gdn.qkvgab = upload_bf16_rows({&s.gdn.q, &s.gdn.k, &s.gdn.v, &s.gdn.g, &s.gdn.a, &s.gdn.b});
+        d.gdn.qkvgab = upload_bf16_rows({&s.gdn.q, &s.gdn.k, &s.gdn.v, &s.gdn.g, &s.gdn.a, &s.gdn.b}, gdn_proj_rows(c),
+                                        config_.hidden_size);
         d.gdn.o = upload_bf16(s.gdn.o);
         {
           std::vector<float> taps(s.gdn.q_conv.data);
@@ -1165,6 +1176,7 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
           m.timed("mla decode", [&] { k::mla_absorb_q_cuda(shape, 1, q, L.mla.kv_b.get(), q_lat, q_pe, st); });
           const bool cp = cp_size_ > 1;
           k::MlaDecodeCudaParams p;
+          p.q_hi_lo = options_.mla_q_hi_lo;
           p.T = 1;
           p.S = pos_dev != nullptr ? capacity_ : Sk;  // with pos_dev: the bound; S = position + 1 on the device
           p.pos_dev = pos_dev;
@@ -1366,7 +1378,7 @@ void CudaEngine::gdn_mixer(std::size_t li, float* x, std::int64_t T, float* conv
   const std::int64_t Kd = c.key_dim(), Vd = c.value_dim(), Hv = c.num_v_heads;
   // One GEMM for the six projections; the convs and the gate read their columns in place, a and b are
   // made contiguous for the prepare op (a single row already is).
-  const std::int64_t W = 2 * Kd + 2 * Vd + 2 * Hv;
+  const std::int64_t W = gdn_proj_rows(c);  // 2 Kd + 2 Vd + 2 Hv, padded (zero rows)
   float* y = m.fused.get();
   m.project(in_norm, T, H, m.h.get(), L.gdn.qkvgab, W, y, false, false);
   float* gate = y + 2 * Kd + Vd;
@@ -1714,7 +1726,7 @@ void CudaEngine::cp_recurrent_layer(std::size_t li, const comm::SequencePartitio
       stride = c.in_proj_rows();
     } else {
       const auto& c = config_.gdn;
-      stride = 2 * c.key_dim() + 2 * c.value_dim() + 2 * c.num_v_heads;
+      stride = gdn_proj_rows(c);
       m.project(m.rms(x, Ly.input_norm), n, H, m.h.get(), Ly.gdn.qkvgab, stride, m.fused.get(), false, false);
       raw = m.fused.get();
     }

@@ -34,6 +34,10 @@ struct CudaEngineOptions {
   bool chunked_scans = true;              // prefill scans by the chunked kernels (false: the recurrent ones)
   bool cudnn_attention = true;            // prefill attention through cuDNN SDPA where available (else own kernel)
   bool decode_gemv = true;                // projections of 1-4 token rows by kernels/gemv_cuda.h (else cuBLASLt)
+  // MLA decode with the queries as hi + lo bf16 pairs (scores as with fp32 q; MlaDecodeCudaParams::q_hi_lo)
+  // rather than one bf16 rounding of q. The rounding's noise (o_lat ~1.7e-3 relative) flipped near-tied greedy
+  // tokens between CP / TP layouts and one GPU (4 x H200, 2026-11-28); the pairs cost <2% of the decode kernel.
+  bool mla_q_hi_lo = true;
   // Keep the decompressed K/V of every prompt position for the prefill (n_MLA x nKV x (dqk + dv) x 2 bytes per
   // token): each chunk then decompresses only its own tokens and attends in one call. Dropped automatically
   // (with a log line) when it does not fit; then every chunk re-decompresses the cached latents block by block.

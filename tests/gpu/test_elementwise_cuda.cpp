@@ -111,6 +111,9 @@ TEST(RmsNormCuda, MatchesCpuTwin) {
                         {7, 4096, 0, 0, false, false},    {2003, 4096, 0, 0, true, false}, {13, 33, 40, 35, false, false},
                         {13, 33, 40, 37, true, false},    {1, 4096, 0, 0, true, false},  {5, 4096, 0, 0, false, true},
                         {9, 512, 576, 576, false, true},  // MLA's kv_a_norm in place inside ckv
+                        // >= 64 aligned rows: the row-per-warp kernel (every float4-per-lane width, partial lanes)
+                        {4099, 2048, 0, 0, true, false},  {300, 3072, 0, 0, false, false}, {130, 4096, 4100, 4104, true, false},
+                        {257, 512, 576, 576, false, true}, {65, 36, 0, 0, false, false},   {64, 1000, 0, 0, true, false},
                         {1048583, 3, 0, 0, false, false}};  // more rows than blocks: the row loop
   for (const Case& c : cases) {
     const std::string name = "rmsnorm rows " + std::to_string(c.rows) + " dim " + std::to_string(c.dim) + " strides " +
@@ -230,7 +233,11 @@ TEST(GatedRmsNormCuda, MatchesCpuTwinBothOrders) {
       {2003, 256, 64, 0, false, false, false},   {3, 4096, 4096, 0, false, false, false},  // Mamba2, 1 group
       {5, 4096, 512, 8200, true, true, false},   // GDN-like: [group] weight, z inside a wider buffer, bf16 out
       {5, 4096, 128, 0, false, true, false},     {13, 96, 32, 0, true, false, true},
-      {13, 96, 32, 200, false, false, true},     {300007, 12, 3, 0, false, false, false}};  // > 2^20 blocks
+      {13, 96, 32, 200, false, false, true},     {300007, 12, 3, 0, false, false, false},  // > 2^20 blocks
+      // >= 64 aligned rows: one warp per (row, group), groups of 1 to 8 float4 per lane
+      {4099, 3072, 512, 3084, true, true, false}, {300, 3072, 128, 0, false, false, false},
+      {65, 1024, 1024, 0, false, true, false},    {70, 120, 60, 124, true, false, false},
+      {129, 512, 256, 0, false, false, true}};
   for (const kernels::GateOrder order : {kernels::GateOrder::kGateThenNorm, kernels::GateOrder::kNormThenGate}) {
     for (const Case& c : cases) {
       const std::string name =
@@ -304,7 +311,11 @@ TEST(SwigluCuda, MatchesCpuTwin) {
                         {2003, 128, false, 0, false, false}, {13, 4096, true, 0, true, false},
                         {9, 33, false, 47, true, false},     {9, 33, false, 47, false, false},
                         {31, 257, true, 514, false, true},  // in place over the gate half
-                        {70001, 3, false, 0, false, false}};  // rows > 65535: the grid.y loop
+                        {70001, 3, false, 0, false, false},  // rows > 65535: the grid.y loop
+                        // dim % 4 == 0, aligned: four values per thread (odd and even row counts per block)
+                        {2003, 6144, true, 0, true, false},  {129, 256, true, 512, false, true},
+                        {64, 1028, false, 1032, false, false}, {1, 8192, true, 0, true, false},
+                        {70001, 4, false, 0, true, false}};
   for (const Case& c : cases) {
     const std::string name = "swiglu rows " + std::to_string(c.rows) + " dim " + std::to_string(c.dim) +
                              (c.fused ? " fused gate|up" : "") + " out_stride " + std::to_string(c.out_stride) +
