@@ -61,11 +61,26 @@ using testing_cuda::rel_l2;
 struct Result {
   double prefill = 0, decode = 0;
   int same = 0, steps = 0;
+  int ties = 0;                      // steps whose picks differ at a near-tie of the one-GPU logits (see kTie)
   std::vector<std::int32_t> tokens;  // the parallel engine's greedy picks (prefill and every step)
 };
 
+// Greedy picks of a parallel layout and of one GPU are the same up to the rounding of different summation orders
+// (bf16 activations: the layouts' logits differ by ~1e-2 relative L2). A step whose picks differ passes only as a
+// near-tie: the one-GPU logits of the two picks are less than kTie x the RMS of the logit differences of the two
+// engines apart (of the same step, or of the last step with both rows when the step ran top-k on the GPU), and at
+// most one such step per sequence. Seen once, 2026-11-28 (TP 2 x CP 2 on 4 x H200, golden mixed, step 6 of 32).
+constexpr double kTie = 4.0;
+
+double rms_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double s = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) s += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+  return std::sqrt(s / static_cast<double>(std::max<std::size_t>(a.size(), 1)));
+}
+
 // One sequence on both engines: the prompt, then `steps` greedy steps alternating the two decode paths (logits to
-// the host, compared; the GPU top-1). `gather` turns the parallel engine's logits into the full vocabulary row.
+// the host, compared; the GPU top-k, k = 2 so that a differing pick can be checked against the one-GPU runner-up).
+// `gather` turns the parallel engine's logits into the full vocabulary row.
 template <class Gather>
 void run_sequence(CudaEngine& one, CudaEngine& par, const std::vector<std::int32_t>& prompt, int steps, Gather gather,
                   Result& res, const std::string& what) {
@@ -80,22 +95,43 @@ void run_sequence(CudaEngine& one, CudaEngine& par, const std::vector<std::int32
   EXPECT_EQ(argmax(all), argmax(ref)) << what << ": prefill of " << prompt.size();
   res.tokens.push_back(argmax(all));
   std::int32_t t = argmax(ref);
+  double noise = rms_diff(all, ref);  // RMS logit difference of the last step with both rows
+  int ties = 0;
   for (int i = 0; i < steps; ++i, ++res.steps) {
     std::int32_t a = 0, b = 0;
+    double gap = 0;  // one GPU: logit of its pick minus logit of the parallel engine's pick (when they differ)
+    bool gap_known = true;
     if (i % 2 == 0) {
       one.forward(std::span<const std::int32_t>(&t, 1), ref.data(), false);
       par.forward(std::span<const std::int32_t>(&t, 1), mine.data(), false);
       all = gather(mine);
       res.decode = std::max(res.decode, rel_l2(all, ref));
+      noise = rms_diff(all, ref);
       a = argmax(ref);
       b = argmax(all);
+      gap = static_cast<double>(ref[static_cast<std::size_t>(a)]) - ref[static_cast<std::size_t>(b)];
     } else {
-      a = one.forward_top(std::span<const std::int32_t>(&t, 1), 1)[0].second;
-      b = par.forward_top(std::span<const std::int32_t>(&t, 1), 1)[0].second;
+      const auto top_one = one.forward_top(std::span<const std::int32_t>(&t, 1), 2);
+      const auto top_par = par.forward_top(std::span<const std::int32_t>(&t, 1), 2);
+      a = top_one[0].second;
+      b = top_par[0].second;
+      gap_known = b == top_one[1].second;  // else the parallel pick is not even the one-GPU runner-up
+      gap = static_cast<double>(top_one[0].first) - top_one[1].first;
     }
     res.same += a == b ? 1 : 0;
     res.tokens.push_back(b);
-    EXPECT_EQ(a, b) << what << ": decode step " << i << " after a prompt of " << prompt.size();
+    if (a != b) {
+      const bool tie = gap_known && gap <= kTie * noise;
+      ++ties;
+      ++res.ties;
+      std::printf("  %s: decode step %d after a prompt of %zu: one GPU picks %d, the parallel engine %d; one-GPU logit "
+                  "gap %.4g vs %.1f x RMS logit difference %.4g: %s\n",
+                  what.c_str(), i, prompt.size(), a, b, gap, kTie, noise,
+                  tie ? "a near-tie" : gap_known ? "NOT a near-tie" : "not the one-GPU runner-up");
+      EXPECT_TRUE(tie) << what << ": decode step " << i << " after a prompt of " << prompt.size() << " picks " << b
+                       << ", one GPU " << a << " (logit gap " << gap << ", RMS logit difference " << noise << ")";
+      EXPECT_LE(ties, 1) << what << ": more than one step with differing picks in a sequence";
+    }
     t = a;
   }
   EXPECT_EQ(par.length(), one.length());
@@ -191,7 +227,7 @@ TEST_F(CudaCp, TinyRandomMatchesCpuLikeOneGpu) {
   CudaEngine par(m.cfg, m.w, 600, o, nullptr, cp.get());
   one.forward(prompt, a.data(), false);
   par.forward(prompt, b.data(), false);
-  double one_err = rel_l2(a, ref), cp_err = rel_l2(b, ref), one_dec = 0, cp_dec = 0;
+  double one_err = rel_l2(a, ref), cp_err = rel_l2(b, ref), one_dec = 0, cp_dec = 0, cp_one = rel_l2(b, a);
   int one_same = 0, cp_same = 0;
   const int steps = 32;
   for (int i = 0; i < steps; ++i) {  // teacher-forced with the CPU engine's greedy tokens
@@ -205,18 +241,23 @@ TEST_F(CudaCp, TinyRandomMatchesCpuLikeOneGpu) {
     par.forward(std::span<const std::int32_t>(&t, 1), b.data(), false);
     one_dec = std::max(one_dec, rel_l2(a, ref));
     cp_dec = std::max(cp_dec, rel_l2(b, ref));
+    cp_one = std::max(cp_one, rel_l2(b, a));
   }
   const double bound = std::max(2e-2, 1.25 * floor);  // test_cuda_engine's bound for one GPU vs the CPU
   if (world_->rank() == 0) {
     std::printf("  CP %d zigzag, hylo-tiny (random weights) vs the CPU engine: %lld-token prompt logits rel L2 %.2e (one GPU "
-                "%.2e), decode %.2e (one GPU %.2e); greedy = CPU's at %d/%d steps (one GPU %d/%d); bound %.2e\n",
-                world_->size(), static_cast<long long>(T), cp_err, one_err, cp_dec, one_dec, cp_same, steps, one_same,
-                steps, bound);
+                "%.2e), decode %.2e (one GPU %.2e); CP vs one GPU %.2e; greedy = CPU's at %d/%d steps (one GPU %d/%d); "
+                "bound %.2e\n",
+                world_->size(), static_cast<long long>(T), cp_err, one_err, cp_dec, one_dec, cp_one, cp_same, steps,
+                one_same, steps, bound);
   }
   EXPECT_LE(cp_err, bound);
   EXPECT_LE(cp_dec, bound);
   EXPECT_LE(cp_err, 1.25 * std::max(one_err, 1e-3));
-  EXPECT_LE(cp_dec, 1.25 * std::max(one_dec, 1e-3));
+  // Decode: CP against one GPU directly, with the golden test's decode bound. (A ratio of the two engines' worst
+  // errors against the CPU, max over 32 teacher-forced steps, moved by more than that difference between builds:
+  // 3.27e-2 vs 3.19e-2 one run, 3.90e-2 vs 2.88e-2 the next, 4 x H200, 2026-11-28.)
+  EXPECT_LE(cp_one, 2e-2);
 }
 
 // TP 2 x CP 2 on 4 ranks (skipped with another world size): the TP ranks' vocabulary slices gathered over TP.
