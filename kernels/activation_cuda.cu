@@ -18,7 +18,9 @@ constexpr int kThreads = 256;
 constexpr std::int64_t kMaxBlocksX = std::int64_t{1} << 16;
 constexpr std::int64_t kMaxBlocksY = 65535;
 
-dim3 flat_grid(std::int64_t n) { return dim3(static_cast<unsigned>(std::min(cuda::ceil_div(n, kThreads), kMaxBlocksX))); }
+dim3 flat_grid(std::int64_t n) {
+  return dim3(static_cast<unsigned>(std::min(cuda::ceil_div(n, kThreads), kMaxBlocksX)));
+}
 
 dim3 row_grid(std::int64_t rows, std::int64_t cols) {
   return dim3(static_cast<unsigned>(std::min(cuda::ceil_div(cols, kThreads), kMaxBlocksX)),
@@ -35,6 +37,7 @@ __device__ __forceinline__ std::int64_t flat_stride() { return static_cast<std::
 template <class TOut>
 __global__ void swiglu_kernel(SwigluCudaParams p, std::int64_t gs, std::int64_t us, std::int64_t os) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   for (std::int64_t r = blockIdx.y; r < p.rows; r += gridDim.y) {
     const float* g = p.gate + r * gs;
     const float* u = p.up + r * us;
@@ -49,6 +52,7 @@ __global__ void swiglu_kernel(SwigluCudaParams p, std::int64_t gs, std::int64_t 
 template <class TOut>
 __global__ void swiglu4_kernel(SwigluCudaParams p, std::int64_t gs, std::int64_t us, std::int64_t os) {
   cuda::pdl_trigger();
+  cuda::pdl_wait();
   const std::int64_t i = 4 * flat_index();
   if (i >= p.dim) return;
   auto one = [&](float4 g, float4 u, std::int64_t r) {
@@ -76,6 +80,7 @@ __global__ void add_inplace_kernel(float* y, const float* x, std::int64_t n) {
 
 __global__ void embedding_kernel(EmbeddingCudaParams p) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   for (std::int64_t t = blockIdx.y; t < p.T; t += gridDim.y) {
     const std::int64_t local = static_cast<std::int64_t>(p.ids[t]) - p.vocab_begin;
     const bool mine = local >= 0 && local < p.vocab_local;
@@ -87,6 +92,7 @@ __global__ void embedding_kernel(EmbeddingCudaParams p) {
 
 __global__ void convert_bf16_kernel(const float* x, bf16* y, std::int64_t n) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   for (std::int64_t i = flat_index(); i < n; i += flat_stride()) y[i] = cuda::from_float<bf16>(x[i]);
 }
 
@@ -101,26 +107,31 @@ void swiglu_cuda(const SwigluCudaParams& p, cudaStream_t stream) {
   const std::int64_t gs = p.gate_stride ? p.gate_stride : p.dim;
   const std::int64_t us = p.up_stride ? p.up_stride : p.dim;
   const std::int64_t os = p.out_stride ? p.out_stride : p.dim;
-  const bool vec = p.dim % 4 == 0 && p.dim / 4 <= kThreads * kMaxBlocksX && gs % 4 == 0 && us % 4 == 0 && os % 4 == 0 && cuda::aligned4<float>(p.gate) &&
-                   cuda::aligned4<float>(p.up) &&
+  const bool vec = p.dim % 4 == 0 && p.dim / 4 <= kThreads * kMaxBlocksX && gs % 4 == 0 && us % 4 == 0 && os % 4 == 0 &&
+                   cuda::aligned4<float>(p.gate) && cuda::aligned4<float>(p.up) &&
                    (p.out_bf16 ? cuda::aligned4<bf16>(p.out) : cuda::aligned4<float>(p.out));
   if (vec) {
     // ~16 resident blocks per SM on the largest GPUs, each looping over its rows.
     const dim3 grid(static_cast<unsigned>(cuda::ceil_div(p.dim / 4, kThreads)),
-                    static_cast<unsigned>(std::min<std::int64_t>(p.rows, std::max<std::int64_t>(1, 4096 / cuda::ceil_div(p.dim / 4, kThreads)))));
+                    static_cast<unsigned>(std::min<std::int64_t>(
+                        p.rows, std::max<std::int64_t>(1, 4096 / cuda::ceil_div(p.dim / 4, kThreads)))));
     if (p.out_bf16) {
-      swiglu4_kernel<bf16><<<grid, kThreads, 0, stream>>>(p, gs, us, os);
+      cuda::launch_pdl(swiglu4_kernel<bf16>, dim3(grid), dim3(kThreads), 0, stream, cuda::pdl_allowed(stream), p, gs,
+                       us, os);
     } else {
-      swiglu4_kernel<float><<<grid, kThreads, 0, stream>>>(p, gs, us, os);
+      cuda::launch_pdl(swiglu4_kernel<float>, dim3(grid), dim3(kThreads), 0, stream, cuda::pdl_allowed(stream), p, gs,
+                       us, os);
     }
     HYLO_CUDA_LAUNCH_CHECK();
     return;
   }
   const dim3 grid = row_grid(p.rows, p.dim);
   if (p.out_bf16) {
-    swiglu_kernel<bf16><<<grid, kThreads, 0, stream>>>(p, gs, us, os);
+    cuda::launch_pdl(swiglu_kernel<bf16>, dim3(grid), dim3(kThreads), 0, stream, cuda::pdl_allowed(stream), p, gs, us,
+                     os);
   } else {
-    swiglu_kernel<float><<<grid, kThreads, 0, stream>>>(p, gs, us, os);
+    cuda::launch_pdl(swiglu_kernel<float>, dim3(grid), dim3(kThreads), 0, stream, cuda::pdl_allowed(stream), p, gs, us,
+                     os);
   }
   HYLO_CUDA_LAUNCH_CHECK();
 }
@@ -139,13 +150,15 @@ void add_inplace_cuda(float* y, const float* x, std::int64_t n, cudaStream_t str
 
 void embedding_cuda(const EmbeddingCudaParams& p, cudaStream_t stream) {
   if (p.T <= 0 || p.hidden <= 0) return;
-  embedding_kernel<<<row_grid(p.T, p.hidden), kThreads, 0, stream>>>(p);
+  cuda::launch_pdl(embedding_kernel, dim3(row_grid(p.T, p.hidden)), dim3(kThreads), 0, stream,
+                   cuda::pdl_allowed(stream), p);
   HYLO_CUDA_LAUNCH_CHECK();
 }
 
 void convert_bf16_cuda(const float* x, __nv_bfloat16* y, std::int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
-  convert_bf16_kernel<<<flat_grid(n), kThreads, 0, stream>>>(x, y, n);
+  cuda::launch_pdl(convert_bf16_kernel, dim3(flat_grid(n)), dim3(kThreads), 0, stream, cuda::pdl_allowed(stream), x, y,
+                   n);
   HYLO_CUDA_LAUNCH_CHECK();
 }
 

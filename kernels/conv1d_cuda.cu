@@ -23,6 +23,7 @@ constexpr std::int64_t kMaxBlocksY = 65535;
 
 __global__ void causal_conv1d_kernel(CausalConv1dCudaParams p, std::int64_t xs, std::int64_t ss) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   const std::int64_t C = p.channels, K = p.kernel, keep = K - 1;
   const std::int64_t c_stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t t = blockIdx.y; t < p.T; t += gridDim.y) {
@@ -48,6 +49,7 @@ constexpr std::int64_t kRun = 32;
 template <int KT, bool kShift>
 __global__ void causal_conv1d_run_kernel(CausalConv1dCudaParams p, std::int64_t xs, std::int64_t ss) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   const std::int64_t C = p.channels, keep = KT - 1;
   const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
@@ -55,7 +57,8 @@ __global__ void causal_conv1d_run_kernel(CausalConv1dCudaParams p, std::int64_t 
 #pragma unroll
   for (int j = 0; j < KT; ++j) w[j] = p.w[c * KT + j];
   const float bias = p.bias ? p.bias[c] : 0.0f;
-  for (std::int64_t t0 = static_cast<std::int64_t>(blockIdx.y) * kRun; t0 < p.T; t0 += static_cast<std::int64_t>(gridDim.y) * kRun) {
+  for (std::int64_t t0 = static_cast<std::int64_t>(blockIdx.y) * kRun; t0 < p.T;
+       t0 += static_cast<std::int64_t>(gridDim.y) * kRun) {
     const std::int64_t t1 = t0 + kRun < p.T ? t0 + kRun : p.T;
     float win[KT];
 #pragma unroll
@@ -89,6 +92,7 @@ __global__ void causal_conv1d_run_kernel(CausalConv1dCudaParams p, std::int64_t 
 
 __global__ void conv_state_update_kernel(CausalConv1dCudaParams p, std::int64_t xs, std::int64_t ss) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   const std::int64_t C = p.channels, keep = p.kernel - 1;
   const std::int64_t c_stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < C; c += c_stride) {
@@ -109,18 +113,21 @@ void causal_conv1d_cuda(const CausalConv1dCudaParams& p, cudaStream_t stream) {
   if (p.kernel == 4 && cuda::ceil_div(p.channels, kThreads) <= kMaxBlocksX) {
     const dim3 grid(cblocks, static_cast<unsigned>(std::min(cuda::ceil_div(p.T, kRun), kMaxBlocksY)));
     if (p.T <= kRun) {
-      causal_conv1d_run_kernel<4, true><<<grid, kThreads, 0, stream>>>(p, xs, ss);
+      cuda::launch_pdl(causal_conv1d_run_kernel<4, true>, dim3(grid), dim3(kThreads), 0, stream,
+                       cuda::pdl_allowed(stream), p, xs, ss);
       HYLO_CUDA_LAUNCH_CHECK();
       return;
     }
-    causal_conv1d_run_kernel<4, false><<<grid, kThreads, 0, stream>>>(p, xs, ss);
+    cuda::launch_pdl(causal_conv1d_run_kernel<4, false>, dim3(grid), dim3(kThreads), 0, stream,
+                     cuda::pdl_allowed(stream), p, xs, ss);
   } else {
     const dim3 grid(cblocks, static_cast<unsigned>(std::min(p.T, kMaxBlocksY)));
-    causal_conv1d_kernel<<<grid, kThreads, 0, stream>>>(p, xs, ss);
+    cuda::launch_pdl(causal_conv1d_kernel, dim3(grid), dim3(kThreads), 0, stream, cuda::pdl_allowed(stream), p, xs, ss);
   }
   HYLO_CUDA_LAUNCH_CHECK();
   if (p.kernel > 1) {
-    conv_state_update_kernel<<<cblocks, kThreads, 0, stream>>>(p, xs, ss);
+    cuda::launch_pdl(conv_state_update_kernel, dim3(cblocks), dim3(kThreads), 0, stream, cuda::pdl_allowed(stream), p,
+                     xs, ss);
     HYLO_CUDA_LAUNCH_CHECK();
   }
 }

@@ -49,6 +49,7 @@ constexpr int kPrepRowsPerBlock = kPrepThreads / 32;  // one warp per (t, k-head
 __global__ void __launch_bounds__(kPrepThreads) gdn_l2norm_qk_kernel(float* q, float* k, int64_t rows, int64_t dk,
                                                                       float qscale) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kPrepRowsPerBlock + (threadIdx.x >> 5);
   if (r >= rows) return;  // whole warps leave; no block barrier below
   const int lane = static_cast<int>(threadIdx.x & 31);
@@ -74,6 +75,7 @@ __device__ __forceinline__ float softplus_f(float x) { return x > 20.0f ? x : lo
 
 __global__ void __launch_bounds__(kPrepThreads) gdn_gates_kernel(GdnPrepareParams p, int64_t n) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   const int64_t x = static_cast<int64_t>(blockIdx.x) * kPrepThreads + threadIdx.x;
   if (x >= n) return;
   const int64_t h = x % p.n_v_heads;
@@ -90,6 +92,7 @@ constexpr int kCols = 32;              // state columns per block, one per lane
 template <int R>  // state rows per thread: dk <= kWarps * R
 __global__ void __launch_bounds__(kThreads) gdn_recurrent_kernel(GdnScanParams p) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   constexpr int DK = kWarps * R;          // padded dk
   constexpr int L = DK <= 128 ? 16 : 8;   // tokens per stage (shared memory budget, see the file comment)
   __shared__ float sk[L][DK];             // k_t, zero beyond dk
@@ -197,15 +200,15 @@ void launch_recurrent(const GdnScanParams& p, cudaStream_t stream) {
   const int64_t dk = p.head_k_dim;
   // The closed set of instantiations: R = 2, 4, 8, 16, 32 rows per thread, dk <= 8 R.
   if (dk <= 16) {
-    gdn_recurrent_kernel<2><<<grid, kThreads, 0, stream>>>(p);
+    cuda::launch_pdl(gdn_recurrent_kernel<2>, dim3(grid), dim3(kThreads), 0, stream, cuda::pdl_allowed(stream), p);
   } else if (dk <= 32) {
-    gdn_recurrent_kernel<4><<<grid, kThreads, 0, stream>>>(p);
+    cuda::launch_pdl(gdn_recurrent_kernel<4>, dim3(grid), dim3(kThreads), 0, stream, cuda::pdl_allowed(stream), p);
   } else if (dk <= 64) {
-    gdn_recurrent_kernel<8><<<grid, kThreads, 0, stream>>>(p);
+    cuda::launch_pdl(gdn_recurrent_kernel<8>, dim3(grid), dim3(kThreads), 0, stream, cuda::pdl_allowed(stream), p);
   } else if (dk <= 128) {
-    gdn_recurrent_kernel<16><<<grid, kThreads, 0, stream>>>(p);
+    cuda::launch_pdl(gdn_recurrent_kernel<16>, dim3(grid), dim3(kThreads), 0, stream, cuda::pdl_allowed(stream), p);
   } else if (dk <= 256) {
-    gdn_recurrent_kernel<32><<<grid, kThreads, 0, stream>>>(p);
+    cuda::launch_pdl(gdn_recurrent_kernel<32>, dim3(grid), dim3(kThreads), 0, stream, cuda::pdl_allowed(stream), p);
   } else {
     throw std::invalid_argument("gdn cuda: head_k_dim " + std::to_string(dk) + " > 256 is not supported");
   }
@@ -227,13 +230,14 @@ void gdn_prepare_cuda(const GdnPrepareParams& p, cudaStream_t stream) {
   const int64_t rows = p.T * p.n_k_heads;
   if (rows > 0 && p.head_k_dim > 0) {
     const float qscale = 1.0f / std::sqrt(static_cast<float>(p.head_k_dim));
-    gdn_l2norm_qk_kernel<<<static_cast<unsigned>(cuda::ceil_div(rows, kPrepRowsPerBlock)), kPrepThreads, 0,
-                           stream>>>(p.q, p.k, rows, p.head_k_dim, qscale);
+    cuda::launch_pdl(gdn_l2norm_qk_kernel, dim3(static_cast<unsigned>(cuda::ceil_div(rows, kPrepRowsPerBlock))),
+                     dim3(kPrepThreads), 0, stream, cuda::pdl_allowed(stream), p.q, p.k, rows, p.head_k_dim, qscale);
     HYLO_CUDA_LAUNCH_CHECK();
   }
   const int64_t n = p.T * p.n_v_heads;
   if (n > 0) {
-    gdn_gates_kernel<<<static_cast<unsigned>(cuda::ceil_div(n, kPrepThreads)), kPrepThreads, 0, stream>>>(p, n);
+    cuda::launch_pdl(gdn_gates_kernel, dim3(static_cast<unsigned>(cuda::ceil_div(n, kPrepThreads))), dim3(kPrepThreads),
+                     0, stream, cuda::pdl_allowed(stream), p, n);
     HYLO_CUDA_LAUNCH_CHECK();
   }
 }

@@ -53,6 +53,7 @@ __device__ __forceinline__ double softplus_d(double v) { return v > 20.0 ? v : l
 template <int K, Mode kMode>
 __global__ void __launch_bounds__(kThreads) mamba2_recurrent_kernel(Mamba2ScanParams p, const float* state_in) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   constexpr bool kIsScan = kMode == Mode::kScan;
   constexpr int NP = 32 * K;             // padded d_state
   constexpr int kBRows = kIsScan ? kStage : 1;  // the correction needs no B / x / dt staging
@@ -185,13 +186,17 @@ void launch_recurrent(const Mamba2ScanParams& p, const float* state_in, cudaStre
   const std::int64_t N = p.d_state;
   // The closed set of instantiations: lanes hold K = 1, 2, 4 or 8 state entries of a row.
   if (N <= 32) {
-    mamba2_recurrent_kernel<1, kMode><<<grid, kThreads, 0, stream>>>(p, state_in);
+    cuda::launch_pdl(mamba2_recurrent_kernel<1, kMode>, dim3(grid), dim3(kThreads), 0, stream,
+                     cuda::pdl_allowed(stream), p, state_in);
   } else if (N <= 64) {
-    mamba2_recurrent_kernel<2, kMode><<<grid, kThreads, 0, stream>>>(p, state_in);
+    cuda::launch_pdl(mamba2_recurrent_kernel<2, kMode>, dim3(grid), dim3(kThreads), 0, stream,
+                     cuda::pdl_allowed(stream), p, state_in);
   } else if (N <= 128) {
-    mamba2_recurrent_kernel<4, kMode><<<grid, kThreads, 0, stream>>>(p, state_in);
+    cuda::launch_pdl(mamba2_recurrent_kernel<4, kMode>, dim3(grid), dim3(kThreads), 0, stream,
+                     cuda::pdl_allowed(stream), p, state_in);
   } else if (N <= 256) {
-    mamba2_recurrent_kernel<8, kMode><<<grid, kThreads, 0, stream>>>(p, state_in);
+    cuda::launch_pdl(mamba2_recurrent_kernel<8, kMode>, dim3(grid), dim3(kThreads), 0, stream,
+                     cuda::pdl_allowed(stream), p, state_in);
   } else {
     throw std::invalid_argument("mamba2 cuda: d_state " + std::to_string(N) + " > 256 is not supported");
   }

@@ -144,9 +144,9 @@ constexpr int kExpCols = 16;
 constexpr int kExpRows = 8;
 constexpr int kExpThreads = 32 * kExpRows;
 
-__global__ void __launch_bounds__(kExpThreads) expand_o_tiled(MlaShape s, std::int64_t T, const float* __restrict__ o_lat,
-                                                              const bf16* __restrict__ kv_b, bf16* __restrict__ o,
-                                                              bool vec) {
+__global__ void __launch_bounds__(kExpThreads)
+    expand_o_tiled(MlaShape s, std::int64_t T, const float* __restrict__ o_lat, const bf16* __restrict__ kv_b,
+                   bf16* __restrict__ o, bool vec) {
   extern __shared__ __align__(16) unsigned char exp_smem[];
   const int r = static_cast<int>(s.r);
   bf16* ws = reinterpret_cast<bf16*>(exp_smem);                 // [kExpCols][r]
@@ -199,6 +199,7 @@ __global__ void __launch_bounds__(kExpThreads) expand_o_tiled(MlaShape s, std::i
 // One block per token: the norm's sum of squares over r (block_sum), then c and the rotated k_pe pairs.
 __global__ void append_latent(MlaLatentAppendParams p) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   __shared__ float scratch[32];
   const std::int64_t t = blockIdx.x;
   const std::int64_t lat = p.r + p.dr;
@@ -235,7 +236,8 @@ __global__ void append_latent(MlaLatentAppendParams p) {
 void mla_append_latent_cuda(const MlaLatentAppendParams& p, cudaStream_t stream) {
   if (p.T <= 0) return;
   const int threads = static_cast<int>(std::clamp<std::int64_t>(ceil_div(std::max(p.r, p.dr / 2), 32) * 32, 32, 256));
-  append_latent<<<static_cast<unsigned>(p.T), threads, 0, stream>>>(p);
+  cuda::launch_pdl(append_latent, dim3(static_cast<unsigned>(p.T)), dim3(threads), 0, stream, cuda::pdl_allowed(stream),
+                   p);
   HYLO_CUDA_LAUNCH_CHECK();
 }
 

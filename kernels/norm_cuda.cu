@@ -41,6 +41,7 @@ __device__ __forceinline__ float inv_rms(float sum_sq, std::int64_t n, float eps
 template <class TOut>
 __global__ void rmsnorm_kernel(RmsNormCudaParams p, std::int64_t xs, std::int64_t ys) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   __shared__ float scratch[32];
   for (std::int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
     const float* x = p.x + r * xs;
@@ -62,8 +63,10 @@ __global__ void rmsnorm_kernel(RmsNormCudaParams p, std::int64_t xs, std::int64_
 // same strides) is safe: a lane reads all its values before writing them.
 constexpr int kRowWarps = 8;  // rows (warps) per block
 template <class TOut, int kV>
-__global__ void __launch_bounds__(32 * kRowWarps) rmsnorm_rows_kernel(RmsNormCudaParams p, std::int64_t xs, std::int64_t ys) {
+__global__ void __launch_bounds__(32 * kRowWarps)
+    rmsnorm_rows_kernel(RmsNormCudaParams p, std::int64_t xs, std::int64_t ys) {
   cuda::pdl_trigger();
+  cuda::pdl_wait();
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int dim4 = static_cast<int>(p.dim / 4);
   const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kRowWarps + (threadIdx.x >> 5);
@@ -90,7 +93,8 @@ __global__ void __launch_bounds__(32 * kRowWarps) rmsnorm_rows_kernel(RmsNormCud
       const int c = lane + 32 * j;
       if (c < dim4) {
         const float4 w = __ldg(reinterpret_cast<const float4*>(p.w) + c);
-        cuda::store4(y + 4 * c, make_float4(w.x * (v[j].x * s), w.y * (v[j].y * s), w.z * (v[j].z * s), w.w * (v[j].w * s)));
+        cuda::store4(y + 4 * c,
+                     make_float4(w.x * (v[j].x * s), w.y * (v[j].y * s), w.z * (v[j].z * s), w.w * (v[j].w * s)));
       }
     }
   }
@@ -101,6 +105,7 @@ template <class TOut, int kV>
 __global__ void __launch_bounds__(32 * kRowWarps) gated_rmsnorm_rows_kernel(GatedRmsNormCudaParams p, std::int64_t zs,
                                                                            std::int64_t groups) {
   cuda::pdl_trigger();
+  cuda::pdl_wait();
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int g4 = static_cast<int>(p.group / 4);
   const bool gate_first = p.order == GateOrder::kGateThenNorm;
@@ -151,6 +156,7 @@ __global__ void __launch_bounds__(32 * kRowWarps) gated_rmsnorm_rows_kernel(Gate
 template <class TOut>
 __global__ void add_rmsnorm_kernel(AddRmsNormCudaParams p, std::int64_t ys) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   __shared__ float scratch[32];
   for (std::int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
     float* x = p.x + r * p.dim;
@@ -171,6 +177,7 @@ __global__ void add_rmsnorm_kernel(AddRmsNormCudaParams p, std::int64_t ys) {
 template <class TOut>
 __global__ void gated_rmsnorm_kernel(GatedRmsNormCudaParams p, std::int64_t zs, std::int64_t groups) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   __shared__ float scratch[32];
   const bool gate_first = p.order == GateOrder::kGateThenNorm;
   for (std::int64_t b = blockIdx.x; b < p.rows * groups; b += gridDim.x) {
@@ -214,7 +221,8 @@ unsigned row_warp_blocks(std::int64_t items) {
 
 template <class TOut, int kV>
 void launch_rmsnorm_rows(const RmsNormCudaParams& p, std::int64_t xs, std::int64_t ys, cudaStream_t stream) {
-  rmsnorm_rows_kernel<TOut, kV><<<row_warp_blocks(p.rows), 32 * kRowWarps, 0, stream>>>(p, xs, ys);
+  cuda::launch_pdl(rmsnorm_rows_kernel<TOut, kV>, dim3(row_warp_blocks(p.rows)), dim3(32 * kRowWarps), 0, stream,
+                   cuda::pdl_allowed(stream), p, xs, ys);
 }
 
 template <class TOut>
@@ -237,7 +245,8 @@ bool rmsnorm_rows(const RmsNormCudaParams& p, std::int64_t xs, std::int64_t ys, 
 
 template <class TOut, int kV>
 void launch_gated_rows(const GatedRmsNormCudaParams& p, std::int64_t zs, std::int64_t groups, cudaStream_t stream) {
-  gated_rmsnorm_rows_kernel<TOut, kV><<<row_warp_blocks(p.rows * groups), 32 * kRowWarps, 0, stream>>>(p, zs, groups);
+  cuda::launch_pdl(gated_rmsnorm_rows_kernel<TOut, kV>, dim3(row_warp_blocks(p.rows * groups)), dim3(32 * kRowWarps), 0,
+                   stream, cuda::pdl_allowed(stream), p, zs, groups);
 }
 
 template <class TOut>
@@ -267,9 +276,9 @@ void rmsnorm_cuda(const RmsNormCudaParams& p, cudaStream_t stream) {
   const unsigned grid = blocks_for(p.rows);
   const int block = threads_for(p.dim);
   if (p.y_bf16) {
-    rmsnorm_kernel<bf16><<<grid, block, 0, stream>>>(p, xs, ys);
+    cuda::launch_pdl(rmsnorm_kernel<bf16>, dim3(grid), dim3(block), 0, stream, cuda::pdl_allowed(stream), p, xs, ys);
   } else {
-    rmsnorm_kernel<float><<<grid, block, 0, stream>>>(p, xs, ys);
+    cuda::launch_pdl(rmsnorm_kernel<float>, dim3(grid), dim3(block), 0, stream, cuda::pdl_allowed(stream), p, xs, ys);
   }
   HYLO_CUDA_LAUNCH_CHECK();
 }
@@ -280,9 +289,9 @@ void add_rmsnorm_cuda(const AddRmsNormCudaParams& p, cudaStream_t stream) {
   const unsigned grid = blocks_for(p.rows);
   const int block = threads_for(p.dim);
   if (p.y_bf16) {
-    add_rmsnorm_kernel<bf16><<<grid, block, 0, stream>>>(p, ys);
+    cuda::launch_pdl(add_rmsnorm_kernel<bf16>, dim3(grid), dim3(block), 0, stream, cuda::pdl_allowed(stream), p, ys);
   } else {
-    add_rmsnorm_kernel<float><<<grid, block, 0, stream>>>(p, ys);
+    cuda::launch_pdl(add_rmsnorm_kernel<float>, dim3(grid), dim3(block), 0, stream, cuda::pdl_allowed(stream), p, ys);
   }
   HYLO_CUDA_LAUNCH_CHECK();
 }
@@ -298,9 +307,11 @@ void gated_rmsnorm_cuda(const GatedRmsNormCudaParams& p, cudaStream_t stream) {
   const unsigned grid = blocks_for(p.rows * groups);
   const int block = threads_for(p.group);
   if (p.y_bf16) {
-    gated_rmsnorm_kernel<bf16><<<grid, block, 0, stream>>>(p, zs, groups);
+    cuda::launch_pdl(gated_rmsnorm_kernel<bf16>, dim3(grid), dim3(block), 0, stream, cuda::pdl_allowed(stream), p, zs,
+                     groups);
   } else {
-    gated_rmsnorm_kernel<float><<<grid, block, 0, stream>>>(p, zs, groups);
+    cuda::launch_pdl(gated_rmsnorm_kernel<float>, dim3(grid), dim3(block), 0, stream, cuda::pdl_allowed(stream), p, zs,
+                     groups);
   }
   HYLO_CUDA_LAUNCH_CHECK();
 }

@@ -17,6 +17,7 @@ constexpr std::int64_t kMaxBlocks = std::int64_t{1} << 16;
 
 __global__ void rope_interleaved_kernel(RopeCudaParams p, std::int64_t half) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
+  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
   const std::int64_t n = p.T * half;
   const std::int64_t pos0 = p.pos_dev != nullptr ? static_cast<std::int64_t>(*p.pos_dev) : p.pos0;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
@@ -43,7 +44,8 @@ void rope_interleaved_cuda(const RopeCudaParams& p, cudaStream_t stream) {
   const std::int64_t half = p.dim / 2;
   if (p.T <= 0 || p.n_heads <= 0 || half == 0) return;
   const auto blocks = static_cast<unsigned>(std::min(cuda::ceil_div(p.T * half, kThreads), kMaxBlocks));
-  rope_interleaved_kernel<<<blocks, kThreads, 0, stream>>>(p, half);
+  cuda::launch_pdl(rope_interleaved_kernel, dim3(blocks), dim3(kThreads), 0, stream, cuda::pdl_allowed(stream), p,
+                   half);
   HYLO_CUDA_LAUNCH_CHECK();
 }
 
