@@ -251,7 +251,8 @@ void launch_gated_rows(const GatedRmsNormCudaParams& p, std::int64_t zs, std::in
 
 template <class TOut>
 bool gated_rmsnorm_rows(const GatedRmsNormCudaParams& p, std::int64_t zs, std::int64_t groups, cudaStream_t stream) {
-  if (p.rows < kRowsMinRows || p.group % 4 != 0 || p.group > 128 * 8 || zs % 4 != 0 ||
+  // dim % 4: rows start at r * dim (already so when dim = groups x group, as documented; a guard for any remainder).
+  if (p.rows < kRowsMinRows || p.group % 4 != 0 || p.group > 128 * 8 || p.dim % 4 != 0 || zs % 4 != 0 ||
       !cuda::aligned4<float>(p.x) || !cuda::aligned4<float>(p.z) || !cuda::aligned4<float>(p.w) ||
       !cuda::aligned4<TOut>(p.y)) {
     return false;
