@@ -664,7 +664,8 @@ DeviceInfo device_info(int dev) {
 // The cache as a 2-D tensor for TMA: [rows, dk] bf16, row pitch row_stride elements, boxes of 32 rows x 64 columns
 // with the 128-byte swizzle; out-of-range rows / columns read as zeros. False where the driver refuses it (the
 // caller then uses plain loads).
-bool make_cache_map(CUtensorMap* map, const bf16* cache, std::int64_t rows, int dk, std::int64_t row_stride) {
+bool make_cache_map(CUtensorMap* map, const bf16* cache, std::int64_t rows, int dk, std::int64_t row_stride,
+                    int box_rows = kSlot) {
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult q{};
@@ -678,11 +679,359 @@ bool make_cache_map(CUtensorMap* map, const bf16* cache, std::int64_t rows, int 
   if (encode == nullptr || rows < 1 || rows > std::numeric_limits<std::int32_t>::max()) return false;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(dk), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(row_stride) * 2};
-  const cuuint32_t box[2] = {kPanelCols, kSlot};
+  const cuuint32_t box[2] = {kPanelCols, static_cast<cuuint32_t>(box_rows)};
   const cuuint32_t elem[2] = {1, 1};
   return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(cache), dims, strides, box, elem,
                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// sm_90a: the split kernel on warpgroup MMA (wgmma), for T = 1 and the engine's head counts.
+//
+// Why: the mma.sync kernel above is instruction-bound, not latency- or bandwidth-bound. ncu (H200, Llama shape,
+// 512K): 59 warp instructions per cached token (HMMA 14%, address arithmetic and the k-group partial sums most of
+// the rest), 1.2 issued per cycle; a second consumer group of 8 warps (tried 2026-11-28) doubled the issue rate to
+// 2.1 but also the instructions per token (96: q from shared memory, 64-token tiles) and gained nothing. Both
+// shapes sat at ~4.1 G tokens/s whatever the bytes per token. One wgmma does a 64 x N x 16 product from shared
+// memory: the scores of 64 tokens for all heads over 16 columns are one instruction per warpgroup.
+//
+// Transposed products (tokens are the M dimension: 24 or 16 heads would waste most of an M = 64 tile):
+//   S^T [64 tokens, nH] = K [64, dk] Q^T: A = the tile's K rows (K-major: the TMA slot layout), B = q (K-major,
+//                         [nH][dk] bf16 in shared memory, hi then lo: two wgmma per k step into one accumulator).
+//   O^T [r, nH] += V^T [r, 64] P^T: A = the tile's first r columns read transposed (MN-major, the wgmma
+//                         transpose bit), B = P^T [nH][64 tokens] bf16 written to shared memory by the softmax.
+// Both operands of both products are 128-byte-swizzled shared memory (the TMA swizzle is the wgmma one), so the
+// cache bytes are read from shared memory by the tensor cores only. Accumulators: S^T nH / 2, O^T (r / 64) nH / 2
+// fp32 registers per thread (Llama 12 + 24, Qwen 8 + 32).
+// Softmax per head over the tile's 64 tokens: a thread holds 2 tokens x nH / 4 heads; max by a butterfly over
+// the 8 row lanes and the 4 warps (shared memory, one named barrier), partial sums per thread (rescaled like O,
+// reduced once per item). Work items are splits (one row group: T = 1, nH <= 32); tiles of 64 tokens = one ring
+// slot (one 64 x 64 TMA box per 64-column panel). The partials and the merge are the mma.sync path's.
+constexpr int kWgTile = 64;                     // tokens per tile and ring slot
+constexpr int kWgPanelBytes = kWgTile * 128;    // one 64-column panel of a slot
+constexpr int kWgThreads = 128 + 32;            // one consumer warpgroup + the producer warp
+constexpr int kWgMaxSlots = 16;
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define HYLO_HAS_WGMMA 1
+#else
+#define HYLO_HAS_WGMMA 0
+#endif
+
+#if HYLO_HAS_WGMMA
+template <int TA>
+__device__ __forceinline__ void wgmma_bf16(float (&d)[4], std::uint64_t da, std::uint64_t db, int scale_d) {
+  asm volatile(
+      "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %6, 0;\n\t"
+      "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, %4, %5, p, 1, 1, %7, 0;\n\t}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "l"(da), "l"(db), "r"(scale_d), "n"(TA));
+}
+template <int TA>
+__device__ __forceinline__ void wgmma_bf16(float (&d)[8], std::uint64_t da, std::uint64_t db, int scale_d) {
+  asm volatile(
+      "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %10, 0;\n\t"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, %11, 0;\n\t}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+      : "l"(da), "l"(db), "r"(scale_d), "n"(TA));
+}
+template <int TA>
+__device__ __forceinline__ void wgmma_bf16(float (&d)[12], std::uint64_t da, std::uint64_t db, int scale_d) {
+  asm volatile(
+      "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %14, 0;\n\t"
+      "wgmma.mma_async.sync.aligned.m64n24k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11}, %12, %13, p, 1, 1, %15, 0;\n\t}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11])
+      : "l"(da), "l"(db), "r"(scale_d), "n"(TA));
+}
+template <int TA>
+__device__ __forceinline__ void wgmma_bf16(float (&d)[16], std::uint64_t da, std::uint64_t db, int scale_d) {
+  asm volatile(
+      "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %18, 0;\n\t"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, 0;\n\t}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(da), "l"(db), "r"(scale_d), "n"(TA));
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Keeps the compiler from moving accumulator reads / writes across the asynchronous MMA's fence and wait.
+template <int N>
+__device__ __forceinline__ void reg_fence(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+#endif
+
+#if HYLO_HAS_WGMMA
+// Shared-memory matrix descriptor: 128-byte swizzle, 8-row atoms 1024 bytes apart. Both byte offsets are 1024: the
+// one the layout uses is the stride between 8-row atoms along the strided dimension, the other is unused at these
+// extents (K-major: 16 columns inside one 128-byte row; MN-major: M = 64 = one 128-byte row).
+__device__ __forceinline__ std::uint64_t sw128_desc(unsigned saddr) {
+  return static_cast<std::uint64_t>((saddr >> 4) & 0x3FFFu) | (static_cast<std::uint64_t>(1024 >> 4) << 16) |
+         (static_cast<std::uint64_t>(1024 >> 4) << 32) | (std::uint64_t{1} << 62);
+}
+// Byte offset of element (row, col) in a [rows][64 bf16] 128-byte-swizzled panel (1024-byte aligned).
+__device__ __forceinline__ unsigned sw128_off(int row, int col) {
+  return static_cast<unsigned>(row * 128 + ((((col >> 3) ^ row) & 7) << 4) + (col & 7) * 2);
+}
+#endif
+
+// NH heads (the N of both products), NPAN 64-column panels of K (dk = 64 NPAN), MB 64-row blocks of r.
+template <int NH, int NPAN, int MB, bool HL>
+__global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __grid_constant__ CUtensorMap map,
+                                                                         const MlaArgs args) {
+#if HYLO_HAS_WGMMA
+  static_assert(NH % 8 == 0 && NH <= 32 && MB <= NPAN, "shape");
+  constexpr int NJ = NH / 8;                     // 8-head column blocks of the accumulators
+  constexpr unsigned kQBytes = NPAN * NH * 128;  // one of q hi / lo
+  constexpr unsigned kSlotBytes = NPAN * kWgPanelBytes;
+  extern __shared__ unsigned char smem_raw[];
+  // 1024-aligned base: q hi | q lo | P^T [NH][128 B] | red [4][NH] f32 | lred [4][NH] f32 | barriers | ring.
+  const unsigned raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
+  unsigned char* const gbase = smem_raw + (base - raw);
+  const unsigned q_hi = base, q_lo = base + kQBytes, p_s = base + 2 * kQBytes;
+  float* const red = reinterpret_cast<float*>(gbase + 2 * kQBytes + NH * 128);
+  float* const lred = red + 4 * NH;
+  const unsigned bar0 = (p_s + NH * 128 + 8 * 4 * NH + 7u) & ~7u;
+  const unsigned full0 = bar0, empty0 = bar0 + 8 * kWgMaxSlots;
+  const unsigned ring0 = (empty0 + 8 * kWgMaxSlots + 1023u) & ~1023u;
+  const int n_slots = args.n_slots;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  if (tid == 0) {
+    for (int s = 0; s < n_slots; ++s) {
+      mbar_init(full0 + 8 * s, 1u);
+      mbar_init(empty0 + 8 * s, 128u);
+    }
+    fence_barrier_init();
+  }
+  pdl_wait();  // q_lat / q_pe / cache written by earlier kernels are visible from here on
+  pdl_trigger();
+  MlaArgs a = args;
+  if (a.pos_dev != nullptr) {
+    a.S = *a.pos_dev + 1;
+    a.split = a.split_tokens > 0 ? a.split_tokens : default_split(a.S);
+    a.n_split = (a.S + a.split - 1) / a.split;
+    a.n_items = a.n_split;
+  }
+  // q (T = 1) into the two B operands: hi = bf16(q), lo = bf16(q - hi); rows = heads, 128-byte swizzled panels.
+  for (int i = tid; i < NH * NPAN * 32; i += kWgThreads) {
+    const int h = i / (NPAN * 32), c = 2 * (i % (NPAN * 32));
+    float v[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u)
+      v[u] = c + u < a.r ? a.q_lat[h * a.r + c + u] : c + u < a.dk ? a.q_pe[h * a.dr + (c + u - a.r)] : 0.0f;
+    const float h0 = __bfloat162float(__float2bfloat16_rn(v[0]));
+    const float h1 = __bfloat162float(__float2bfloat16_rn(v[1]));
+    const unsigned off = (c >> 6) * (NH * 128) + sw128_off(h, c & 63);
+    *reinterpret_cast<unsigned*>(gbase + off) = pack_bf16(h0, h1);
+    *reinterpret_cast<unsigned*>(gbase + kQBytes + off) = pack_bf16(v[0] - h0, v[1] - h1);
+  }
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic writes -> the tensor cores' reads
+  __syncthreads();
+
+  if (warp == 4) {
+    // ---------------------------------------------------------------- producer: one lane issues the boxes
+    if (lane == 0) {
+      unsigned slot = 0, phase = 0;
+      for (std::int64_t item = blockIdx.x; item < a.n_items; item += gridDim.x) {
+        const std::int64_t s0 = item * a.split, s1 = min64(a.S, s0 + a.split);
+        for (std::int64_t tok = s0; tok < s1; tok += kWgTile) {
+          mbar_wait(empty0 + 8 * slot, phase ^ 1u);
+          const unsigned dst = ring0 + slot * kSlotBytes;
+          mbar_arrive_expect_tx(full0 + 8 * slot, kSlotBytes);
+#pragma unroll
+          for (int pn = 0; pn < NPAN; ++pn)
+            tma_load_2d(dst + pn * kWgPanelBytes, &map, pn * 64, static_cast<int>(tok), full0 + 8 * slot);
+          if (++slot == static_cast<unsigned>(n_slots)) {
+            slot = 0;
+            phase ^= 1u;
+          }
+        }
+      }
+    }
+    return;
+  }
+
+  // ------------------------------------------------------------------ consumers (one warpgroup)
+  const int g = lane >> 2, t4 = lane & 3;
+  unsigned slot = 0, phase = 0;
+  for (std::int64_t item = blockIdx.x; item < a.n_items; item += gridDim.x) {
+    const std::int64_t s0 = item * a.split, s1 = min64(a.S, s0 + a.split);
+    float acc_o[MB][NH / 2];
+#pragma unroll
+    for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+      for (int i = 0; i < NH / 2; ++i) acc_o[mb][i] = 0.0f;
+    float m_run[NJ][2], l_part[NJ][2];  // heads 8 j + 2 t4 + e
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) m_run[j][0] = m_run[j][1] = -INFINITY, l_part[j][0] = l_part[j][1] = 0.0f;
+
+    for (std::int64_t j0 = s0; j0 < s1; j0 += kWgTile) {
+      mbar_wait(full0 + 8 * slot, phase);
+      const unsigned tile = ring0 + slot * kSlotBytes;
+      // S^T = K Q^T over the dk columns: 4 k steps of 16 per panel (+32 bytes inside the swizzled row).
+      float s[NH / 2];
+#pragma unroll
+      for (int i = 0; i < NH / 2; ++i) s[i] = 0.0f;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < NPAN * 4; ++kk) {
+        const unsigned koff = (kk >> 2) * kWgPanelBytes + (kk & 3) * 32, qoff = (kk >> 2) * (NH * 128) + (kk & 3) * 32;
+        wgmma_bf16<0>(s, sw128_desc(tile + koff), sw128_desc(q_hi + qoff), kk > 0 ? 1 : 0);
+        if constexpr (HL) wgmma_bf16<0>(s, sw128_desc(tile + koff), sw128_desc(q_lo + qoff), 1);
+      }
+      wgmma_commit();
+      wgmma_wait0();
+      reg_fence(s);
+
+      // Scale to base 2 and mask the tokens past the split (thread: tokens 16 warp + g and + 8).
+      const std::int64_t ta = j0 + 16 * warp + g;
+      const bool va = ta < s1, vb = ta + 8 < s1;
+      float mx[NJ][2];
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          s[4 * j + e] = va ? s[4 * j + e] * a.scale_log2 : -INFINITY;
+          s[4 * j + 2 + e] = vb ? s[4 * j + 2 + e] * a.scale_log2 : -INFINITY;
+          float m = fmaxf(s[4 * j + e], s[4 * j + 2 + e]);
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 8));
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
+          mx[j][e] = m;
+        }
+      if (g == 0) {
+#pragma unroll
+        for (int j = 0; j < NJ; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) red[warp * NH + 8 * j + 2 * t4 + e] = mx[j][e];
+      }
+      asm volatile("bar.sync 1, 128;\n" ::: "memory");  // the warps' maxima in red; the scores' reads of the tile done
+
+      // Rows past the split end of a partial tile: zero the V columns (P = 0 there, and 0 x NaN would be NaN:
+      // with pos_dev, rows past the actual length may hold anything).
+      if (j0 + kWgTile > s1) {
+        const int first = static_cast<int>(s1 - j0);
+        for (int idx = tid; idx < (kWgTile - first) * MB * 8; idx += 128) {
+          const int row = first + idx / (MB * 8), pn = (idx / 8) % MB, ch = idx % 8;
+          const unsigned addr = tile + pn * kWgPanelBytes + row * 128 + ch * 16;
+          asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0u) : "memory");
+        }
+      }
+      float alpha[NJ][2];
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int h = 8 * j + 2 * t4 + e;
+          const float tm = fmaxf(fmaxf(red[h], red[NH + h]), fmaxf(red[2 * NH + h], red[3 * NH + h]));
+          const float m_new = fmaxf(m_run[j][e], tm);
+          const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // no key seen yet: avoid -inf - -inf
+          const float pa = fast_exp2(s[4 * j + e] - m_use), pb = fast_exp2(s[4 * j + 2 + e] - m_use);
+          alpha[j][e] = fast_exp2(m_run[j][e] - m_use);
+          m_run[j][e] = m_new;
+          l_part[j][e] = l_part[j][e] * alpha[j][e] + (pa + pb);
+          // P^T [h][token] (the B operand of the second product), bf16, swizzled.
+          const int tk = 16 * warp + g;
+          const __nv_bfloat16 ba = __float2bfloat16_rn(pa), bb = __float2bfloat16_rn(pb);
+          *reinterpret_cast<__nv_bfloat16*>(gbase + 2 * kQBytes + sw128_off(h, tk)) = ba;
+          *reinterpret_cast<__nv_bfloat16*>(gbase + 2 * kQBytes + sw128_off(h, tk + 8)) = bb;
+        }
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      asm volatile("bar.sync 1, 128;\n" ::: "memory");  // P^T and the zeroed rows visible to the tensor cores
+
+      // O^T = alpha O^T + V^T P^T over the tile's 64 tokens (4 k steps of 16 rows = 2 swizzle atoms each).
+#pragma unroll
+      for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+        for (int j = 0; j < NJ; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc_o[mb][4 * j + e] *= alpha[j][e & 1];
+      wgmma_fence();
+#pragma unroll
+      for (int mb = 0; mb < MB; ++mb) {
+        reg_fence(acc_o[mb]);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wgmma_bf16<1>(acc_o[mb], sw128_desc(tile + mb * kWgPanelBytes + kk * 2048), sw128_desc(p_s + kk * 32), 1);
+      }
+      wgmma_commit();
+      wgmma_wait0();
+#pragma unroll
+      for (int mb = 0; mb < MB; ++mb) reg_fence(acc_o[mb]);
+      mbar_arrive(empty0 + 8 * slot);  // this thread is done with the slot
+      if (++slot == static_cast<unsigned>(n_slots)) {
+        slot = 0;
+        phase ^= 1u;
+      }
+    }
+
+    // Item epilogue: l per head (8 row lanes, then the 4 warps), o = O / l, lse = ln(sum exp).
+    float l_tot[NJ][2];
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float l = l_part[j][e];
+        l += __shfl_xor_sync(0xffffffffu, l, 4);
+        l += __shfl_xor_sync(0xffffffffu, l, 8);
+        l += __shfl_xor_sync(0xffffffffu, l, 16);
+        if (g == 0) lred[warp * NH + 8 * j + 2 * t4 + e] = l;
+      }
+    asm volatile("bar.sync 1, 128;\n" ::: "memory");
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int h = 8 * j + 2 * t4 + e;
+        l_tot[j][e] = (lred[h] + lred[NH + h]) + (lred[2 * NH + h] + lred[3 * NH + h]);
+      }
+    asm volatile("bar.sync 1, 128;\n" ::: "memory");  // lred read by all before the next item writes it
+    float* po = a.part_o + item * a.rows * a.r;
+#pragma unroll
+    for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int h = 8 * j + 2 * t4 + (e & 1), c = 64 * mb + 16 * warp + g + 8 * (e >> 1);
+          const float l = l_tot[j][e & 1];
+          po[h * a.r + c] = acc_o[mb][4 * j + e] * (l > 0.0f ? 1.0f / l : 0.0f);
+        }
+    if (warp == 0 && g == 0) {
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float l = l_tot[j][e];
+          a.part_lse[item * a.rows + 8 * j + 2 * t4 + e] =
+              l > 0.0f ? (m_run[j][e] + log2f(l)) * kLn2 : -INFINITY;
+        }
+    }
+  }
+#endif
+}
+
+std::int64_t wgmma_smem_bytes(int nh, int npan, int n_slots) {
+  const std::int64_t fixed = 2 * std::int64_t{npan} * nh * 128 + nh * 128 + 8 * 4 * nh + 16 * kWgMaxSlots + 8;
+  return 1024 + (fixed + 1023) / 1024 * 1024 + std::int64_t{n_slots} * npan * kWgPanelBytes;
+}
+
+template <int NH, int NPAN, int MB, bool HL>
+void launch_split_wgmma(const CUtensorMap& map, const MlaArgs& a, int dev, const DeviceInfo& d, std::int64_t smem,
+                        cudaStream_t stream, bool pdl) {
+  static std::atomic<unsigned long long> attr_set{0};
+  const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0ull;
+  if (bit == 0 || (attr_set.load(std::memory_order_relaxed) & bit) == 0) {
+    HYLO_CUDA_CHECK(cudaFuncSetAttribute(mla_split_wgmma_kernel<NH, NPAN, MB, HL>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, d.max_smem));
+    attr_set.fetch_or(bit, std::memory_order_relaxed);
+  }
+  const std::int64_t grid = std::min<std::int64_t>(a.n_items, d.sms);
+  cuda::launch_pdl(mla_split_wgmma_kernel<NH, NPAN, MB, HL>, dim3(static_cast<unsigned>(grid)), dim3(kWgThreads),
+                   static_cast<std::size_t>(smem), stream, pdl, map, a);
 }
 
 template <int MT, int QK, int NTW, int BT>
@@ -709,6 +1058,18 @@ bool tma_eligible(const MlaDecodeCudaParams& p, const DeviceInfo& d) {
   return d.major >= 9 && reinterpret_cast<std::uintptr_t>(p.cache) % 16 == 0 && rs % 8 == 0;
 }
 
+// The wgmma kernel's instantiation for this call (0: none; the mma.sync kernel runs): sm_90 (wgmma is sm_90a),
+// T = 1, the engine's shapes (1: nH 24, r 128, dr 64 - HyLo-Llama; 2: nH 16, r 256, dr 64 - HyLo-Qwen), the
+// cache TMA-eligible, at least 2 ring slots.
+int wgmma_shape(const MlaDecodeCudaParams& p, const DeviceInfo& d) {
+  if (!p.allow_wgmma || d.major != 9 || p.T != 1 || !tma_eligible(p, d) || p.rope_dim != 64) return 0;
+  const int shape = p.n_heads == 24 && p.kv_lora_rank == 128 ? 1 : p.n_heads == 16 && p.kv_lora_rank == 256 ? 2 : 0;
+  if (shape == 0) return 0;
+  const int nh = static_cast<int>(p.n_heads), npan = static_cast<int>((p.kv_lora_rank + p.rope_dim) / 64);
+  const std::int64_t slot_b = std::int64_t{npan} * kWgPanelBytes;
+  return (d.max_smem - wgmma_smem_bytes(nh, npan, 0)) / slot_b >= 2 ? shape : 0;
+}
+
 std::int64_t split_of(const MlaDecodeCudaParams& p) {
   return p.split_tokens > 0 ? p.split_tokens : default_split(p.S);
 }
@@ -726,6 +1087,13 @@ std::int64_t max_splits(const MlaDecodeCudaParams& p) {
 }  // namespace
 
 std::int64_t mla_decode_cuda_default_split(std::int64_t S) { return default_split(S); }
+
+bool mla_decode_cuda_uses_wgmma(const MlaDecodeCudaParams& p) {
+  if (p.S <= 0 || p.T <= 0 || p.n_heads <= 0 || p.cache == nullptr) return false;
+  int dev = 0;
+  HYLO_CUDA_CHECK(cudaGetDevice(&dev));
+  return wgmma_shape(p, device_info(dev)) != 0;
+}
 
 bool mla_decode_cuda_uses_tma(const MlaDecodeCudaParams& p) {
   if (p.S <= 0 || p.T <= 0 || p.n_heads <= 0 || p.cache == nullptr) return false;
@@ -789,7 +1157,27 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
   HYLO_CUDA_CHECK(cudaGetDevice(&dev));
   const DeviceInfo d = device_info(dev);
   const bool pdl = cuda::pdl_allowed(stream);
-  if (n_split > 0) {
+  const int wg = wgmma_shape(p, d);
+  if (n_split > 0 && wg != 0) {
+    a.n_rg = 1;
+    a.n_items = n_split;
+    const int nh = static_cast<int>(p.n_heads), npan = a.dk / 64;
+    const std::int64_t slot_b = std::int64_t{npan} * kWgPanelBytes;
+    a.n_slots = static_cast<int>(
+        std::min<std::int64_t>(kWgMaxSlots, (d.max_smem - wgmma_smem_bytes(nh, npan, 0)) / slot_b));
+    const std::int64_t smem = wgmma_smem_bytes(nh, npan, a.n_slots);
+    CUtensorMap map{};
+    a.fast = make_cache_map(&map, p.cache, p.S, a.dk, a.cache_rs, kWgTile);
+    if (!a.fast) throw std::runtime_error("mla_decode_cuda: the driver refused the cache's tensor map");
+    if (wg == 1 && a.q_hi_lo)
+      launch_split_wgmma<24, 3, 2, true>(map, a, dev, d, smem, stream, pdl);
+    else if (wg == 1)
+      launch_split_wgmma<24, 3, 2, false>(map, a, dev, d, smem, stream, pdl);
+    else if (a.q_hi_lo)
+      launch_split_wgmma<16, 5, 4, true>(map, a, dev, d, smem, stream, pdl);
+    else
+      launch_split_wgmma<16, 5, 4, false>(map, a, dev, d, smem, stream, pdl);
+  } else if (n_split > 0) {
     const int n_k16 = a.dk_pad / 16;
     // 32 rows per item where the registers allow it (Q fragments 2 x 5 k steps, 2 x 4 output tiles per warp),
     // else 16 (several row groups; the groups of a split run side by side and share its tiles in L2). The

@@ -31,6 +31,10 @@ struct MlaDecodeCudaParams {
   // Tokens per compute tile: 0 picks (128 where the registers and a ring of 8 slots allow, else 64); 64 or 128
   // force it (tests and A/B timing; 128 only for the smaller instantiations, else std::invalid_argument).
   std::int64_t tile_tokens = 0;
+  // sm_90 with T = 1 at the engine's shapes (nH 24, r 128 or nH 16, r 256; dr 64) and a TMA-eligible cache: the
+  // split kernel on warpgroup MMA (mla_decode_cuda_uses_wgmma); false forces the mma.sync kernel (tests, A/B).
+  // tile_tokens does not apply to it (64-token tiles).
+  bool allow_wgmma = true;
   // Tokens per split (0: mla_decode_cuda_default_split(S)). A split is one block's range of tokens; partials are
   // merged in split order, so the result depends on S and this value only (deterministic, bitwise repeatable).
   std::int64_t split_tokens = 0;
@@ -53,6 +57,9 @@ std::int64_t mla_decode_cuda_default_split(std::int64_t S);
 // Whether a call with these parameters on the current device fills its shared-memory ring by TMA (sm_90, 16-byte
 // aligned cache and row pitch, the driver's tensor-map encoder present); otherwise plain loads (same results).
 bool mla_decode_cuda_uses_tma(const MlaDecodeCudaParams& p);
+
+// Whether a call with these parameters on the current device runs the wgmma split kernel (see allow_wgmma).
+bool mla_decode_cuda_uses_wgmma(const MlaDecodeCudaParams& p);
 
 // Bytes of workspace a call with these T, S, n_heads, kv_lora_rank and split_tokens needs:
 // n_split * T * n_heads * (r + 1) floats, n_split = ceil(S / split); with pos_dev set, n_split is the most splits

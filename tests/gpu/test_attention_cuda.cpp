@@ -460,7 +460,7 @@ AttnOut mla_ref(const MlaCase& c, const MlaQueries& q, const std::vector<float>&
 // s_bound > 0: S is passed the graph-capture way, as a device position (S - T) with s_bound as the upper bound.
 AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_bfloat16>& cache,
                 std::int64_t cache_row_stride = 0, std::int64_t s_bound = 0, bool q_hi_lo = false,
-                std::int64_t tile_tokens = 0) {
+                std::int64_t tile_tokens = 0, bool allow_wgmma = true) {
   DeviceBuffer<float> dql(q.q_lat), dqp(q.q_pe);
   DeviceBuffer<float> o(std::vector<float>(static_cast<std::size_t>(c.T * c.H * c.r), kNaN));
   DeviceBuffer<float> lse(std::vector<float>(static_cast<std::size_t>(c.T * c.H), kNaN));
@@ -480,6 +480,7 @@ AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_b
   p.split_tokens = c.split;
   p.q_hi_lo = q_hi_lo;
   p.tile_tokens = tile_tokens;
+  p.allow_wgmma = allow_wgmma;
   DeviceBuffer<std::int32_t> pos(std::vector<std::int32_t>{static_cast<std::int32_t>(c.S - c.T)});
   if (s_bound > 0) {
     p.S = s_bound;
@@ -704,6 +705,57 @@ TEST(MlaDecodeCuda, ForcedTileSizes) {
   const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(round_bf16(random_vector(big.S * (big.r + big.dr), 63100))));
   EXPECT_THROW(mla_gpu(big, make_queries(big, 63101), dcache, 0, 0, false, 128), std::invalid_argument);
   EXPECT_THROW(mla_gpu(big, make_queries(big, 63101), dcache, 0, 0, false, 96), std::invalid_argument);
+}
+
+// The wgmma split kernel (sm_90, T = 1, the engine's two shapes) against the CPU and against the mma.sync kernel:
+// lengths around the 64-token tile and the splits (one-tile splits, partial tiles), bf16 q and hi + lo pairs, a
+// device position with NaN rows past the length (they must not reach the result).
+TEST(MlaDecodeCuda, WgmmaKernel) {
+  cudaDeviceProp prop{};
+  HYLO_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::uint64_t seed = 64000;
+  const MlaCase cases[] = {{1, 24, 128, 64, 1, 0},      {63, 24, 128, 64, 1, 0},     {65, 24, 128, 64, 1, 64},
+                           {200, 24, 128, 64, 1, 100},  {4097, 24, 128, 64, 1, 192}, {70001, 24, 128, 64, 1, 0},
+                           {129, 16, 256, 64, 1, 64},   {5000, 16, 256, 64, 1, 320}, {70001, 16, 256, 64, 1, 0}};
+  for (const MlaCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    const auto cache = round_bf16(random_vector(c.S * (c.r + c.dr), seed += 7));
+    const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(cache));
+    kernels::MlaDecodeCudaParams probe;
+    probe.T = c.T;
+    probe.S = c.S;
+    probe.n_heads = c.H;
+    probe.kv_lora_rank = c.r;
+    probe.rope_dim = c.dr;
+    probe.cache = dcache.get();
+    EXPECT_EQ(kernels::mla_decode_cuda_uses_wgmma(probe), prop.major == 9);
+    probe.allow_wgmma = false;
+    EXPECT_FALSE(kernels::mla_decode_cuda_uses_wgmma(probe));
+    const MlaQueries q = make_queries(c, seed += 7);
+    for (const bool hl : {false, true}) {
+      const AttnOut ref = hl ? mla_ref(c, q, cache) : mla_ref(c, rounded_to_bf16(q), cache);
+      const AttnOut wg = mla_gpu(c, q, dcache, 0, 0, hl), again = mla_gpu(c, q, dcache, 0, 0, hl);
+      const Errors ew = compare(wg, ref, c.T * c.H, c.r);
+      const Errors em = compare(mla_gpu(c, q, dcache, 0, 0, hl, 0, false), ref, c.T * c.H, c.r);
+      std::printf("mla_decode %-46s %s q: wgmma o_lat %.2e lse %.2e; mma.sync o_lat %.2e lse %.2e\n",
+                  describe(c).c_str(), hl ? "hi + lo" : "bf16   ", ew.o, ew.lse, em.o, em.lse);
+      for (const Errors& x : {ew, em}) {
+        EXPECT_EQ(x.masked_rows, 0);
+        EXPECT_LE(x.o, 5e-3);
+        EXPECT_LE(x.lse, 5e-5);
+      }
+      EXPECT_EQ(count_nonfinite(wg.o), 0);
+      EXPECT_EQ(std::memcmp(wg.o.data(), again.o.data(), wg.o.size() * sizeof(float)), 0) << "not repeatable";
+      // The graph-capture way: S from the device, the cache holding NaN rows up to a larger bound.
+      const std::int64_t bound = c.S + 300, dk = c.r + c.dr;
+      DeviceBuffer<__nv_bfloat16> big(bound * dk);
+      HYLO_CUDA_CHECK(cudaMemset(big.get(), 0xFF, big.bytes()));
+      HYLO_CUDA_CHECK(cudaMemcpy(big.get(), dcache.get(), dcache.bytes(), cudaMemcpyDeviceToDevice));
+      const AttnOut dev = mla_gpu(c, q, big, 0, bound, hl);
+      EXPECT_EQ(std::memcmp(wg.o.data(), dev.o.data(), wg.o.size() * sizeof(float)), 0) << "device position";
+      EXPECT_EQ(std::memcmp(wg.lse.data(), dev.lse.data(), wg.lse.size() * sizeof(float)), 0) << "device position";
+    }
+  }
 }
 
 TEST(MlaDecodeCuda, EmptyCacheAndBadArguments) {
@@ -1073,11 +1125,13 @@ TEST(MlaDecodeCuda, EngineLatencyReport) {
                   "absorb+decode+expand %.1f us per layer\n",
                   shp.name, static_cast<long long>(sh.n_heads), static_cast<long long>(sh.r),
                   static_cast<long long>(S), prop.name, ms_dec * 1e3, bytes / (ms_dec * 1e-3) / 1e9, ms_layer * 1e3);
-      // The variants side by side (decode only): 64-token tiles, q as hi + lo pairs.
-      for (const int variant : {1, 2}) {
+      // The variants side by side (decode only): 64-token tiles (mma.sync kernel), q as hi + lo pairs, the mma.sync
+      // kernel with hi + lo q (the default on sm_90 is the wgmma kernel).
+      for (const int variant : {1, 2, 3}) {
         kernels::MlaDecodeCudaParams pv = p;
-        if (variant == 1) pv.tile_tokens = 64;
+        if (variant == 1) pv.tile_tokens = 64, pv.allow_wgmma = false;
         if (variant == 2) pv.q_hi_lo = true;
+        if (variant == 3) pv.q_hi_lo = true, pv.allow_wgmma = false;
         kernels::mla_decode_cuda(pv, st);
         HYLO_CUDA_CHECK(cudaEventRecord(t0, st));
         for (int i = 0; i < kReps; ++i) kernels::mla_decode_cuda(pv, st);
@@ -1086,7 +1140,10 @@ TEST(MlaDecodeCuda, EngineLatencyReport) {
         float ms = 0;
         HYLO_CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
         std::printf("mla engine %-10s S %7lld: decode %.1f us with %s\n", shp.name, static_cast<long long>(S),
-                    ms / kReps * 1e3, variant == 1 ? "64-token tiles" : "q as hi + lo pairs");
+                    ms / kReps * 1e3,
+                    variant == 1   ? "mma.sync kernel, 64-token tiles"
+                    : variant == 2 ? "q as hi + lo pairs"
+                                   : "mma.sync kernel, q as hi + lo pairs");
       }
       HYLO_CUDA_CHECK(cudaEventDestroy(t0));
       HYLO_CUDA_CHECK(cudaEventDestroy(t1));
