@@ -710,7 +710,8 @@ bool make_cache_map(CUtensorMap* map, const bf16* cache, std::int64_t rows, int 
 // slot (one 64 x 64 TMA box per 64-column panel). The partials and the merge are the mma.sync path's.
 constexpr int kWgTile = 64;                     // tokens per tile and ring slot
 constexpr int kWgPanelBytes = kWgTile * 128;    // one 64-column panel of a slot
-constexpr int kWgThreads = 128 + 32;            // one consumer warpgroup + the producer warp
+constexpr int kWgGroups = 2;                    // consumer warpgroups: each takes one item of a pair
+constexpr int kWgThreads = kWgGroups * 128 + 32;  // + the producer warp
 constexpr int kWgMaxSlots = 16;
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -764,6 +765,8 @@ __device__ __forceinline__ void reg_fence(float (&d)[N]) {
 #endif
 
 #if HYLO_HAS_WGMMA
+// Barrier of consumer group w's 128 threads (named barrier 1 + w).
+__device__ __forceinline__ void group_sync(int w) { asm volatile("bar.sync %0, 128;\n" ::"r"(1 + w) : "memory"); }
 // Shared-memory matrix descriptor: 128-byte swizzle, 8-row atoms 1024 bytes apart. Both byte offsets are 1024: the
 // one the layout uses is the stride between 8-row atoms along the strided dimension, the other is unused at these
 // extents (K-major: 16 columns inside one 128-byte row; MN-major: M = 64 = one 128-byte row).
@@ -787,18 +790,20 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
   constexpr unsigned kQBytes = NPAN * NH * 128;  // one of q hi / lo
   constexpr unsigned kSlotBytes = NPAN * kWgPanelBytes;
   extern __shared__ unsigned char smem_raw[];
-  // 1024-aligned base: q hi | q lo | P^T [NH][128 B] | red [4][NH] f32 | lred [4][NH] f32 | barriers | ring.
+  // 1024-aligned base: q hi | q lo | per group: P^T [NH][128 B] | per group: red, lred [4][NH] f32 | barriers | ring.
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int wg = warp < 4 * kWgGroups ? warp >> 2 : 0;  // this warp's consumer group
   const unsigned raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
   unsigned char* const gbase = smem_raw + (base - raw);
-  const unsigned q_hi = base, q_lo = base + kQBytes, p_s = base + 2 * kQBytes;
-  float* const red = reinterpret_cast<float*>(gbase + 2 * kQBytes + NH * 128);
+  const unsigned q_hi = base, q_lo = base + kQBytes, p_s = base + 2 * kQBytes + wg * NH * 128;
+  unsigned char* const p_g = gbase + 2 * kQBytes + wg * NH * 128;  // generic pointer to this group's P^T
+  float* const red = reinterpret_cast<float*>(gbase + 2 * kQBytes + kWgGroups * NH * 128) + wg * 8 * NH;
   float* const lred = red + 4 * NH;
-  const unsigned bar0 = (p_s + NH * 128 + 8 * 4 * NH + 7u) & ~7u;
+  const unsigned bar0 = (base + 2 * kQBytes + kWgGroups * (NH * 128 + 8 * 4 * NH) + 7u) & ~7u;
   const unsigned full0 = bar0, empty0 = bar0 + 8 * kWgMaxSlots;
   const unsigned ring0 = (empty0 + 8 * kWgMaxSlots + 1023u) & ~1023u;
   const int n_slots = args.n_slots;
 
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   if (tid == 0) {
     for (int s = 0; s < n_slots; ++s) {
       mbar_init(full0 + 8 * s, 1u);
@@ -831,33 +836,50 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic writes -> the tensor cores' reads
   __syncthreads();
 
-  if (warp == 4) {
+  // Items come in pairs (2 p, 2 p + 1; pair p = block, block + grid, ...), group w taking item 2 p + w. The
+  // producer streams the pair's tiles interleaved (item 0 tile 0, item 1 tile 0, item 0 tile 1, ...; the longer
+  // item's last tiles alone), so both groups work at once; tile t of group w is the pair's slot sequence number
+  // t < n_min ? 2 t + w : 2 n_min + t - n_min (n_min: the shorter item's tiles).
+  auto tiles_of = [&](std::int64_t item) -> std::int64_t {
+    if (item >= a.n_items) return 0;
+    const std::int64_t s0 = item * a.split, s1 = min64(a.S, s0 + a.split);
+    return (s1 - s0 + kWgTile - 1) / kWgTile;
+  };
+  if (warp == 4 * kWgGroups) {
     // ---------------------------------------------------------------- producer: one lane issues the boxes
     if (lane == 0) {
       unsigned slot = 0, phase = 0;
-      for (std::int64_t item = blockIdx.x; item < a.n_items; item += gridDim.x) {
-        const std::int64_t s0 = item * a.split, s1 = min64(a.S, s0 + a.split);
-        for (std::int64_t tok = s0; tok < s1; tok += kWgTile) {
-          mbar_wait(empty0 + 8 * slot, phase ^ 1u);
-          const unsigned dst = ring0 + slot * kSlotBytes;
-          mbar_arrive_expect_tx(full0 + 8 * slot, kSlotBytes);
+      for (std::int64_t pair = blockIdx.x; 2 * pair < a.n_items; pair += gridDim.x) {
+        const std::int64_t n0 = tiles_of(2 * pair), n1 = tiles_of(2 * pair + 1);
+        for (std::int64_t t = 0; t < (n0 > n1 ? n0 : n1); ++t)
+          for (int w = 0; w < kWgGroups; ++w) {
+            if (t >= (w == 0 ? n0 : n1)) continue;
+            const std::int64_t tok = (2 * pair + w) * a.split + t * kWgTile;
+            mbar_wait(empty0 + 8 * slot, phase ^ 1u);
+            const unsigned dst = ring0 + slot * kSlotBytes;
+            mbar_arrive_expect_tx(full0 + 8 * slot, kSlotBytes);
 #pragma unroll
-          for (int pn = 0; pn < NPAN; ++pn)
-            tma_load_2d(dst + pn * kWgPanelBytes, &map, pn * 64, static_cast<int>(tok), full0 + 8 * slot);
-          if (++slot == static_cast<unsigned>(n_slots)) {
-            slot = 0;
-            phase ^= 1u;
+            for (int pn = 0; pn < NPAN; ++pn)
+              tma_load_2d(dst + pn * kWgPanelBytes, &map, pn * 64, static_cast<int>(tok), full0 + 8 * slot);
+            if (++slot == static_cast<unsigned>(n_slots)) {
+              slot = 0;
+              phase ^= 1u;
+            }
           }
-        }
       }
     }
     return;
   }
 
-  // ------------------------------------------------------------------ consumers (one warpgroup)
-  const int g = lane >> 2, t4 = lane & 3;
-  unsigned slot = 0, phase = 0;
-  for (std::int64_t item = blockIdx.x; item < a.n_items; item += gridDim.x) {
+  // ------------------------------------------------------------------ consumers (warpgroup wg)
+  const int g = lane >> 2, t4 = lane & 3, wwarp = warp & 3, wtid = tid & 127;
+  std::int64_t seq0 = 0;  // slot sequence number of the pair's first tile
+  for (std::int64_t pair = blockIdx.x; 2 * pair < a.n_items; pair += gridDim.x) {
+    const std::int64_t n0 = tiles_of(2 * pair), n1 = tiles_of(2 * pair + 1);
+    const std::int64_t n_min = n0 < n1 ? n0 : n1, item = 2 * pair + wg, my_n = wg == 0 ? n0 : n1;
+    const std::int64_t pair_seq0 = seq0;
+    seq0 += n0 + n1;
+    if (my_n == 0) continue;
     const std::int64_t s0 = item * a.split, s1 = min64(a.S, s0 + a.split);
     float acc_o[MB][NH / 2];
 #pragma unroll
@@ -868,7 +890,10 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
 #pragma unroll
     for (int j = 0; j < NJ; ++j) m_run[j][0] = m_run[j][1] = -INFINITY, l_part[j][0] = l_part[j][1] = 0.0f;
 
-    for (std::int64_t j0 = s0; j0 < s1; j0 += kWgTile) {
+    for (std::int64_t t = 0; t < my_n; ++t) {
+      const std::int64_t j0 = s0 + t * kWgTile;
+      const std::int64_t seq = pair_seq0 + (t < n_min ? 2 * t + wg : 2 * n_min + (t - n_min));
+      const unsigned slot = static_cast<unsigned>(seq % n_slots), phase = static_cast<unsigned>((seq / n_slots) & 1);
       mbar_wait(full0 + 8 * slot, phase);
       const unsigned tile = ring0 + slot * kSlotBytes;
       // S^T = K Q^T over the dk columns: 4 k steps of 16 per panel (+32 bytes inside the swizzled row).
@@ -887,7 +912,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
       reg_fence(s);
 
       // Scale to base 2 and mask the tokens past the split (thread: tokens 16 warp + g and + 8).
-      const std::int64_t ta = j0 + 16 * warp + g;
+      const std::int64_t ta = j0 + 16 * wwarp + g;
       const bool va = ta < s1, vb = ta + 8 < s1;
       float mx[NJ][2];
 #pragma unroll
@@ -906,15 +931,15 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
 #pragma unroll
         for (int j = 0; j < NJ; ++j)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) red[warp * NH + 8 * j + 2 * t4 + e] = mx[j][e];
+          for (int e = 0; e < 2; ++e) red[wwarp * NH + 8 * j + 2 * t4 + e] = mx[j][e];
       }
-      asm volatile("bar.sync 1, 128;\n" ::: "memory");  // the warps' maxima in red; the scores' reads of the tile done
+      group_sync(wg);  // the warps' maxima in red; the scores' reads of the tile done
 
       // Rows past the split end of a partial tile: zero the V columns (P = 0 there, and 0 x NaN would be NaN:
       // with pos_dev, rows past the actual length may hold anything).
       if (j0 + kWgTile > s1) {
         const int first = static_cast<int>(s1 - j0);
-        for (int idx = tid; idx < (kWgTile - first) * MB * 8; idx += 128) {
+        for (int idx = wtid; idx < (kWgTile - first) * MB * 8; idx += 128) {
           const int row = first + idx / (MB * 8), pn = (idx / 8) % MB, ch = idx % 8;
           const unsigned addr = tile + pn * kWgPanelBytes + row * 128 + ch * 16;
           asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0u) : "memory");
@@ -934,13 +959,12 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
           m_run[j][e] = m_new;
           l_part[j][e] = l_part[j][e] * alpha[j][e] + (pa + pb);
           // P^T [h][token] (the B operand of the second product), bf16, swizzled.
-          const int tk = 16 * warp + g;
-          const __nv_bfloat16 ba = __float2bfloat16_rn(pa), bb = __float2bfloat16_rn(pb);
-          *reinterpret_cast<__nv_bfloat16*>(gbase + 2 * kQBytes + sw128_off(h, tk)) = ba;
-          *reinterpret_cast<__nv_bfloat16*>(gbase + 2 * kQBytes + sw128_off(h, tk + 8)) = bb;
+          const int tk = 16 * wwarp + g;
+          *reinterpret_cast<__nv_bfloat16*>(p_g + sw128_off(h, tk)) = __float2bfloat16_rn(pa);
+          *reinterpret_cast<__nv_bfloat16*>(p_g + sw128_off(h, tk + 8)) = __float2bfloat16_rn(pb);
         }
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      asm volatile("bar.sync 1, 128;\n" ::: "memory");  // P^T and the zeroed rows visible to the tensor cores
+      group_sync(wg);  // P^T and the zeroed rows visible to the tensor cores
 
       // O^T = alpha O^T + V^T P^T over the tile's 64 tokens (4 k steps of 16 rows = 2 swizzle atoms each).
 #pragma unroll
@@ -962,10 +986,6 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb) reg_fence(acc_o[mb]);
       mbar_arrive(empty0 + 8 * slot);  // this thread is done with the slot
-      if (++slot == static_cast<unsigned>(n_slots)) {
-        slot = 0;
-        phase ^= 1u;
-      }
     }
 
     // Item epilogue: l per head (8 row lanes, then the 4 warps), o = O / l, lse = ln(sum exp).
@@ -978,9 +998,9 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
         l += __shfl_xor_sync(0xffffffffu, l, 4);
         l += __shfl_xor_sync(0xffffffffu, l, 8);
         l += __shfl_xor_sync(0xffffffffu, l, 16);
-        if (g == 0) lred[warp * NH + 8 * j + 2 * t4 + e] = l;
+        if (g == 0) lred[wwarp * NH + 8 * j + 2 * t4 + e] = l;
       }
-    asm volatile("bar.sync 1, 128;\n" ::: "memory");
+    group_sync(wg);
 #pragma unroll
     for (int j = 0; j < NJ; ++j)
 #pragma unroll
@@ -988,7 +1008,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
         const int h = 8 * j + 2 * t4 + e;
         l_tot[j][e] = (lred[h] + lred[NH + h]) + (lred[2 * NH + h] + lred[3 * NH + h]);
       }
-    asm volatile("bar.sync 1, 128;\n" ::: "memory");  // lred read by all before the next item writes it
+    group_sync(wg);  // lred read by all before the next item writes it
     float* po = a.part_o + item * a.rows * a.r;
 #pragma unroll
     for (int mb = 0; mb < MB; ++mb)
@@ -996,11 +1016,11 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
       for (int j = 0; j < NJ; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int h = 8 * j + 2 * t4 + (e & 1), c = 64 * mb + 16 * warp + g + 8 * (e >> 1);
+          const int h = 8 * j + 2 * t4 + (e & 1), c = 64 * mb + 16 * wwarp + g + 8 * (e >> 1);
           const float l = l_tot[j][e & 1];
           po[h * a.r + c] = acc_o[mb][4 * j + e] * (l > 0.0f ? 1.0f / l : 0.0f);
         }
-    if (warp == 0 && g == 0) {
+    if (wwarp == 0 && g == 0) {
 #pragma unroll
       for (int j = 0; j < NJ; ++j)
 #pragma unroll
@@ -1015,7 +1035,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
 }
 
 std::int64_t wgmma_smem_bytes(int nh, int npan, int n_slots) {
-  const std::int64_t fixed = 2 * std::int64_t{npan} * nh * 128 + nh * 128 + 8 * 4 * nh + 16 * kWgMaxSlots + 8;
+  const std::int64_t fixed =
+      2 * std::int64_t{npan} * nh * 128 + kWgGroups * (nh * 128 + 8 * 4 * nh) + 16 * kWgMaxSlots + 8;
   return 1024 + (fixed + 1023) / 1024 * 1024 + std::int64_t{n_slots} * npan * kWgPanelBytes;
 }
 
@@ -1029,7 +1050,7 @@ void launch_split_wgmma(const CUtensorMap& map, const MlaArgs& a, int dev, const
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, d.max_smem));
     attr_set.fetch_or(bit, std::memory_order_relaxed);
   }
-  const std::int64_t grid = std::min<std::int64_t>(a.n_items, d.sms);
+  const std::int64_t grid = std::min<std::int64_t>((a.n_items + kWgGroups - 1) / kWgGroups, d.sms);  // item pairs
   cuda::launch_pdl(mla_split_wgmma_kernel<NH, NPAN, MB, HL>, dim3(static_cast<unsigned>(grid)), dim3(kWgThreads),
                    static_cast<std::size_t>(smem), stream, pdl, map, a);
 }
