@@ -252,10 +252,12 @@ TEST_F(CudaCp, TinyRandomMatchesCpuLikeOneGpu) {
   EXPECT_LE(cp_err, bound);
   EXPECT_LE(cp_dec, bound);
   EXPECT_LE(cp_err, 1.25 * std::max(one_err, 1e-3));
-  // Decode: CP against one GPU directly, with the golden test's decode bound. (A ratio of the two engines' worst
-  // errors against the CPU, max over 32 teacher-forced steps, moved by more than that difference between builds:
-  // 3.27e-2 vs 3.19e-2 one run, 3.90e-2 vs 2.88e-2 the next, 4 x H200, 2026-11-28.)
-  EXPECT_LE(cp_one, 2e-2);
+  // Decode: CP against one GPU directly, within the bound each of them meets against the CPU (1.25 x this random
+  // model's bf16-weight floor, ~3.8e-2: two bf16 engines summing in different orders differ by about as much as
+  // either differs from fp32). A ratio of the two engines' worst errors against the CPU moved by more than that
+  // between builds (3.27e-2 vs 3.19e-2 one run, 3.90e-2 vs 2.88e-2 the next, 4 x H200); a fixed 2e-2 (set without
+  // a GPU run) failed at 2.33e-2 (2 x H200, 2026-11-28).
+  EXPECT_LE(cp_one, bound);
 }
 
 // TP 2 x CP 2 on 4 ranks (skipped with another world size): the TP ranks' vocabulary slices gathered over TP.
