@@ -5,6 +5,9 @@
 // heads together, with enough bytes in flight on every SM, and the per-token instruction count must stay well
 // under what the SM can issue while the bytes arrive.
 //
+// Two split kernels share the ring, the partials and the merge: on sm_90 with T = 1 at the engine's shapes, the
+// warpgroup-MMA kernel further down (mla_split_wgmma_kernel: 2 consumer warpgroups, tokens as the M dimension);
+// everywhere else the mma.sync kernel described here.
 // Work items = (split of the sequence) x (group of MR = 16 MT query rows); a persistent grid (one block per SM)
 // takes items b, b + grid, ... Each block is warp-specialized:
 //   producer warp  streams the tokens of its items, one after the other, into a ring of shared-memory slots of

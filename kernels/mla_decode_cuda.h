@@ -68,7 +68,8 @@ std::int64_t mla_decode_cuda_workspace_bytes(const MlaDecodeCudaParams& p);
 
 // Two kernels on `stream`: (1) a persistent grid (one block per SM) over the work items (split, group of up to 32
 // query rows): a producer warp streams the tokens through a ring of shared-memory slots (2-D TMA on sm_90),
-// 8 consumer warps score and accumulate on bf16 tensor cores (mma.sync, fp32 accumulate, online softmax in fp32)
+// 8 consumer warps score and accumulate on bf16 tensor cores (mma.sync, fp32 accumulate, online softmax in fp32;
+// on sm_90 at T = 1 and the engine's shapes, 2 warpgroups on wgmma instead: mla_decode_cuda_uses_wgmma)
 // and write a normalized partial (o, lse) per item; (2) an exact merge of the partials in split order. On sm_90
 // with an explicit stream both are launched as programmatic dependents (they may start while the previous kernel
 // in the stream finishes, and wait for it before reading its outputs). Throws std::invalid_argument for
