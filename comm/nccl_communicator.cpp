@@ -133,9 +133,34 @@ void NcclCommunicator::abort() noexcept {
 
 // ---------------------------------------------------------------------------------------------- the watchdog
 
+void NcclCommunicator::note(const char* op, std::int64_t bytes, const char* peer_kind, int peer, cudaStream_t caller) {
+  const char* where = "";
+  if (caller != nullptr) {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    where = cudaStreamIsCapturing(caller, &st) == cudaSuccess && st == cudaStreamCaptureStatusActive
+                ? " (captured in a CUDA graph)"
+                : " (caller's stream)";
+  }
+  recent_[static_cast<std::size_t>(recent_count_ % kRecent)] = Recent{op, bytes, peer_kind, peer, where};
+  ++recent_count_;
+}
+
+std::string NcclCommunicator::recent() const {
+  std::string r;
+  for (std::int64_t i = std::max<std::int64_t>(0, recent_count_ - kRecent); i < recent_count_; ++i) {
+    const Recent& e = recent_[static_cast<std::size_t>(i % kRecent)];
+    if (!r.empty()) r += ", ";
+    r += "#" + std::to_string(i + 1) + " " + e.op + " " + std::to_string(e.bytes) + " B";
+    if (e.peer_kind != nullptr) r += " " + std::string(e.peer_kind) + " " + std::to_string(e.peer);
+    r += e.where;
+  }
+  return r.empty() ? "none" : r;
+}
+
 void NcclCommunicator::fail(const char* op, const std::string& why) {
   const std::string what = "NCCL " + std::string(op) + " on communicator '" + name() + "' (rank " +
-                           std::to_string(rank_) + " of " + std::to_string(size_) + ", " + rank_and_host() + "): " + why;
+                           std::to_string(rank_) + " of " + std::to_string(size_) + ", " + rank_and_host() +
+                           "; its last enqueued operations: " + recent() + "): " + why;
   // Said before the abort, which may take a while (or, see abort(), not return at all).
   if (!aborted_) std::fprintf(stderr, "hylo: %s\n", what.c_str());
   abort();
@@ -243,6 +268,7 @@ void NcclCommunicator::flush(const char* op) {
   q.swap(queue_);
   std::shared_ptr<P2pGroup> g = std::move(open_);
   open_.reset();
+  for (const P2p& t : q) note(t.send ? "send" : "recv", t.bytes, "rank", t.peer);
   check(ncclGroupStart(), "ncclGroupStart", op);
   for (const P2p& t : q) {
     const auto n = static_cast<std::size_t>(t.bytes);
@@ -283,6 +309,7 @@ std::unique_ptr<PendingOp> NcclCommunicator::do_irecv(void* data, std::int64_t b
 void NcclCommunicator::do_allreduce_sum(float* data, std::int64_t count) {
   check_device_buffer("allreduce", data, count * 4);
   flush("allreduce");
+  note("allreduce", count * 4);
   check(ncclAllReduce(data, data, static_cast<std::size_t>(count), ncclFloat32, ncclSum, comm_, stream_), "ncclAllReduce",
         "allreduce");
   sync("allreduce");
@@ -291,6 +318,7 @@ void NcclCommunicator::do_allreduce_sum(float* data, std::int64_t count) {
 void NcclCommunicator::do_allreduce_sum(double* data, std::int64_t count) {
   check_device_buffer("allreduce", data, count * 8);
   flush("allreduce");
+  note("allreduce", count * 8);
   check(ncclAllReduce(data, data, static_cast<std::size_t>(count), ncclFloat64, ncclSum, comm_, stream_), "ncclAllReduce",
         "allreduce");
   sync("allreduce");
@@ -300,6 +328,7 @@ void NcclCommunicator::do_allgather(const void* send, void* recv, std::int64_t b
   check_device_buffer("allgather", send, bytes_per_rank);
   check_device_buffer("allgather", recv, bytes_per_rank * size_);
   flush("allgather");
+  note("allgather", bytes_per_rank);
   check(ncclAllGather(send, recv, static_cast<std::size_t>(bytes_per_rank), ncclUint8, comm_, stream_), "ncclAllGather",
         "allgather");
   sync("allgather");
@@ -310,6 +339,7 @@ void NcclCommunicator::do_allgatherv(const void* data, std::int64_t bytes, Gathe
   // memory (GatheredBytes), as for every transport.
   check_device_buffer("allgatherv", data, bytes);
   flush("allgatherv");
+  note("allgatherv", bytes);
   auto* sizes_d = reinterpret_cast<std::int64_t*>(scratch_ + 16);  // [size_ + 1]: everyone's, then this rank's
   HYLO_NCCL_CUDA(cudaMemcpyAsync(sizes_d + size_, &bytes, sizeof bytes, cudaMemcpyHostToDevice, stream_));
   check(ncclAllGather(sizes_d + size_, sizes_d, sizeof(std::int64_t), ncclUint8, comm_, stream_), "ncclAllGather",
@@ -342,6 +372,7 @@ void NcclCommunicator::do_allgatherv(const void* data, std::int64_t bytes, Gathe
 void NcclCommunicator::do_broadcast(void* data, std::int64_t bytes, int root) {
   check_device_buffer("broadcast", data, bytes);
   flush("broadcast");
+  note("broadcast", bytes, "root", root);
   check(ncclBroadcast(data, data, static_cast<std::size_t>(bytes), ncclUint8, root, comm_, stream_), "ncclBroadcast",
         "broadcast");
   sync("broadcast");
@@ -351,6 +382,7 @@ void NcclCommunicator::allreduce_sum_on(float* data, std::int64_t count, cudaStr
   if (count < 0) throw std::invalid_argument("NCCL allreduce_sum_on: negative count");
   if (count == 0) return;
   flush("allreduce");
+  note("allreduce", count * 4, nullptr, 0, stream);
   check(ncclAllReduce(data, data, static_cast<std::size_t>(count), ncclFloat32, ncclSum, comm_, stream), "ncclAllReduce",
         "allreduce");
   stats().record(name(), "allreduce_sum (stream)", count * 4, count * 4, 0.0);
@@ -360,6 +392,7 @@ void NcclCommunicator::allgather_on(const void* send, void* recv, std::int64_t b
   if (bytes_per_rank < 0) throw std::invalid_argument("NCCL allgather_on: negative size");
   if (bytes_per_rank == 0) return;
   flush("allgather");
+  note("allgather", bytes_per_rank, nullptr, 0, stream);
   check(ncclAllGather(send, recv, static_cast<std::size_t>(bytes_per_rank), ncclUint8, comm_, stream), "ncclAllGather",
         "allgather");
   stats().record(name(), "allgather (stream)", bytes_per_rank, bytes_per_rank * (size_ - 1), 0.0);
@@ -367,6 +400,7 @@ void NcclCommunicator::allgather_on(const void* send, void* recv, std::int64_t b
 
 void NcclCommunicator::do_barrier() {
   flush("barrier");
+  note("barrier", 0);
   auto* one = reinterpret_cast<float*>(scratch_);  // a zero, summed
   check(ncclAllReduce(one, one, 1, ncclFloat32, ncclSum, comm_, stream_), "ncclAllReduce", "barrier");
   sync("barrier");

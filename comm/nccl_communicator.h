@@ -26,6 +26,7 @@
 #include <nccl.h>
 
 #include <cstdint>
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -126,6 +127,20 @@ class NcclCommunicator final : public Communicator, public DeviceCollectives {
   // An NCCL call's result on the non-blocking communicator: waits out ncclInProgress, throws on errors.
   void check(ncclResult_t rc, const char* stmt, const char* op);
   [[noreturn]] void fail(const char* op, const std::string& why);
+  // The watchdog's record of this communicator's last enqueued operations (RELIABILITY.md: a small ring buffer of
+  // the last collectives per rank), named in every CommError: "#12 allgather 4096 B (caller's stream), ...". An
+  // operation is recorded when the host enqueues it (a CUDA graph's captured ones once, at capture, marked so).
+  static constexpr int kRecent = 8;
+  struct Recent {
+    const char* op = nullptr;
+    std::int64_t bytes = 0;
+    const char* peer_kind = nullptr;  // "rank" (send / recv), "root" (broadcast) or null
+    int peer = 0;
+    const char* where = "";  // "", " (caller's stream)" or " (captured in a CUDA graph)"
+  };
+  void note(const char* op, std::int64_t bytes, const char* peer_kind = nullptr, int peer = 0,
+            cudaStream_t caller = nullptr);
+  std::string recent() const;
 
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
@@ -139,6 +154,8 @@ class NcclCommunicator final : public Communicator, public DeviceCollectives {
   bool abort_stuck_ = false;  // ncclCommAbort did not return within abort_grace_seconds (left running)
   std::byte* scratch_ = nullptr;  // device scratch for barrier / allgatherv sizes
   cudaEvent_t caller_done_ = nullptr;  // wait(stream): recorded on the caller's stream (reused: one thread at a time)
+  std::array<Recent, kRecent> recent_{};
+  std::int64_t recent_count_ = 0;
 };
 
 }  // namespace hylo::comm

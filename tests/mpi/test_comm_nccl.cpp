@@ -255,6 +255,10 @@ TEST(NcclComm, WatchdogEndsAStuckCollective) {
   auto nccl = NcclCommunicator::create(world, NcclOptions{2.0}, "cp");
   Dev buf(4096);
   cudaMemset(buf.p, 0, buf.n);
+  // Two completed operations first: the error lists them with the stuck one (the ring of last operations).
+  nccl->broadcast(buf.p, 64, 0);
+  nccl->allgather_on(buf.p, buf.as<std::byte>() + 1024, 128, nccl->stream());
+  nccl->wait(nccl->stream(), "allgather");
   if (world.rank() == 0) {
     const auto t0 = std::chrono::steady_clock::now();
     try {
@@ -267,6 +271,10 @@ TEST(NcclComm, WatchdogEndsAStuckCollective) {
       EXPECT_NE(what.find("allreduce"), std::string::npos) << what;
       EXPECT_NE(what.find("'cp'"), std::string::npos) << what;
       EXPECT_NE(what.find("rank 0"), std::string::npos) << what;
+      EXPECT_NE(what.find("last enqueued operations: #1 broadcast 64 B root 0, #2 allgather 128 B (caller's stream), "
+                          "#3 allreduce 4096 B"),
+                std::string::npos)
+          << what;
       EXPECT_GE(took, 1.9);
       EXPECT_LT(took, 10.0);
     }
