@@ -724,14 +724,7 @@ constexpr int kWgMaxSlots = 16;
 #endif
 
 #if HYLO_HAS_WGMMA
-template <int TA>
-__device__ __forceinline__ void wgmma_bf16(float (&d)[4], std::uint64_t da, std::uint64_t db, int scale_d) {
-  asm volatile(
-      "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %6, 0;\n\t"
-      "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, %4, %5, p, 1, 1, %7, 0;\n\t}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "l"(da), "l"(db), "r"(scale_d), "n"(TA));
-}
+// D (fp32) += A B for 64 x N x 16, N = 16 (8 accumulators per thread) or 24 (12); TA: A read transposed (MN-major).
 template <int TA>
 __device__ __forceinline__ void wgmma_bf16(float (&d)[8], std::uint64_t da, std::uint64_t db, int scale_d) {
   asm volatile(
@@ -746,14 +739,6 @@ __device__ __forceinline__ void wgmma_bf16(float (&d)[12], std::uint64_t da, std
       "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %14, 0;\n\t"
       "wgmma.mma_async.sync.aligned.m64n24k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11}, %12, %13, p, 1, 1, %15, 0;\n\t}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11])
-      : "l"(da), "l"(db), "r"(scale_d), "n"(TA));
-}
-template <int TA>
-__device__ __forceinline__ void wgmma_bf16(float (&d)[16], std::uint64_t da, std::uint64_t db, int scale_d) {
-  asm volatile(
-      "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %18, 0;\n\t"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, 0;\n\t}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
       : "l"(da), "l"(db), "r"(scale_d), "n"(TA));
 }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
