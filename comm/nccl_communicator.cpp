@@ -137,9 +137,10 @@ void NcclCommunicator::note(const char* op, std::int64_t bytes, const char* peer
   const char* where = "";
   if (caller != nullptr) {
     cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-    where = cudaStreamIsCapturing(caller, &st) == cudaSuccess && st == cudaStreamCaptureStatusActive
-                ? " (captured in a CUDA graph)"
-                : " (caller's stream)";
+    const cudaError_t q = cudaStreamIsCapturing(caller, &st);
+    if (q != cudaSuccess) (void)cudaGetLastError();  // only a label: leave no error behind for later checks
+    where = q == cudaSuccess && st == cudaStreamCaptureStatusActive ? " (captured in a CUDA graph)"
+                                                                     : " (caller's stream)";
   }
   recent_[static_cast<std::size_t>(recent_count_ % kRecent)] = Recent{op, bytes, peer_kind, peer, where};
   ++recent_count_;

@@ -825,9 +825,11 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
   __syncthreads();
 
   // Items come in pairs (2 p, 2 p + 1; pair p = block, block + grid, ...), group w taking item 2 p + w. The
-  // producer streams the pair's tiles interleaved (item 0 tile 0, item 1 tile 0, item 0 tile 1, ...; the longer
-  // item's last tiles alone), so both groups work at once; tile t of group w is the pair's slot sequence number
-  // t < n_min ? 2 t + w : 2 n_min + t - n_min (n_min: the shorter item's tiles).
+  // producer streams the pair's tiles interleaved (item 0 tile 0, item 1 tile 0, item 0 tile 1, ...), so both
+  // groups work at once. Each group has its own half of the ring (slots w, w + 2, ...) filled and drained in its
+  // own order: the c-th tile of group w (counted over all its items) is in slot 2 (c mod n_slots / 2) + w, lap
+  // c / (n_slots / 2). One shared ring in the interleaved order would let a group wait for a slot's next fill while
+  // the other group's earlier fill of it is still in flight, and a parity wait cannot tell those two apart.
   auto tiles_of = [&](std::int64_t item) -> std::int64_t {
     if (item >= a.n_items) return 0;
     const std::int64_t s0 = item * a.split, s1 = min64(a.S, s0 + a.split);
@@ -836,23 +838,22 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
   if (warp == 4 * kWgGroups) {
     // ---------------------------------------------------------------- producer: one lane issues the boxes
     if (lane == 0) {
-      unsigned slot = 0, phase = 0;
+      const unsigned half = static_cast<unsigned>(n_slots / 2);
+      unsigned count[kWgGroups] = {0u, 0u};  // tiles issued per group
       for (std::int64_t pair = blockIdx.x; 2 * pair < a.n_items; pair += gridDim.x) {
         const std::int64_t n0 = tiles_of(2 * pair), n1 = tiles_of(2 * pair + 1);
         for (std::int64_t t = 0; t < (n0 > n1 ? n0 : n1); ++t)
           for (int w = 0; w < kWgGroups; ++w) {
             if (t >= (w == 0 ? n0 : n1)) continue;
             const std::int64_t tok = (2 * pair + w) * a.split + t * kWgTile;
+            const unsigned slot = 2 * (count[w] % half) + static_cast<unsigned>(w), phase = (count[w] / half) & 1u;
+            ++count[w];
             mbar_wait(empty0 + 8 * slot, phase ^ 1u);
             const unsigned dst = ring0 + slot * kSlotBytes;
             mbar_arrive_expect_tx(full0 + 8 * slot, kSlotBytes);
 #pragma unroll
             for (int pn = 0; pn < NPAN; ++pn)
               tma_load_2d(dst + pn * kWgPanelBytes, &map, pn * 64, static_cast<int>(tok), full0 + 8 * slot);
-            if (++slot == static_cast<unsigned>(n_slots)) {
-              slot = 0;
-              phase ^= 1u;
-            }
           }
       }
     }
@@ -861,12 +862,11 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
 
   // ------------------------------------------------------------------ consumers (warpgroup wg)
   const int g = lane >> 2, t4 = lane & 3, wwarp = warp & 3, wtid = tid & 127;
-  std::int64_t seq0 = 0;  // slot sequence number of the pair's first tile
+  const unsigned half = static_cast<unsigned>(n_slots / 2);
+  unsigned count = 0;  // tiles of this group consumed so far
   for (std::int64_t pair = blockIdx.x; 2 * pair < a.n_items; pair += gridDim.x) {
     const std::int64_t n0 = tiles_of(2 * pair), n1 = tiles_of(2 * pair + 1);
-    const std::int64_t n_min = n0 < n1 ? n0 : n1, item = 2 * pair + wg, my_n = wg == 0 ? n0 : n1;
-    const std::int64_t pair_seq0 = seq0;
-    seq0 += n0 + n1;
+    const std::int64_t item = 2 * pair + wg, my_n = wg == 0 ? n0 : n1;
     if (my_n == 0) continue;
     const std::int64_t s0 = item * a.split, s1 = min64(a.S, s0 + a.split);
     float acc_o[MB][NH / 2];
@@ -880,14 +880,15 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
 
     for (std::int64_t t = 0; t < my_n; ++t) {
       const std::int64_t j0 = s0 + t * kWgTile;
-      const std::int64_t seq = pair_seq0 + (t < n_min ? 2 * t + wg : 2 * n_min + (t - n_min));
-      const unsigned slot = static_cast<unsigned>(seq % n_slots), phase = static_cast<unsigned>((seq / n_slots) & 1);
+      const unsigned slot = 2 * (count % half) + static_cast<unsigned>(wg), phase = (count / half) & 1u;
+      ++count;
       mbar_wait(full0 + 8 * slot, phase);
       const unsigned tile = ring0 + slot * kSlotBytes;
       // S^T = K Q^T over the dk columns: 4 k steps of 16 per panel (+32 bytes inside the swizzled row).
       float s[NH / 2];
 #pragma unroll
       for (int i = 0; i < NH / 2; ++i) s[i] = 0.0f;
+      reg_fence(s);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < NPAN * 4; ++kk) {
@@ -961,10 +962,11 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
         for (int j = 0; j < NJ; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc_o[mb][4 * j + e] *= alpha[j][e & 1];
+#pragma unroll
+      for (int mb = 0; mb < MB; ++mb) reg_fence(acc_o[mb]);  // the rescale stays before the fence
       wgmma_fence();
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb) {
-        reg_fence(acc_o[mb]);
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk)
           wgmma_bf16<1>(acc_o[mb], sw128_desc(tile + mb * kWgPanelBytes + kk * 2048), sw128_desc(p_s + kk * 32), 1);
@@ -1019,6 +1021,10 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
         }
     }
   }
+#else
+  // Compiled without sm_90a (e.g. only compute_80 PTX JIT-compiled for an H100): the host dispatch must not pick
+  // this kernel there; fail loudly instead of leaving the partials unwritten.
+  __trap();
 #endif
 }
 
@@ -1069,14 +1075,14 @@ bool tma_eligible(const MlaDecodeCudaParams& p, const DeviceInfo& d) {
 
 // The wgmma kernel's instantiation for this call (0: none; the mma.sync kernel runs): sm_90 (wgmma is sm_90a),
 // T = 1, the engine's shapes (1: nH 24, r 128, dr 64 - HyLo-Llama; 2: nH 16, r 256, dr 64 - HyLo-Qwen), the
-// cache TMA-eligible, at least 2 ring slots.
+// cache TMA-eligible, at least 4 ring slots (2 per consumer group).
 int wgmma_shape(const MlaDecodeCudaParams& p, const DeviceInfo& d) {
   if (!p.allow_wgmma || d.major != 9 || p.T != 1 || !tma_eligible(p, d) || p.rope_dim != 64) return 0;
   const int shape = p.n_heads == 24 && p.kv_lora_rank == 128 ? 1 : p.n_heads == 16 && p.kv_lora_rank == 256 ? 2 : 0;
   if (shape == 0) return 0;
   const int nh = static_cast<int>(p.n_heads), npan = static_cast<int>((p.kv_lora_rank + p.rope_dim) / 64);
   const std::int64_t slot_b = std::int64_t{npan} * kWgPanelBytes;
-  return (d.max_smem - wgmma_smem_bytes(nh, npan, 0)) / slot_b >= 2 ? shape : 0;
+  return (d.max_smem - wgmma_smem_bytes(nh, npan, 0)) / slot_b >= 4 ? shape : 0;  // 2 slots per group
 }
 
 std::int64_t split_of(const MlaDecodeCudaParams& p) {
@@ -1101,7 +1107,10 @@ bool mla_decode_cuda_uses_wgmma(const MlaDecodeCudaParams& p) {
   if (p.S <= 0 || p.T <= 0 || p.n_heads <= 0 || p.cache == nullptr) return false;
   int dev = 0;
   HYLO_CUDA_CHECK(cudaGetDevice(&dev));
-  return wgmma_shape(p, device_info(dev)) != 0;
+  if (wgmma_shape(p, device_info(dev)) == 0) return false;
+  CUtensorMap map{};
+  const int dk = static_cast<int>(p.kv_lora_rank + p.rope_dim);
+  return make_cache_map(&map, p.cache, p.S, dk, p.cache_row_stride > 0 ? p.cache_row_stride : dk, kWgTile);
 }
 
 bool mla_decode_cuda_uses_tma(const MlaDecodeCudaParams& p) {
@@ -1166,18 +1175,23 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
   HYLO_CUDA_CHECK(cudaGetDevice(&dev));
   const DeviceInfo d = device_info(dev);
   const bool pdl = cuda::pdl_allowed(stream);
-  const int wg = wgmma_shape(p, d);
-  if (n_split > 0 && wg != 0) {
+  // The wgmma kernel's tensor map (64-row boxes): a refused map falls back to the mma.sync kernel.
+  CUtensorMap wg_map{};
+  const int wg = n_split > 0 && wgmma_shape(p, d) != 0 &&
+                         make_cache_map(&wg_map, p.cache, p.S, a.dk, a.cache_rs, kWgTile)
+                     ? wgmma_shape(p, d)
+                     : 0;
+  if (wg != 0) {
     a.n_rg = 1;
     a.n_items = n_split;
     const int nh = static_cast<int>(p.n_heads), npan = a.dk / 64;
     const std::int64_t slot_b = std::int64_t{npan} * kWgPanelBytes;
+    // An even count: each consumer group owns half of the ring.
     a.n_slots = static_cast<int>(
-        std::min<std::int64_t>(kWgMaxSlots, (d.max_smem - wgmma_smem_bytes(nh, npan, 0)) / slot_b));
+        std::min<std::int64_t>(kWgMaxSlots, (d.max_smem - wgmma_smem_bytes(nh, npan, 0)) / slot_b) / 2 * 2);
     const std::int64_t smem = wgmma_smem_bytes(nh, npan, a.n_slots);
-    CUtensorMap map{};
-    a.fast = make_cache_map(&map, p.cache, p.S, a.dk, a.cache_rs, kWgTile);
-    if (!a.fast) throw std::runtime_error("mla_decode_cuda: the driver refused the cache's tensor map");
+    a.fast = true;
+    const CUtensorMap& map = wg_map;
     if (wg == 1 && a.q_hi_lo)
       launch_split_wgmma<24, 3, 2, true>(map, a, dev, d, smem, stream, pdl);
     else if (wg == 1)

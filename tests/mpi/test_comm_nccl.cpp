@@ -257,7 +257,8 @@ TEST(NcclComm, WatchdogEndsAStuckCollective) {
   cudaMemset(buf.p, 0, buf.n);
   // Two completed operations first: the error lists them with the stuck one (the ring of last operations).
   nccl->broadcast(buf.p, 64, 0);
-  nccl->allgather_on(buf.p, buf.as<std::byte>() + 1024, 128, nccl->stream());
+  Dev gathered(128 * static_cast<std::size_t>(world.size()));
+  nccl->allgather_on(buf.p, gathered.p, 128, nccl->stream());
   nccl->wait(nccl->stream(), "allgather");
   if (world.rank() == 0) {
     const auto t0 = std::chrono::steady_clock::now();
