@@ -713,8 +713,8 @@ bool make_cache_map(CUtensorMap* map, const bf16* cache, std::int64_t rows, int 
 // slot (one 64 x 64 TMA box per 64-column panel). The partials and the merge are the mma.sync path's.
 constexpr int kWgTile = 64;                     // tokens per tile and ring slot
 constexpr int kWgPanelBytes = kWgTile * 128;    // one 64-column panel of a slot
-constexpr int kWgGroups = 2;                    // consumer warpgroups: each takes one item of a pair
-constexpr int kWgThreads = kWgGroups * 128 + 32;  // + the producer warp
+constexpr int kWgGroups = 2;  // consumer warpgroups by default (MlaDecodeCudaParams::wgmma_groups: 2 or 3)
+constexpr int wg_threads(int groups) { return groups * 128 + 32; }  // + the producer warp
 constexpr int kWgMaxSlots = 16;
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -769,8 +769,8 @@ __device__ __forceinline__ unsigned sw128_off(int row, int col) {
 #endif
 
 // NH heads (the N of both products), NPAN 64-column panels of K (dk = 64 NPAN), MB 64-row blocks of r.
-template <int NH, int NPAN, int MB, bool HL>
-__global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __grid_constant__ CUtensorMap map,
+template <int NH, int NPAN, int MB, bool HL, int G>
+__global__ void __launch_bounds__(wg_threads(G), 1) mla_split_wgmma_kernel(const __grid_constant__ CUtensorMap map,
                                                                          const MlaArgs args) {
 #if HYLO_HAS_WGMMA
   static_assert(NH % 8 == 0 && NH <= 32 && MB <= NPAN, "shape");
@@ -780,14 +780,14 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
   extern __shared__ unsigned char smem_raw[];
   // 1024-aligned base: q hi | q lo | per group: P^T [NH][128 B] | per group: red, lred [4][NH] f32 | barriers | ring.
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int wg = warp < 4 * kWgGroups ? warp >> 2 : 0;  // this warp's consumer group
+  const int wg = warp < 4 * G ? warp >> 2 : 0;  // this warp's consumer group
   const unsigned raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
   unsigned char* const gbase = smem_raw + (base - raw);
   const unsigned q_hi = base, q_lo = base + kQBytes, p_s = base + 2 * kQBytes + wg * NH * 128;
   unsigned char* const p_g = gbase + 2 * kQBytes + wg * NH * 128;  // generic pointer to this group's P^T
-  float* const red = reinterpret_cast<float*>(gbase + 2 * kQBytes + kWgGroups * NH * 128) + wg * 8 * NH;
+  float* const red = reinterpret_cast<float*>(gbase + 2 * kQBytes + G * NH * 128) + wg * 8 * NH;
   float* const lred = red + 4 * NH;
-  const unsigned bar0 = (base + 2 * kQBytes + kWgGroups * (NH * 128 + 8 * 4 * NH) + 7u) & ~7u;
+  const unsigned bar0 = (base + 2 * kQBytes + G * (NH * 128 + 8 * 4 * NH) + 7u) & ~7u;
   const unsigned full0 = bar0, empty0 = bar0 + 8 * kWgMaxSlots;
   const unsigned ring0 = (empty0 + 8 * kWgMaxSlots + 1023u) & ~1023u;
   const int n_slots = args.n_slots;
@@ -809,7 +809,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
     a.n_items = a.n_split;
   }
   // q (T = 1) into the two B operands: hi = bf16(q), lo = bf16(q - hi); rows = heads, 128-byte swizzled panels.
-  for (int i = tid; i < NH * NPAN * 32; i += kWgThreads) {
+  for (int i = tid; i < NH * NPAN * 32; i += wg_threads(G)) {
     const int h = i / (NPAN * 32), c = 2 * (i % (NPAN * 32));
     float v[2];
 #pragma unroll
@@ -835,18 +835,20 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
     const std::int64_t s0 = item * a.split, s1 = min64(a.S, s0 + a.split);
     return (s1 - s0 + kWgTile - 1) / kWgTile;
   };
-  if (warp == 4 * kWgGroups) {
+  if (warp == 4 * G) {
     // ---------------------------------------------------------------- producer: one lane issues the boxes
     if (lane == 0) {
-      const unsigned half = static_cast<unsigned>(n_slots / 2);
-      unsigned count[kWgGroups] = {0u, 0u};  // tiles issued per group
-      for (std::int64_t pair = blockIdx.x; 2 * pair < a.n_items; pair += gridDim.x) {
-        const std::int64_t n0 = tiles_of(2 * pair), n1 = tiles_of(2 * pair + 1);
-        for (std::int64_t t = 0; t < (n0 > n1 ? n0 : n1); ++t)
-          for (int w = 0; w < kWgGroups; ++w) {
-            if (t >= (w == 0 ? n0 : n1)) continue;
-            const std::int64_t tok = (2 * pair + w) * a.split + t * kWgTile;
-            const unsigned slot = 2 * (count[w] % half) + static_cast<unsigned>(w), phase = (count[w] / half) & 1u;
+      const unsigned half = static_cast<unsigned>(n_slots / G);  // slots per group
+      unsigned count[G] = {};  // tiles issued per group
+      for (std::int64_t pair = blockIdx.x; G * pair < a.n_items; pair += gridDim.x) {
+        std::int64_t n[G], n_max = 0;
+#pragma unroll
+        for (int w = 0; w < G; ++w) n[w] = tiles_of(G * pair + w), n_max = n[w] > n_max ? n[w] : n_max;
+        for (std::int64_t t = 0; t < n_max; ++t)
+          for (int w = 0; w < G; ++w) {
+            if (t >= n[w]) continue;
+            const std::int64_t tok = (G * pair + w) * a.split + t * kWgTile;
+            const unsigned slot = G * (count[w] % half) + static_cast<unsigned>(w), phase = (count[w] / half) & 1u;
             ++count[w];
             mbar_wait(empty0 + 8 * slot, phase ^ 1u);
             const unsigned dst = ring0 + slot * kSlotBytes;
@@ -862,11 +864,10 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
 
   // ------------------------------------------------------------------ consumers (warpgroup wg)
   const int g = lane >> 2, t4 = lane & 3, wwarp = warp & 3, wtid = tid & 127;
-  const unsigned half = static_cast<unsigned>(n_slots / 2);
+  const unsigned half = static_cast<unsigned>(n_slots / G);  // slots per group
   unsigned count = 0;  // tiles of this group consumed so far
-  for (std::int64_t pair = blockIdx.x; 2 * pair < a.n_items; pair += gridDim.x) {
-    const std::int64_t n0 = tiles_of(2 * pair), n1 = tiles_of(2 * pair + 1);
-    const std::int64_t item = 2 * pair + wg, my_n = wg == 0 ? n0 : n1;
+  for (std::int64_t pair = blockIdx.x; G * pair < a.n_items; pair += gridDim.x) {
+    const std::int64_t item = G * pair + wg, my_n = tiles_of(item);
     if (my_n == 0) continue;
     const std::int64_t s0 = item * a.split, s1 = min64(a.S, s0 + a.split);
     float acc_o[MB][NH / 2];
@@ -880,7 +881,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
 
     for (std::int64_t t = 0; t < my_n; ++t) {
       const std::int64_t j0 = s0 + t * kWgTile;
-      const unsigned slot = 2 * (count % half) + static_cast<unsigned>(wg), phase = (count / half) & 1u;
+      const unsigned slot = G * (count % half) + static_cast<unsigned>(wg), phase = (count / half) & 1u;
       ++count;
       mbar_wait(full0 + 8 * slot, phase);
       const unsigned tile = ring0 + slot * kSlotBytes;
@@ -1028,24 +1029,24 @@ __global__ void __launch_bounds__(kWgThreads, 1) mla_split_wgmma_kernel(const __
 #endif
 }
 
-std::int64_t wgmma_smem_bytes(int nh, int npan, int n_slots) {
+std::int64_t wgmma_smem_bytes(int nh, int npan, int n_slots, int groups) {
   const std::int64_t fixed =
-      2 * std::int64_t{npan} * nh * 128 + kWgGroups * (nh * 128 + 8 * 4 * nh) + 16 * kWgMaxSlots + 8;
+      2 * std::int64_t{npan} * nh * 128 + groups * (nh * 128 + 8 * 4 * nh) + 16 * kWgMaxSlots + 8;
   return 1024 + (fixed + 1023) / 1024 * 1024 + std::int64_t{n_slots} * npan * kWgPanelBytes;
 }
 
-template <int NH, int NPAN, int MB, bool HL>
+template <int NH, int NPAN, int MB, bool HL, int G>
 void launch_split_wgmma(const CUtensorMap& map, const MlaArgs& a, int dev, const DeviceInfo& d, std::int64_t smem,
                         cudaStream_t stream, bool pdl) {
   static std::atomic<unsigned long long> attr_set{0};
   const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0ull;
   if (bit == 0 || (attr_set.load(std::memory_order_relaxed) & bit) == 0) {
-    HYLO_CUDA_CHECK(cudaFuncSetAttribute(mla_split_wgmma_kernel<NH, NPAN, MB, HL>,
+    HYLO_CUDA_CHECK(cudaFuncSetAttribute(mla_split_wgmma_kernel<NH, NPAN, MB, HL, G>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, d.max_smem));
     attr_set.fetch_or(bit, std::memory_order_relaxed);
   }
-  const std::int64_t grid = std::min<std::int64_t>((a.n_items + kWgGroups - 1) / kWgGroups, d.sms);  // item pairs
-  cuda::launch_pdl(mla_split_wgmma_kernel<NH, NPAN, MB, HL>, dim3(static_cast<unsigned>(grid)), dim3(kWgThreads),
+  const std::int64_t grid = std::min<std::int64_t>((a.n_items + G - 1) / G, d.sms);  // sets of G items
+  cuda::launch_pdl(mla_split_wgmma_kernel<NH, NPAN, MB, HL, G>, dim3(static_cast<unsigned>(grid)), dim3(wg_threads(G)),
                    static_cast<std::size_t>(smem), stream, pdl, map, a);
 }
 
@@ -1075,14 +1076,20 @@ bool tma_eligible(const MlaDecodeCudaParams& p, const DeviceInfo& d) {
 
 // The wgmma kernel's instantiation for this call (0: none; the mma.sync kernel runs): sm_90 (wgmma is sm_90a),
 // T = 1, the engine's shapes (1: nH 24, r 128, dr 64 - HyLo-Llama; 2: nH 16, r 256, dr 64 - HyLo-Qwen), the
-// cache TMA-eligible, at least 4 ring slots (2 per consumer group).
+// cache TMA-eligible, at least 2 ring slots per consumer group.
+int wgmma_groups(const MlaDecodeCudaParams& p) { return p.wgmma_groups != 0 ? p.wgmma_groups : kWgGroups; }
+// Ring slots of the wgmma kernel: as many as fit (<= kWgMaxSlots), a multiple of the groups (each owns 1 / groups).
+std::int64_t wgmma_slots(const MlaDecodeCudaParams& p, const DeviceInfo& d) {
+  const int nh = static_cast<int>(p.n_heads), npan = static_cast<int>((p.kv_lora_rank + p.rope_dim) / 64);
+  const int groups = wgmma_groups(p);
+  const std::int64_t fit = (d.max_smem - wgmma_smem_bytes(nh, npan, 0, groups)) / (std::int64_t{npan} * kWgPanelBytes);
+  return std::min<std::int64_t>(kWgMaxSlots, fit) / groups * groups;
+}
 int wgmma_shape(const MlaDecodeCudaParams& p, const DeviceInfo& d) {
   if (!p.allow_wgmma || d.major != 9 || p.T != 1 || !tma_eligible(p, d) || p.rope_dim != 64) return 0;
   const int shape = p.n_heads == 24 && p.kv_lora_rank == 128 ? 1 : p.n_heads == 16 && p.kv_lora_rank == 256 ? 2 : 0;
   if (shape == 0) return 0;
-  const int nh = static_cast<int>(p.n_heads), npan = static_cast<int>((p.kv_lora_rank + p.rope_dim) / 64);
-  const std::int64_t slot_b = std::int64_t{npan} * kWgPanelBytes;
-  return (d.max_smem - wgmma_smem_bytes(nh, npan, 0)) / slot_b >= 4 ? shape : 0;  // 2 slots per group
+  return wgmma_slots(p, d) >= 2 * wgmma_groups(p) ? shape : 0;
 }
 
 std::int64_t split_of(const MlaDecodeCudaParams& p) {
@@ -1134,6 +1141,10 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
     throw std::invalid_argument("mla_decode_cuda: need 1 <= kv_lora_rank <= 512 and 0 <= rope_dim <= 128 (got " +
                                 std::to_string(p.kv_lora_rank) + ", " + std::to_string(p.rope_dim) + ")");
   if (p.S < 0) throw std::invalid_argument("mla_decode_cuda: S < 0");
+  // 3 groups: the Llama shape only (Qwen's 40 KB tiles leave one slot per group).
+  if (p.wgmma_groups != 0 && p.wgmma_groups != 2 && !(p.wgmma_groups == 3 && p.n_heads == 24 && p.kv_lora_rank == 128))
+    throw std::invalid_argument("mla_decode_cuda: wgmma_groups " + std::to_string(p.wgmma_groups) +
+                                " is not 0 or 2 (3 only with nH 24, r 128)");
   const std::int64_t rows = p.T * p.n_heads;
   const std::int64_t split = split_of(p);
   // With pos_dev: the bound over every S' <= S (the kernels derive the actual value from *pos_dev), which places
@@ -1185,21 +1196,23 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
     a.n_rg = 1;
     a.n_items = n_split;
     const int nh = static_cast<int>(p.n_heads), npan = a.dk / 64;
-    const std::int64_t slot_b = std::int64_t{npan} * kWgPanelBytes;
-    // An even count: each consumer group owns half of the ring.
-    a.n_slots = static_cast<int>(
-        std::min<std::int64_t>(kWgMaxSlots, (d.max_smem - wgmma_smem_bytes(nh, npan, 0)) / slot_b) / 2 * 2);
-    const std::int64_t smem = wgmma_smem_bytes(nh, npan, a.n_slots);
+    const int groups = wgmma_groups(p);
+    a.n_slots = static_cast<int>(wgmma_slots(p, d));
+    const std::int64_t smem = wgmma_smem_bytes(nh, npan, a.n_slots, groups);
     a.fast = true;
     const CUtensorMap& map = wg_map;
-    if (wg == 1 && a.q_hi_lo)
-      launch_split_wgmma<24, 3, 2, true>(map, a, dev, d, smem, stream, pdl);
+    if (wg == 1 && a.q_hi_lo && groups == 3)
+      launch_split_wgmma<24, 3, 2, true, 3>(map, a, dev, d, smem, stream, pdl);
+    else if (wg == 1 && a.q_hi_lo)
+      launch_split_wgmma<24, 3, 2, true, 2>(map, a, dev, d, smem, stream, pdl);
+    else if (wg == 1 && groups == 3)
+      launch_split_wgmma<24, 3, 2, false, 3>(map, a, dev, d, smem, stream, pdl);
     else if (wg == 1)
-      launch_split_wgmma<24, 3, 2, false>(map, a, dev, d, smem, stream, pdl);
+      launch_split_wgmma<24, 3, 2, false, 2>(map, a, dev, d, smem, stream, pdl);
     else if (a.q_hi_lo)
-      launch_split_wgmma<16, 5, 4, true>(map, a, dev, d, smem, stream, pdl);
+      launch_split_wgmma<16, 5, 4, true, 2>(map, a, dev, d, smem, stream, pdl);
     else
-      launch_split_wgmma<16, 5, 4, false>(map, a, dev, d, smem, stream, pdl);
+      launch_split_wgmma<16, 5, 4, false, 2>(map, a, dev, d, smem, stream, pdl);
   } else if (n_split > 0) {
     const int n_k16 = a.dk_pad / 16;
     // 32 rows per item where the registers allow it (Q fragments 2 x 5 k steps, 2 x 4 output tiles per warp),

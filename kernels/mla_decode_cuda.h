@@ -35,6 +35,9 @@ struct MlaDecodeCudaParams {
   // split kernel on warpgroup MMA (mla_decode_cuda_uses_wgmma); false forces the mma.sync kernel (tests, A/B).
   // tile_tokens does not apply to it (64-token tiles).
   bool allow_wgmma = true;
+  // Consumer warpgroups of the wgmma kernel: 0 (the default, 2), 2, or 3 (nH 24, r 128 only; A/B timing);
+  // anything else throws std::invalid_argument.
+  int wgmma_groups = 0;
   // Tokens per split (0: mla_decode_cuda_default_split(S)). A split is one block's range of tokens; partials are
   // merged in split order, so the result depends on S and this value only (deterministic, bitwise repeatable).
   std::int64_t split_tokens = 0;

@@ -460,7 +460,7 @@ AttnOut mla_ref(const MlaCase& c, const MlaQueries& q, const std::vector<float>&
 // s_bound > 0: S is passed the graph-capture way, as a device position (S - T) with s_bound as the upper bound.
 AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_bfloat16>& cache,
                 std::int64_t cache_row_stride = 0, std::int64_t s_bound = 0, bool q_hi_lo = false,
-                std::int64_t tile_tokens = 0, bool allow_wgmma = true) {
+                std::int64_t tile_tokens = 0, bool allow_wgmma = true, int wgmma_groups = 0) {
   DeviceBuffer<float> dql(q.q_lat), dqp(q.q_pe);
   DeviceBuffer<float> o(std::vector<float>(static_cast<std::size_t>(c.T * c.H * c.r), kNaN));
   DeviceBuffer<float> lse(std::vector<float>(static_cast<std::size_t>(c.T * c.H), kNaN));
@@ -481,6 +481,7 @@ AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_b
   p.q_hi_lo = q_hi_lo;
   p.tile_tokens = tile_tokens;
   p.allow_wgmma = allow_wgmma;
+  p.wgmma_groups = wgmma_groups;
   DeviceBuffer<std::int32_t> pos(std::vector<std::int32_t>{static_cast<std::int32_t>(c.S - c.T)});
   if (s_bound > 0) {
     p.S = s_bound;
@@ -746,6 +747,17 @@ TEST(MlaDecodeCuda, WgmmaKernel) {
       }
       EXPECT_EQ(count_nonfinite(wg.o), 0);
       EXPECT_EQ(std::memcmp(wg.o.data(), again.o.data(), wg.o.size() * sizeof(float)), 0) << "not repeatable";
+      if (c.H == 24) {  // three consumer groups (item triples): the same bounds
+        const Errors e3 = compare(mla_gpu(c, q, dcache, 0, 0, hl, 0, true, 3), ref, c.T * c.H, c.r);
+        std::printf("mla_decode %-46s %s q: wgmma, 3 groups o_lat %.2e lse %.2e\n", describe(c).c_str(),
+                    hl ? "hi + lo" : "bf16   ", e3.o, e3.lse);
+        EXPECT_EQ(e3.masked_rows, 0);
+        EXPECT_LE(e3.o, 5e-3);
+        EXPECT_LE(e3.lse, 5e-5);
+      } else {
+        EXPECT_THROW(mla_gpu(c, q, dcache, 0, 0, hl, 0, true, 3), std::invalid_argument);
+      }
+      EXPECT_THROW(mla_gpu(c, q, dcache, 0, 0, hl, 0, true, 4), std::invalid_argument);
       // The graph-capture way: S from the device, the cache holding NaN rows up to a larger bound.
       const std::int64_t bound = c.S + 300, dk = c.r + c.dr;
       DeviceBuffer<__nv_bfloat16> big(bound * dk);
@@ -1127,11 +1139,13 @@ TEST(MlaDecodeCuda, EngineLatencyReport) {
                   static_cast<long long>(S), prop.name, ms_dec * 1e3, bytes / (ms_dec * 1e-3) / 1e9, ms_layer * 1e3);
       // The variants side by side (decode only): 64-token tiles (mma.sync kernel), q as hi + lo pairs, the mma.sync
       // kernel with hi + lo q (the default on sm_90 is the wgmma kernel).
-      for (const int variant : {1, 2, 3}) {
+      for (const int variant : {1, 2, 3, 4}) {
         kernels::MlaDecodeCudaParams pv = p;
         if (variant == 1) pv.tile_tokens = 64, pv.allow_wgmma = false;
         if (variant == 2) pv.q_hi_lo = true;
         if (variant == 3) pv.q_hi_lo = true, pv.allow_wgmma = false;
+        if (variant == 4 && shp.nH != 24) continue;  // 3 groups: the Llama shape only
+        if (variant == 4) pv.q_hi_lo = true, pv.wgmma_groups = 3;
         kernels::mla_decode_cuda(pv, st);
         HYLO_CUDA_CHECK(cudaEventRecord(t0, st));
         for (int i = 0; i < kReps; ++i) kernels::mla_decode_cuda(pv, st);
@@ -1143,7 +1157,8 @@ TEST(MlaDecodeCuda, EngineLatencyReport) {
                     ms / kReps * 1e3,
                     variant == 1   ? "mma.sync kernel, 64-token tiles"
                     : variant == 2 ? "q as hi + lo pairs"
-                                   : "mma.sync kernel, q as hi + lo pairs");
+                    : variant == 3 ? "mma.sync kernel, q as hi + lo pairs"
+                                   : "3 wgmma consumer groups, q as hi + lo pairs");
       }
       HYLO_CUDA_CHECK(cudaEventDestroy(t0));
       HYLO_CUDA_CHECK(cudaEventDestroy(t1));
