@@ -824,12 +824,13 @@ __global__ void __launch_bounds__(wg_threads(G), 1) mla_split_wgmma_kernel(const
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic writes -> the tensor cores' reads
   __syncthreads();
 
-  // Items come in pairs (2 p, 2 p + 1; pair p = block, block + grid, ...), group w taking item 2 p + w. The
-  // producer streams the pair's tiles interleaved (item 0 tile 0, item 1 tile 0, item 0 tile 1, ...), so both
-  // groups work at once. Each group has its own half of the ring (slots w, w + 2, ...) filled and drained in its
-  // own order: the c-th tile of group w (counted over all its items) is in slot 2 (c mod n_slots / 2) + w, lap
-  // c / (n_slots / 2). One shared ring in the interleaved order would let a group wait for a slot's next fill while
-  // the other group's earlier fill of it is still in flight, and a parity wait cannot tell those two apart.
+  // Items come in sets of G ("pairs" for the default G = 2: items G p .. G p + G - 1; set p = block, block + grid,
+  // ...), group w taking item G p + w. The producer streams the set's tiles interleaved (item 0 tile 0, item 1
+  // tile 0, ..., item 0 tile 1, ...), so the groups work at once. Each group owns 1 / G of the ring (slots w,
+  // w + G, ...), filled and drained in its own order: the c-th tile of group w (counted over all its items) is in
+  // slot G (c mod n_slots / G) + w, lap c / (n_slots / G). One shared ring in the interleaved order would let a
+  // group wait for a slot's next fill while another group's earlier fill of it is still in flight, and a parity
+  // wait cannot tell those two apart.
   auto tiles_of = [&](std::int64_t item) -> std::int64_t {
     if (item >= a.n_items) return 0;
     const std::int64_t s0 = item * a.split, s1 = min64(a.S, s0 + a.split);
