@@ -30,6 +30,7 @@
 #include "runtime/sampler.h"
 #if HYLO_WITH_CUDA
 #include <cuda_runtime.h>
+#include <nvtx3/nvtx3.hpp>
 
 #include "runtime/cuda_engine.h"
 #endif
@@ -351,7 +352,10 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
       std::vector<float> slice(static_cast<std::size_t>(engine->config().vocab_size));
       if (world) world->barrier();
       const auto t0 = std::chrono::steady_clock::now();
-      engine->forward(prompt, slice.data(), false);
+      {
+        nvtx3::scoped_range range("hylo timed prefill");  // scripts/kernel_profile.py --phase prefill
+        engine->forward(prompt, slice.data(), false);
+      }
       if (world) world->barrier();  // the time ends when the last rank is done
       prefill_s = since(t0);
       logits = gather_vocab(slice);
@@ -370,7 +374,11 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
       // Greedy decode as `hylo generate` runs it on the GPU: each step returns its argmax (GPU top-1), 4 + 4 bytes.
       Sampler s(SamplingParams{});
       std::int32_t t = s.sample(logits.data(), V);
-      for (std::int64_t i = 0; i < a.decode_steps; ++i) t = engine->forward_top(std::span<const std::int32_t>(&t, 1), 1)[0].second;
+      {
+        // The timed steps only (not the warm-up's or the profiled ones): scripts/kernel_profile.py filters on it.
+        nvtx3::scoped_range range("hylo timed decode");
+        for (std::int64_t i = 0; i < a.decode_steps; ++i) t = engine->forward_top(std::span<const std::int32_t>(&t, 1), 1)[0].second;
+      }
       decode_s = since(t1);
       // GPU time per op category of a few more (untimed) decode steps: where a decode step's time goes, and how
       // much of the wall time is host work / launch gaps (wall - GPU busy).

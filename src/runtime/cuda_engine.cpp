@@ -2,6 +2,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <nvtx3/nvtx3.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -1014,6 +1015,8 @@ double CudaEngine::prepare_prefill(std::int64_t tokens) {
 }
 
 void CudaEngine::forward_chunk(std::span<const std::int32_t> tokens, float* logits, bool all_logits, bool head_on_device) {
+  // NVTX ranges for profilers (nsys timelines; ncu --nvtx-include "hylo decode step/"); free without a tool attached.
+  nvtx3::scoped_range range(tokens.size() == 1 ? "hylo decode step" : "hylo prefill chunk");
   auto& m = *impl_;
   cudaStream_t st = m.stream;
   const auto T = static_cast<std::int64_t>(tokens.size());
@@ -1535,6 +1538,7 @@ std::vector<CudaEngine::CpPiece> CudaEngine::cp_pieces(const comm::SequenceParti
 }
 
 void CudaEngine::cp_prefill(std::span<const std::int32_t> tokens) {
+  nvtx3::scoped_range range("hylo cp prefill");
   auto& m = *impl_;
   cudaStream_t st = m.stream;
   const auto L = static_cast<std::int64_t>(tokens.size());
