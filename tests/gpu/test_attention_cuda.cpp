@@ -457,6 +457,18 @@ AttnOut mla_ref(const MlaCase& c, const MlaQueries& q, const std::vector<float>&
 }
 
 // Runs mla_decode_cuda with its own workspace (filled with 0xFF bytes: NaN, so stale contents would show).
+// The case's shape (T, S, heads, r, dr) and cache as decode parameters; the rest at the defaults.
+kernels::MlaDecodeCudaParams shape_params(const MlaCase& c, const __nv_bfloat16* cache) {
+  kernels::MlaDecodeCudaParams p;
+  p.T = c.T;
+  p.S = c.S;
+  p.n_heads = c.H;
+  p.kv_lora_rank = c.r;
+  p.rope_dim = c.dr;
+  p.cache = cache;
+  return p;
+}
+
 // s_bound > 0: S is passed the graph-capture way, as a device position (S - T) with s_bound as the upper bound.
 AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_bfloat16>& cache,
                 std::int64_t cache_row_stride = 0, std::int64_t s_bound = 0, bool q_hi_lo = false,
@@ -464,15 +476,9 @@ AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_b
   DeviceBuffer<float> dql(q.q_lat), dqp(q.q_pe);
   DeviceBuffer<float> o(std::vector<float>(static_cast<std::size_t>(c.T * c.H * c.r), kNaN));
   DeviceBuffer<float> lse(std::vector<float>(static_cast<std::size_t>(c.T * c.H), kNaN));
-  kernels::MlaDecodeCudaParams p;
-  p.T = c.T;
-  p.S = c.S;
-  p.n_heads = c.H;
-  p.kv_lora_rank = c.r;
-  p.rope_dim = c.dr;
+  kernels::MlaDecodeCudaParams p = shape_params(c, cache.get());
   p.q_lat = dql.get();
   p.q_pe = dqp.get();
-  p.cache = cache.get();
   p.cache_row_stride = cache_row_stride;
   p.o_lat = o.get();
   p.lse = lse.get();
@@ -722,13 +728,7 @@ TEST(MlaDecodeCuda, WgmmaKernel) {
     SCOPED_TRACE(describe(c));
     const auto cache = round_bf16(random_vector(c.S * (c.r + c.dr), seed += 7));
     const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(cache));
-    kernels::MlaDecodeCudaParams probe;
-    probe.T = c.T;
-    probe.S = c.S;
-    probe.n_heads = c.H;
-    probe.kv_lora_rank = c.r;
-    probe.rope_dim = c.dr;
-    probe.cache = dcache.get();
+    kernels::MlaDecodeCudaParams probe = shape_params(c, dcache.get());
     EXPECT_EQ(kernels::mla_decode_cuda_uses_wgmma(probe), prop.major == 9);
     probe.allow_wgmma = false;
     EXPECT_FALSE(kernels::mla_decode_cuda_uses_wgmma(probe));
