@@ -53,6 +53,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
@@ -179,6 +180,9 @@ struct MlaArgs {
   int r, dr, dk, dk_pad, n_panels, n_slots;
   bool q_hi_lo;  // MlaDecodeCudaParams::q_hi_lo
   bool fast;  // a tensor map of the cache was made (aligned pointer and row stride): slots by TMA (sm_90)
+  // Diagnostics of the wgmma kernel only (environment HYLO_MLA_LOADS_ONLY=1; the results are garbage): the
+  // consumers release each tile as soon as it lands, so the kernel times the ring's streaming alone.
+  bool loads_only;
   const float* q_lat;
   const float* q_pe;
   const bf16* cache;
@@ -885,6 +889,10 @@ __global__ void __launch_bounds__(wg_threads(G), 1) mla_split_wgmma_kernel(const
       const unsigned slot = G * (count % half) + static_cast<unsigned>(wg), phase = (count / half) & 1u;
       ++count;
       mbar_wait(full0 + 8 * slot, phase);
+      if (a.loads_only) {
+        mbar_arrive(empty0 + 8 * slot);
+        continue;
+      }
       const unsigned tile = ring0 + slot * kSlotBytes;
       // S^T = K Q^T over the dk columns: 4 k steps of 16 per panel (+32 bytes inside the swizzled row).
       float s[NH / 2];
@@ -1182,6 +1190,11 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
   a.part_o = ws;
   a.part_lse = ws != nullptr ? ws + n_split * rows * a.r : nullptr;
   a.scale_log2 = p.scale * kLog2e;
+  static const bool loads_only = [] {
+    const char* e = std::getenv("HYLO_MLA_LOADS_ONLY");
+    return e != nullptr && e[0] == '1';
+  }();
+  a.loads_only = loads_only;
 
   int dev = 0;
   HYLO_CUDA_CHECK(cudaGetDevice(&dev));
