@@ -772,8 +772,9 @@ __device__ __forceinline__ unsigned sw128_off(int row, int col) {
 }
 #endif
 
-// NH heads (the N of both products), NPAN 64-column panels of K (dk = 64 NPAN), MB 64-row blocks of r.
-template <int NH, int NPAN, int MB, bool HL, int G>
+// NH heads (the N of both products), NPAN 64-column panels of K (dk = 64 NPAN), MB 64-row blocks of r, HL q as hi +
+// lo, G consumer groups, TPG 64-token tiles per group iteration (2: one softmax, barrier pair and wait per 128 tokens).
+template <int NH, int NPAN, int MB, bool HL, int G, int TPG>
 __global__ void __launch_bounds__(wg_threads(G), 1) mla_split_wgmma_kernel(const __grid_constant__ CUtensorMap map,
                                                                          const MlaArgs args) {
 #if HYLO_HAS_WGMMA
@@ -787,11 +788,12 @@ __global__ void __launch_bounds__(wg_threads(G), 1) mla_split_wgmma_kernel(const
   const int wg = warp < 4 * G ? warp >> 2 : 0;  // this warp's consumer group
   const unsigned raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
   unsigned char* const gbase = smem_raw + (base - raw);
-  const unsigned q_hi = base, q_lo = base + kQBytes, p_s = base + 2 * kQBytes + wg * NH * 128;
-  unsigned char* const p_g = gbase + 2 * kQBytes + wg * NH * 128;  // generic pointer to this group's P^T
-  float* const red = reinterpret_cast<float*>(gbase + 2 * kQBytes + G * NH * 128) + wg * 8 * NH;
+  constexpr unsigned kPBytes = TPG * NH * 128;  // a group's P^T: one [NH][64 tokens] panel per tile of an iteration
+  const unsigned q_hi = base, q_lo = base + kQBytes, p_s = base + 2 * kQBytes + wg * kPBytes;
+  unsigned char* const p_g = gbase + 2 * kQBytes + wg * kPBytes;  // generic pointer to this group's P^T
+  float* const red = reinterpret_cast<float*>(gbase + 2 * kQBytes + G * kPBytes) + wg * 8 * NH;
   float* const lred = red + 4 * NH;
-  const unsigned bar0 = (base + 2 * kQBytes + G * (NH * 128 + 8 * 4 * NH) + 7u) & ~7u;
+  const unsigned bar0 = (base + 2 * kQBytes + G * (kPBytes + 8 * 4 * NH) + 7u) & ~7u;
   const unsigned full0 = bar0, empty0 = bar0 + 8 * kWgMaxSlots;
   const unsigned ring0 = (empty0 + 8 * kWgMaxSlots + 1023u) & ~1023u;
   const int n_slots = args.n_slots;
@@ -884,43 +886,74 @@ __global__ void __launch_bounds__(wg_threads(G), 1) mla_split_wgmma_kernel(const
 #pragma unroll
     for (int j = 0; j < NJ; ++j) m_run[j][0] = m_run[j][1] = -INFINITY, l_part[j][0] = l_part[j][1] = 0.0f;
 
-    for (std::int64_t t = 0; t < my_n; ++t) {
-      const std::int64_t j0 = s0 + t * kWgTile;
-      const unsigned slot = G * (count % half) + static_cast<unsigned>(wg), phase = (count / half) & 1u;
-      ++count;
-      mbar_wait(full0 + 8 * slot, phase);
+    for (std::int64_t t = 0; t < my_n; t += TPG) {
+      // This iteration's tiles t .. t + TPG - 1 of the item (the last iteration may have fewer), one slot each.
+      unsigned slot[TPG], tile[TPG];
+      bool have[TPG];
+#pragma unroll
+      for (int u = 0; u < TPG; ++u) {
+        have[u] = t + u < my_n;
+        slot[u] = G * (count % half) + static_cast<unsigned>(wg);
+        tile[u] = ring0 + slot[u] * kSlotBytes;
+        if (have[u]) {
+          mbar_wait(full0 + 8 * slot[u], (count / half) & 1u);
+          ++count;
+        }
+      }
       if (a.loads_only) {
-        mbar_arrive(empty0 + 8 * slot);
+#pragma unroll
+        for (int u = 0; u < TPG; ++u)
+          if (have[u]) mbar_arrive(empty0 + 8 * slot[u]);
         continue;
       }
-      const unsigned tile = ring0 + slot * kSlotBytes;
       // S^T = K Q^T over the dk columns: 4 k steps of 16 per panel (+32 bytes inside the swizzled row).
-      float s[NH / 2];
+      float s[TPG][NH / 2];
 #pragma unroll
-      for (int i = 0; i < NH / 2; ++i) s[i] = 0.0f;
-      reg_fence(s);
+      for (int u = 0; u < TPG; ++u) {
+#pragma unroll
+        for (int i = 0; i < NH / 2; ++i) s[u][i] = 0.0f;
+        reg_fence(s[u]);
+      }
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < NPAN * 4; ++kk) {
-        const unsigned koff = (kk >> 2) * kWgPanelBytes + (kk & 3) * 32, qoff = (kk >> 2) * (NH * 128) + (kk & 3) * 32;
-        wgmma_bf16<0>(s, sw128_desc(tile + koff), sw128_desc(q_hi + qoff), kk > 0 ? 1 : 0);
-        if constexpr (HL) wgmma_bf16<0>(s, sw128_desc(tile + koff), sw128_desc(q_lo + qoff), 1);
+      for (int u = 0; u < TPG; ++u) {
+        if (!have[u]) continue;
+#pragma unroll
+        for (int kk = 0; kk < NPAN * 4; ++kk) {
+          const unsigned koff = (kk >> 2) * kWgPanelBytes + (kk & 3) * 32,
+                         qoff = (kk >> 2) * (NH * 128) + (kk & 3) * 32;
+          wgmma_bf16<0>(s[u], sw128_desc(tile[u] + koff), sw128_desc(q_hi + qoff), kk > 0 ? 1 : 0);
+          if constexpr (HL) wgmma_bf16<0>(s[u], sw128_desc(tile[u] + koff), sw128_desc(q_lo + qoff), 1);
+        }
       }
       wgmma_commit();
       wgmma_wait0();
-      reg_fence(s);
+#pragma unroll
+      for (int u = 0; u < TPG; ++u) reg_fence(s[u]);
 
-      // Scale to base 2 and mask the tokens past the split (thread: tokens 16 warp + g and + 8).
-      const std::int64_t ta = j0 + 16 * wwarp + g;
-      const bool va = ta < s1, vb = ta + 8 < s1;
+      // Scale to base 2 and mask the tokens past the split or of a missing tile (thread: tokens 16 warp + g and
+      // + 8 of each tile).
       float mx[NJ][2];
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) mx[j][0] = mx[j][1] = -INFINITY;
+#pragma unroll
+      for (int u = 0; u < TPG; ++u) {
+        const std::int64_t ta = s0 + (t + u) * kWgTile + 16 * wwarp + g;
+        const bool va = have[u] && ta < s1, vb = have[u] && ta + 8 < s1;
+#pragma unroll
+        for (int j = 0; j < NJ; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            s[u][4 * j + e] = va ? s[u][4 * j + e] * a.scale_log2 : -INFINITY;
+            s[u][4 * j + 2 + e] = vb ? s[u][4 * j + 2 + e] * a.scale_log2 : -INFINITY;
+            mx[j][e] = fmaxf(mx[j][e], fmaxf(s[u][4 * j + e], s[u][4 * j + 2 + e]));
+          }
+      }
 #pragma unroll
       for (int j = 0; j < NJ; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          s[4 * j + e] = va ? s[4 * j + e] * a.scale_log2 : -INFINITY;
-          s[4 * j + 2 + e] = vb ? s[4 * j + 2 + e] * a.scale_log2 : -INFINITY;
-          float m = fmaxf(s[4 * j + e], s[4 * j + 2 + e]);
+          float m = mx[j][e];
           m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
           m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 8));
           m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
@@ -932,15 +965,18 @@ __global__ void __launch_bounds__(wg_threads(G), 1) mla_split_wgmma_kernel(const
 #pragma unroll
           for (int e = 0; e < 2; ++e) red[wwarp * NH + 8 * j + 2 * t4 + e] = mx[j][e];
       }
-      group_sync(wg);  // the warps' maxima in red; the scores' reads of the tile done
+      group_sync(wg);  // the warps' maxima in red; the scores' reads of the tiles done
 
       // Rows past the split end of a partial tile: zero the V columns (P = 0 there, and 0 x NaN would be NaN:
       // with pos_dev, rows past the actual length may hold anything).
-      if (j0 + kWgTile > s1) {
+#pragma unroll
+      for (int u = 0; u < TPG; ++u) {
+        const std::int64_t j0 = s0 + (t + u) * kWgTile;
+        if (!have[u] || j0 + kWgTile <= s1) continue;
         const int first = static_cast<int>(s1 - j0);
         for (int idx = wtid; idx < (kWgTile - first) * MB * 8; idx += 128) {
           const int row = first + idx / (MB * 8), pn = (idx / 8) % MB, ch = idx % 8;
-          const unsigned addr = tile + pn * kWgPanelBytes + row * 128 + ch * 16;
+          const unsigned addr = tile[u] + pn * kWgPanelBytes + row * 128 + ch * 16;
           asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0u) : "memory");
         }
       }
@@ -953,19 +989,25 @@ __global__ void __launch_bounds__(wg_threads(G), 1) mla_split_wgmma_kernel(const
           const float tm = fmaxf(fmaxf(red[h], red[NH + h]), fmaxf(red[2 * NH + h], red[3 * NH + h]));
           const float m_new = fmaxf(m_run[j][e], tm);
           const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // no key seen yet: avoid -inf - -inf
-          const float pa = fast_exp2(s[4 * j + e] - m_use), pb = fast_exp2(s[4 * j + 2 + e] - m_use);
           alpha[j][e] = fast_exp2(m_run[j][e] - m_use);
           m_run[j][e] = m_new;
-          l_part[j][e] = l_part[j][e] * alpha[j][e] + (pa + pb);
-          // P^T [h][token] (the B operand of the second product), bf16, swizzled.
-          const int tk = 16 * wwarp + g;
-          *reinterpret_cast<__nv_bfloat16*>(p_g + sw128_off(h, tk)) = __float2bfloat16_rn(pa);
-          *reinterpret_cast<__nv_bfloat16*>(p_g + sw128_off(h, tk + 8)) = __float2bfloat16_rn(pb);
+          float psum = 0.0f;
+#pragma unroll
+          for (int u = 0; u < TPG; ++u) {
+            const float pa = fast_exp2(s[u][4 * j + e] - m_use), pb = fast_exp2(s[u][4 * j + 2 + e] - m_use);
+            psum += pa + pb;
+            // P^T [h][token] of tile u (the B operand of the second product), bf16, swizzled.
+            const int tk = 16 * wwarp + g;
+            unsigned char* pu = p_g + u * NH * 128;
+            *reinterpret_cast<__nv_bfloat16*>(pu + sw128_off(h, tk)) = __float2bfloat16_rn(pa);
+            *reinterpret_cast<__nv_bfloat16*>(pu + sw128_off(h, tk + 8)) = __float2bfloat16_rn(pb);
+          }
+          l_part[j][e] = l_part[j][e] * alpha[j][e] + psum;
         }
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       group_sync(wg);  // P^T and the zeroed rows visible to the tensor cores
 
-      // O^T = alpha O^T + V^T P^T over the tile's 64 tokens (4 k steps of 16 rows = 2 swizzle atoms each).
+      // O^T = alpha O^T + V^T P^T over the tiles' tokens (4 k steps of 16 rows = 2 swizzle atoms each per tile).
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb)
 #pragma unroll
@@ -978,14 +1020,21 @@ __global__ void __launch_bounds__(wg_threads(G), 1) mla_split_wgmma_kernel(const
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb) {
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wgmma_bf16<1>(acc_o[mb], sw128_desc(tile + mb * kWgPanelBytes + kk * 2048), sw128_desc(p_s + kk * 32), 1);
+        for (int u = 0; u < TPG; ++u) {
+          if (!have[u]) continue;
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk)
+            wgmma_bf16<1>(acc_o[mb], sw128_desc(tile[u] + mb * kWgPanelBytes + kk * 2048),
+                          sw128_desc(p_s + u * NH * 128 + kk * 32), 1);
+        }
       }
       wgmma_commit();
       wgmma_wait0();
 #pragma unroll
       for (int mb = 0; mb < MB; ++mb) reg_fence(acc_o[mb]);
-      mbar_arrive(empty0 + 8 * slot);  // this thread is done with the slot
+#pragma unroll
+      for (int u = 0; u < TPG; ++u)
+        if (have[u]) mbar_arrive(empty0 + 8 * slot[u]);  // this thread is done with the slot
     }
 
     // Item epilogue: l per head (8 row lanes, then the 4 warps), o = O / l, lse = ln(sum exp).
@@ -1038,24 +1087,24 @@ __global__ void __launch_bounds__(wg_threads(G), 1) mla_split_wgmma_kernel(const
 #endif
 }
 
-std::int64_t wgmma_smem_bytes(int nh, int npan, int n_slots, int groups) {
+std::int64_t wgmma_smem_bytes(int nh, int npan, int n_slots, int groups, int tpg) {
   const std::int64_t fixed =
-      2 * std::int64_t{npan} * nh * 128 + groups * (nh * 128 + 8 * 4 * nh) + 16 * kWgMaxSlots + 8;
+      2 * std::int64_t{npan} * nh * 128 + groups * (tpg * nh * 128 + 8 * 4 * nh) + 16 * kWgMaxSlots + 8;
   return 1024 + (fixed + 1023) / 1024 * 1024 + std::int64_t{n_slots} * npan * kWgPanelBytes;
 }
 
-template <int NH, int NPAN, int MB, bool HL, int G>
+template <int NH, int NPAN, int MB, bool HL, int G, int TPG = 1>
 void launch_split_wgmma(const CUtensorMap& map, const MlaArgs& a, int dev, const DeviceInfo& d, std::int64_t smem,
                         cudaStream_t stream, bool pdl) {
   static std::atomic<unsigned long long> attr_set{0};
   const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0ull;
   if (bit == 0 || (attr_set.load(std::memory_order_relaxed) & bit) == 0) {
-    HYLO_CUDA_CHECK(cudaFuncSetAttribute(mla_split_wgmma_kernel<NH, NPAN, MB, HL, G>,
+    HYLO_CUDA_CHECK(cudaFuncSetAttribute(mla_split_wgmma_kernel<NH, NPAN, MB, HL, G, TPG>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, d.max_smem));
     attr_set.fetch_or(bit, std::memory_order_relaxed);
   }
   const std::int64_t grid = std::min<std::int64_t>((a.n_items + G - 1) / G, d.sms);  // sets of G items
-  cuda::launch_pdl(mla_split_wgmma_kernel<NH, NPAN, MB, HL, G>, dim3(static_cast<unsigned>(grid)), dim3(wg_threads(G)),
+  cuda::launch_pdl(mla_split_wgmma_kernel<NH, NPAN, MB, HL, G, TPG>, dim3(static_cast<unsigned>(grid)), dim3(wg_threads(G)),
                    static_cast<std::size_t>(smem), stream, pdl, map, a);
 }
 
@@ -1087,18 +1136,21 @@ bool tma_eligible(const MlaDecodeCudaParams& p, const DeviceInfo& d) {
 // T = 1, the engine's shapes (1: nH 24, r 128, dr 64 - HyLo-Llama; 2: nH 16, r 256, dr 64 - HyLo-Qwen), the
 // cache TMA-eligible, at least 2 ring slots per consumer group.
 int wgmma_groups(const MlaDecodeCudaParams& p) { return p.wgmma_groups != 0 ? p.wgmma_groups : kWgGroups; }
+int wgmma_tpg(const MlaDecodeCudaParams& p) { return p.wgmma_tile_tokens == 128 ? 2 : 1; }  // tiles per iteration
 // Ring slots of the wgmma kernel: as many as fit (<= kWgMaxSlots), a multiple of the groups (each owns 1 / groups).
 std::int64_t wgmma_slots(const MlaDecodeCudaParams& p, const DeviceInfo& d) {
   const int nh = static_cast<int>(p.n_heads), npan = static_cast<int>((p.kv_lora_rank + p.rope_dim) / 64);
   const int groups = wgmma_groups(p);
-  const std::int64_t fit = (d.max_smem - wgmma_smem_bytes(nh, npan, 0, groups)) / (std::int64_t{npan} * kWgPanelBytes);
+  const std::int64_t fit =
+      (d.max_smem - wgmma_smem_bytes(nh, npan, 0, groups, wgmma_tpg(p))) / (std::int64_t{npan} * kWgPanelBytes);
   return std::min<std::int64_t>(kWgMaxSlots, fit) / groups * groups;
 }
 int wgmma_shape(const MlaDecodeCudaParams& p, const DeviceInfo& d) {
   if (!p.allow_wgmma || d.major != 9 || p.T != 1 || !tma_eligible(p, d) || p.rope_dim != 64) return 0;
   const int shape = p.n_heads == 24 && p.kv_lora_rank == 128 ? 1 : p.n_heads == 16 && p.kv_lora_rank == 256 ? 2 : 0;
   if (shape == 0) return 0;
-  return wgmma_slots(p, d) >= 2 * wgmma_groups(p) ? shape : 0;
+  // Two iterations' tiles per group: one being computed, one loading.
+  return wgmma_slots(p, d) >= 2 * wgmma_tpg(p) * wgmma_groups(p) ? shape : 0;
 }
 
 std::int64_t split_of(const MlaDecodeCudaParams& p) {
@@ -1154,6 +1206,11 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
   if (p.wgmma_groups != 0 && p.wgmma_groups != 2 && !(p.wgmma_groups == 3 && p.n_heads == 24 && p.kv_lora_rank == 128))
     throw std::invalid_argument("mla_decode_cuda: wgmma_groups " + std::to_string(p.wgmma_groups) +
                                 " is not 0 or 2 (3 only with nH 24, r 128)");
+  // 128-token iterations: the Llama shape with 2 groups only (Qwen's 40 KB tiles leave no slot to prefetch into).
+  if (p.wgmma_tile_tokens != 0 && p.wgmma_tile_tokens != 64 &&
+      !(p.wgmma_tile_tokens == 128 && p.n_heads == 24 && p.kv_lora_rank == 128 && p.wgmma_groups != 3))
+    throw std::invalid_argument("mla_decode_cuda: wgmma_tile_tokens " + std::to_string(p.wgmma_tile_tokens) +
+                                " is not 0 or 64 (128 only with nH 24, r 128 and 2 groups)");
   const std::int64_t rows = p.T * p.n_heads;
   const std::int64_t split = split_of(p);
   // With pos_dev: the bound over every S' <= S (the kernels derive the actual value from *pos_dev), which places
@@ -1212,10 +1269,14 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
     const int nh = static_cast<int>(p.n_heads), npan = a.dk / 64;
     const int groups = wgmma_groups(p);
     a.n_slots = static_cast<int>(wgmma_slots(p, d));
-    const std::int64_t smem = wgmma_smem_bytes(nh, npan, a.n_slots, groups);
+    const std::int64_t smem = wgmma_smem_bytes(nh, npan, a.n_slots, groups, wgmma_tpg(p));
     a.fast = true;
     const CUtensorMap& map = wg_map;
-    if (wg == 1 && a.q_hi_lo && groups == 3)
+    if (wg == 1 && wgmma_tpg(p) == 2 && a.q_hi_lo)
+      launch_split_wgmma<24, 3, 2, true, 2, 2>(map, a, dev, d, smem, stream, pdl);
+    else if (wg == 1 && wgmma_tpg(p) == 2)
+      launch_split_wgmma<24, 3, 2, false, 2, 2>(map, a, dev, d, smem, stream, pdl);
+    else if (wg == 1 && a.q_hi_lo && groups == 3)
       launch_split_wgmma<24, 3, 2, true, 3>(map, a, dev, d, smem, stream, pdl);
     else if (wg == 1 && a.q_hi_lo)
       launch_split_wgmma<24, 3, 2, true, 2>(map, a, dev, d, smem, stream, pdl);

@@ -38,6 +38,9 @@ struct MlaDecodeCudaParams {
   // Consumer warpgroups of the wgmma kernel: 0 (the default, 2), 2, or 3 (nH 24, r 128 only; A/B timing);
   // anything else throws std::invalid_argument.
   int wgmma_groups = 0;
+  // Tokens per consumer-group iteration of the wgmma kernel: 0 or 64 (the default), or 128 (nH 24, r 128, 2 groups
+  // only; two 64-token tiles per softmax, barrier pair and wait; A/B timing); anything else throws.
+  int wgmma_tile_tokens = 0;
   // Tokens per split (0: mla_decode_cuda_default_split(S)). A split is one block's range of tokens; partials are
   // merged in split order, so the result depends on S and this value only (deterministic, bitwise repeatable).
   std::int64_t split_tokens = 0;

@@ -472,7 +472,8 @@ kernels::MlaDecodeCudaParams shape_params(const MlaCase& c, const __nv_bfloat16*
 // s_bound > 0: S is passed the graph-capture way, as a device position (S - T) with s_bound as the upper bound.
 AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_bfloat16>& cache,
                 std::int64_t cache_row_stride = 0, std::int64_t s_bound = 0, bool q_hi_lo = false,
-                std::int64_t tile_tokens = 0, bool allow_wgmma = true, int wgmma_groups = 0) {
+                std::int64_t tile_tokens = 0, bool allow_wgmma = true, int wgmma_groups = 0,
+                int wgmma_tile_tokens = 0) {
   DeviceBuffer<float> dql(q.q_lat), dqp(q.q_pe);
   DeviceBuffer<float> o(std::vector<float>(static_cast<std::size_t>(c.T * c.H * c.r), kNaN));
   DeviceBuffer<float> lse(std::vector<float>(static_cast<std::size_t>(c.T * c.H), kNaN));
@@ -488,6 +489,7 @@ AttnOut mla_gpu(const MlaCase& c, const MlaQueries& q, const DeviceBuffer<__nv_b
   p.tile_tokens = tile_tokens;
   p.allow_wgmma = allow_wgmma;
   p.wgmma_groups = wgmma_groups;
+  p.wgmma_tile_tokens = wgmma_tile_tokens;
   DeviceBuffer<std::int32_t> pos(std::vector<std::int32_t>{static_cast<std::int32_t>(c.S - c.T)});
   if (s_bound > 0) {
     p.S = s_bound;
@@ -754,9 +756,19 @@ TEST(MlaDecodeCuda, WgmmaKernel) {
         EXPECT_EQ(e3.masked_rows, 0);
         EXPECT_LE(e3.o, 5e-3);
         EXPECT_LE(e3.lse, 5e-5);
+        // 128-token iterations (two tiles per softmax; odd tile counts leave the second one missing): the same.
+        const Errors e128 = compare(mla_gpu(c, q, dcache, 0, 0, hl, 0, true, 0, 128), ref, c.T * c.H, c.r);
+        std::printf("mla_decode %-46s %s q: wgmma, 128-token iterations o_lat %.2e lse %.2e\n", describe(c).c_str(),
+                    hl ? "hi + lo" : "bf16   ", e128.o, e128.lse);
+        EXPECT_EQ(e128.masked_rows, 0);
+        EXPECT_LE(e128.o, 5e-3);
+        EXPECT_LE(e128.lse, 5e-5);
+        EXPECT_THROW(mla_gpu(c, q, dcache, 0, 0, hl, 0, true, 3, 128), std::invalid_argument);
       } else {
         EXPECT_THROW(mla_gpu(c, q, dcache, 0, 0, hl, 0, true, 3), std::invalid_argument);
+        EXPECT_THROW(mla_gpu(c, q, dcache, 0, 0, hl, 0, true, 0, 128), std::invalid_argument);
       }
+      EXPECT_THROW(mla_gpu(c, q, dcache, 0, 0, hl, 0, true, 0, 96), std::invalid_argument);
       EXPECT_THROW(mla_gpu(c, q, dcache, 0, 0, hl, 0, true, 4), std::invalid_argument);
       // The graph-capture way: S from the device, the cache holding NaN rows up to a larger bound.
       const std::int64_t bound = c.S + 300, dk = c.r + c.dr;
@@ -1139,13 +1151,14 @@ TEST(MlaDecodeCuda, EngineLatencyReport) {
                   static_cast<long long>(S), prop.name, ms_dec * 1e3, bytes / (ms_dec * 1e-3) / 1e9, ms_layer * 1e3);
       // The variants side by side (decode only): 64-token tiles (mma.sync kernel), q as hi + lo pairs, the mma.sync
       // kernel with hi + lo q (the default on sm_90 is the wgmma kernel).
-      for (const int variant : {1, 2, 3, 4}) {
+      for (const int variant : {1, 2, 3, 4, 5}) {
         kernels::MlaDecodeCudaParams pv = p;
         if (variant == 1) pv.tile_tokens = 64, pv.allow_wgmma = false;
         if (variant == 2) pv.q_hi_lo = true;
         if (variant == 3) pv.q_hi_lo = true, pv.allow_wgmma = false;
-        if (variant == 4 && shp.nH != 24) continue;  // 3 groups: the Llama shape only
+        if (variant >= 4 && shp.nH != 24) continue;  // 3 groups, 128-token iterations: the Llama shape only
         if (variant == 4) pv.q_hi_lo = true, pv.wgmma_groups = 3;
+        if (variant == 5) pv.q_hi_lo = true, pv.wgmma_tile_tokens = 128;
         kernels::mla_decode_cuda(pv, st);
         HYLO_CUDA_CHECK(cudaEventRecord(t0, st));
         for (int i = 0; i < kReps; ++i) kernels::mla_decode_cuda(pv, st);
@@ -1158,7 +1171,8 @@ TEST(MlaDecodeCuda, EngineLatencyReport) {
                     variant == 1   ? "mma.sync kernel, 64-token tiles"
                     : variant == 2 ? "q as hi + lo pairs"
                     : variant == 3 ? "mma.sync kernel, q as hi + lo pairs"
-                                   : "3 wgmma consumer groups, q as hi + lo pairs");
+                    : variant == 4 ? "3 wgmma consumer groups, q as hi + lo pairs"
+                                   : "wgmma, 128-token iterations, q as hi + lo pairs");
       }
       HYLO_CUDA_CHECK(cudaEventDestroy(t0));
       HYLO_CUDA_CHECK(cudaEventDestroy(t1));
