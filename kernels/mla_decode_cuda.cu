@@ -888,13 +888,16 @@ __global__ void __launch_bounds__(wg_threads(G), 1) mla_split_wgmma_kernel(const
 
     for (std::int64_t t = 0; t < my_n; t += TPG) {
       // This iteration's tiles t .. t + TPG - 1 of the item (the last iteration may have fewer), one slot each.
+      // A missing tile (an odd count's last iteration) computes on tile 0 instead: its scores are masked to -inf,
+      // so its P is 0 and its products add nothing, and every wgmma stays on a uniform path (behind a branch,
+      // ptxas serializes them).
       unsigned slot[TPG], tile[TPG];
       bool have[TPG];
 #pragma unroll
       for (int u = 0; u < TPG; ++u) {
         have[u] = t + u < my_n;
         slot[u] = G * (count % half) + static_cast<unsigned>(wg);
-        tile[u] = ring0 + slot[u] * kSlotBytes;
+        tile[u] = ring0 + (have[u] ? slot[u] : slot[0]) * kSlotBytes;
         if (have[u]) {
           mbar_wait(full0 + 8 * slot[u], (count / half) & 1u);
           ++count;
@@ -917,7 +920,6 @@ __global__ void __launch_bounds__(wg_threads(G), 1) mla_split_wgmma_kernel(const
       wgmma_fence();
 #pragma unroll
       for (int u = 0; u < TPG; ++u) {
-        if (!have[u]) continue;
 #pragma unroll
         for (int kk = 0; kk < NPAN * 4; ++kk) {
           const unsigned koff = (kk >> 2) * kWgPanelBytes + (kk & 3) * 32,
@@ -1021,7 +1023,6 @@ __global__ void __launch_bounds__(wg_threads(G), 1) mla_split_wgmma_kernel(const
       for (int mb = 0; mb < MB; ++mb) {
 #pragma unroll
         for (int u = 0; u < TPG; ++u) {
-          if (!have[u]) continue;
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk)
             wgmma_bf16<1>(acc_o[mb], sw128_desc(tile[u] + mb * kWgPanelBytes + kk * 2048),

@@ -732,6 +732,11 @@ TEST(MlaDecodeCuda, WgmmaKernel) {
     const DeviceBuffer<__nv_bfloat16> dcache(to_bf16(cache));
     kernels::MlaDecodeCudaParams probe = shape_params(c, dcache.get());
     EXPECT_EQ(kernels::mla_decode_cuda_uses_wgmma(probe), prop.major == 9);
+    if (c.H == 24) {  // the 128-token iterations fit too (8 ring slots), so the option below really runs them
+      probe.wgmma_tile_tokens = 128;
+      EXPECT_EQ(kernels::mla_decode_cuda_uses_wgmma(probe), prop.major == 9);
+      probe.wgmma_tile_tokens = 0;
+    }
     probe.allow_wgmma = false;
     EXPECT_FALSE(kernels::mla_decode_cuda_uses_wgmma(probe));
     const MlaQueries q = make_queries(c, seed += 7);
@@ -757,7 +762,18 @@ TEST(MlaDecodeCuda, WgmmaKernel) {
         EXPECT_LE(e3.o, 5e-3);
         EXPECT_LE(e3.lse, 5e-5);
         // 128-token iterations (two tiles per softmax; odd tile counts leave the second one missing): the same.
-        const Errors e128 = compare(mla_gpu(c, q, dcache, 0, 0, hl, 0, true, 0, 128), ref, c.T * c.H, c.r);
+        const AttnOut w128 = mla_gpu(c, q, dcache, 0, 0, hl, 0, true, 0, 128);
+        const Errors e128 = compare(w128, ref, c.T * c.H, c.r);
+        const AttnOut w128_again = mla_gpu(c, q, dcache, 0, 0, hl, 0, true, 0, 128);
+        EXPECT_EQ(std::memcmp(w128.o.data(), w128_again.o.data(), w128.o.size() * sizeof(float)), 0);
+        {  // the device position with NaN rows past the length, as for the default below
+          const std::int64_t bound = c.S + 300, dk = c.r + c.dr;
+          DeviceBuffer<__nv_bfloat16> big(bound * dk);
+          HYLO_CUDA_CHECK(cudaMemset(big.get(), 0xFF, big.bytes()));
+          HYLO_CUDA_CHECK(cudaMemcpy(big.get(), dcache.get(), dcache.bytes(), cudaMemcpyDeviceToDevice));
+          const AttnOut dev = mla_gpu(c, q, big, 0, bound, hl, 0, true, 0, 128);
+          EXPECT_EQ(std::memcmp(w128.o.data(), dev.o.data(), w128.o.size() * sizeof(float)), 0) << "device position";
+        }
         std::printf("mla_decode %-46s %s q: wgmma, 128-token iterations o_lat %.2e lse %.2e\n", describe(c).c_str(),
                     hl ? "hi + lo" : "bf16   ", e128.o, e128.lse);
         EXPECT_EQ(e128.masked_rows, 0);
