@@ -1154,6 +1154,15 @@ int wgmma_shape(const MlaDecodeCudaParams& p, const DeviceInfo& d) {
   return wgmma_slots(p, d) >= 2 * wgmma_tpg(p) * wgmma_groups(p) ? shape : 0;
 }
 
+// The wgmma instantiation for this call with its tensor map (64-row boxes), or 0 where wgmma_shape declines or the
+// driver refuses the map (the mma.sync kernel runs then).
+int wgmma_plan(const MlaDecodeCudaParams& p, const DeviceInfo& d, CUtensorMap* map) {
+  const int shape = wgmma_shape(p, d);
+  if (shape == 0) return 0;
+  const int dk = static_cast<int>(p.kv_lora_rank + p.rope_dim);
+  return make_cache_map(map, p.cache, p.S, dk, p.cache_row_stride > 0 ? p.cache_row_stride : dk, kWgTile) ? shape : 0;
+}
+
 std::int64_t split_of(const MlaDecodeCudaParams& p) {
   return p.split_tokens > 0 ? p.split_tokens : default_split(p.S);
 }
@@ -1176,10 +1185,8 @@ bool mla_decode_cuda_uses_wgmma(const MlaDecodeCudaParams& p) {
   if (p.S <= 0 || p.T <= 0 || p.n_heads <= 0 || p.cache == nullptr) return false;
   int dev = 0;
   HYLO_CUDA_CHECK(cudaGetDevice(&dev));
-  if (wgmma_shape(p, device_info(dev)) == 0) return false;
   CUtensorMap map{};
-  const int dk = static_cast<int>(p.kv_lora_rank + p.rope_dim);
-  return make_cache_map(&map, p.cache, p.S, dk, p.cache_row_stride > 0 ? p.cache_row_stride : dk, kWgTile);
+  return wgmma_plan(p, device_info(dev), &map) != 0;
 }
 
 bool mla_decode_cuda_uses_tma(const MlaDecodeCudaParams& p) {
@@ -1258,24 +1265,18 @@ void mla_decode_cuda(const MlaDecodeCudaParams& p, cudaStream_t stream) {
   HYLO_CUDA_CHECK(cudaGetDevice(&dev));
   const DeviceInfo d = device_info(dev);
   const bool pdl = cuda::pdl_allowed(stream);
-  // The wgmma kernel's tensor map (64-row boxes): a refused map falls back to the mma.sync kernel.
   CUtensorMap wg_map{};
-  const int wg = n_split > 0 && wgmma_shape(p, d) != 0 &&
-                         make_cache_map(&wg_map, p.cache, p.S, a.dk, a.cache_rs, kWgTile)
-                     ? wgmma_shape(p, d)
-                     : 0;
+  const int wg = n_split > 0 ? wgmma_plan(p, d, &wg_map) : 0;
   if (wg != 0) {
     a.n_rg = 1;
     a.n_items = n_split;
-    const int nh = static_cast<int>(p.n_heads), npan = a.dk / 64;
-    const int groups = wgmma_groups(p);
+    const int nh = static_cast<int>(p.n_heads), npan = a.dk / 64, groups = wgmma_groups(p), tpg = wgmma_tpg(p);
     a.n_slots = static_cast<int>(wgmma_slots(p, d));
-    const std::int64_t smem = wgmma_smem_bytes(nh, npan, a.n_slots, groups, wgmma_tpg(p));
-    a.fast = true;
+    const std::int64_t smem = wgmma_smem_bytes(nh, npan, a.n_slots, groups, tpg);
     const CUtensorMap& map = wg_map;
-    if (wg == 1 && wgmma_tpg(p) == 2 && a.q_hi_lo)
+    if (wg == 1 && tpg == 2 && a.q_hi_lo)
       launch_split_wgmma<24, 3, 2, true, 2, 2>(map, a, dev, d, smem, stream, pdl);
-    else if (wg == 1 && wgmma_tpg(p) == 2)
+    else if (wg == 1 && tpg == 2)
       launch_split_wgmma<24, 3, 2, false, 2, 2>(map, a, dev, d, smem, stream, pdl);
     else if (wg == 1 && a.q_hi_lo && groups == 3)
       launch_split_wgmma<24, 3, 2, true, 3>(map, a, dev, d, smem, stream, pdl);
