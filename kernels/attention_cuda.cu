@@ -279,6 +279,10 @@ void dispatch_dv(const AttnArgs& a, std::int64_t blocks, cudaStream_t stream) {
 
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
+// wa a + wb b with one explicit rounding order (a fused multiply-add of wa a onto the product wb b), so the
+// pairwise and the chained merge cannot differ by the compiler's choice of contraction.
+__device__ __forceinline__ float merge_mix(float wa, float a, float wb, float b) { return __fmaf_rn(wa, a, __fmul_rn(wb, b)); }
+
 // One warp per row. Scalar weights in double like the CPU twin; lse_a[row] is written after every lane has read it.
 __global__ void merge_partials_kernel(std::int64_t rows, std::int64_t d_v, float* o_a, float* lse_a, const float* o_b,
                                       const float* lse_b) {
@@ -302,8 +306,65 @@ __global__ void merge_partials_kernel(std::int64_t rows, std::int64_t d_v, float
       const double lse = hi + log1p(exp(lo - hi));
       const float wa = static_cast<float>(exp(static_cast<double>(la) - lse));
       const float wb = static_cast<float>(exp(static_cast<double>(lb) - lse));
-      for (std::int64_t c = lane; c < d_v; c += 32) oa[c] = wa * oa[c] + wb * ob[c];
+      for (std::int64_t c = lane; c < d_v; c += 32) oa[c] = merge_mix(wa, oa[c], wb, ob[c]);
       if (lane == 0) lse_a[r] = static_cast<float>(lse);
+    }
+  }
+}
+
+// merge_attention_partials_chain_cuda: the pairwise merge above applied to partials 1, 2, ... n - 1 in turn, for one
+// row per warp in one launch. Lane 0 walks the row's chain of LSEs first (the pairwise kernel's branches and double
+// arithmetic, step by step) into per-step actions in shared memory; then every lane carries its columns of o
+// through the steps in registers. Same operations in the same order as n - 1 pairwise calls: bitwise the same.
+constexpr int kChainMax = 64;
+constexpr int kChainWarps = 8;
+enum : int { kKeep = 0, kZero = 1, kCopyB = 2, kMix = 3 };
+
+__global__ void __launch_bounds__(32 * kChainWarps)
+    merge_chain_kernel(std::int64_t rows, std::int64_t d_v, int n, const float* __restrict__ parts,
+                       std::int64_t part_stride, std::int64_t lse_offset, float* __restrict__ o,
+                       float* __restrict__ lse_out) {
+  __shared__ float w_s[kChainWarps][kChainMax][2];
+  __shared__ int act_s[kChainWarps][kChainMax];
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kChainWarps;
+  for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * kChainWarps + wid; r < rows; r += warps) {
+    __syncwarp();  // the previous row's actions are consumed
+    if (lane == 0) {
+      float la = parts[lse_offset + r];
+      for (int j = 1; j < n; ++j) {
+        const float lb = parts[j * part_stride + lse_offset + r];
+        int act = kKeep;
+        float wa = 0.0f, wb = 0.0f;
+        if (lb == -INFINITY) {
+          act = la == -INFINITY ? kZero : kKeep;
+        } else if (la == -INFINITY) {
+          act = kCopyB;
+          la = lb;
+        } else {
+          const double hi = fmax(static_cast<double>(la), static_cast<double>(lb));
+          const double lo = fmin(static_cast<double>(la), static_cast<double>(lb));
+          const double l = hi + log1p(exp(lo - hi));
+          wa = static_cast<float>(exp(static_cast<double>(la) - l));
+          wb = static_cast<float>(exp(static_cast<double>(lb) - l));
+          act = kMix;
+          la = static_cast<float>(l);
+        }
+        act_s[wid][j] = act;
+        w_s[wid][j][0] = wa;
+        w_s[wid][j][1] = wb;
+      }
+      if (lse_out != nullptr) lse_out[r] = la;
+    }
+    __syncwarp();
+    for (std::int64_t c = lane; c < d_v; c += 32) {
+      float v = parts[r * d_v + c];
+      for (int j = 1; j < n; ++j) {
+        const int act = act_s[wid][j];
+        const float ob = parts[j * part_stride + r * d_v + c];
+        v = act == kKeep ? v : act == kZero ? 0.0f : act == kCopyB ? ob : merge_mix(w_s[wid][j][0], v, w_s[wid][j][1], ob);
+      }
+      o[r * d_v + c] = v;
     }
   }
 }
@@ -358,6 +419,22 @@ void merge_attention_partials_cuda(std::int64_t rows, std::int64_t d_v, float* o
   constexpr int kMergeThreads = 256;  // 8 rows per block
   const std::int64_t blocks = std::min<std::int64_t>((rows + 7) / 8, std::int64_t{1} << 20);
   merge_partials_kernel<<<static_cast<unsigned>(blocks), kMergeThreads, 0, stream>>>(rows, d_v, o_a, lse_a, o_b, lse_b);
+  HYLO_CUDA_LAUNCH_CHECK();
+}
+
+void merge_attention_partials_chain_cuda(std::int64_t rows, std::int64_t d_v, int n, const float* parts,
+                                         std::int64_t part_stride, std::int64_t lse_offset, float* o, float* lse,
+                                         cudaStream_t stream) {
+  if (n < 1 || n > kChainMax)
+    throw std::invalid_argument("merge_attention_partials_chain_cuda: " + std::to_string(n) +
+                                " partials; 1 .. " + std::to_string(kChainMax) + " are supported");
+  if (rows <= 0) return;
+  if (lse_offset < rows * d_v || (n > 1 && part_stride < lse_offset + rows))
+    throw std::invalid_argument("merge_attention_partials_chain_cuda: a partial is o [rows, d_v] then lse [rows]: "
+                                "lse_offset must be >= rows x d_v and part_stride >= lse_offset + rows");
+  const std::int64_t blocks = std::min<std::int64_t>((rows + kChainWarps - 1) / kChainWarps, std::int64_t{1} << 20);
+  merge_chain_kernel<<<static_cast<unsigned>(blocks), 32 * kChainWarps, 0, stream>>>(rows, d_v, n, parts, part_stride,
+                                                                                     lse_offset, o, lse);
   HYLO_CUDA_LAUNCH_CHECK();
 }
 

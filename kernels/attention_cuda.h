@@ -49,4 +49,14 @@ void merge_attention_partials_cuda(std::int64_t rows /* T * n_heads */, std::int
                                    const float* lse_b,  // [rows]
                                    cudaStream_t stream);
 
+// n partials merged in order in one launch: the result (o, lse) is bitwise what copying partial 0 and then merging
+// partials 1 .. n - 1 into it with merge_attention_partials_cuda gives (the CP decode merge: every rank merges the
+// all-gathered partials in rank order and gets the same bits). Partial j is parts + j * part_stride: o [rows, d_v]
+// at offset 0, lse [rows] at lse_offset (>= rows * d_v). 1 <= n <= 64; lse may be null.
+void merge_attention_partials_chain_cuda(std::int64_t rows, std::int64_t d_v, int n, const float* parts,
+                                         std::int64_t part_stride, std::int64_t lse_offset,
+                                         float* o,    // [rows, d_v]
+                                         float* lse,  // [rows] or null
+                                         cudaStream_t stream);
+
 }  // namespace hylo::kernels

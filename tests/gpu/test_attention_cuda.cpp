@@ -363,6 +363,72 @@ TEST(AttentionCuda, MergeMatchesCpu) {
   EXPECT_LE(e.lse, 1e-6);
 }
 
+// The chained n-way merge (the CP decode merge) against a copy of partial 0 followed by pairwise merges of
+// partials 1 .. n - 1: bitwise, and against the CPU's pairwise chain. Partials in the engine's all-gather layout
+// (o then lse per partial, back to back), with -inf LSEs in every position of the chain (a rank holding none of
+// the keys, several such ranks, all of them) and widely separated LSEs.
+TEST(AttentionCuda, MergeChainMatchesPairwiseMerges) {
+  struct Case {
+    std::int64_t rows, dv;
+    int n;
+  };
+  for (const Case c : {Case{24, 128, 1}, Case{24, 128, 2}, Case{16, 256, 4}, Case{1001, 100, 5}, Case{40, 64, 8}}) {
+    SCOPED_TRACE("rows " + std::to_string(c.rows) + " dv " + std::to_string(c.dv) + " n " + std::to_string(c.n));
+    const std::int64_t stride = c.rows * (c.dv + 1);
+    std::vector<float> all(static_cast<std::size_t>(stride * c.n));
+    for (int j = 0; j < c.n; ++j) {
+      const auto o = random_vector(c.rows * c.dv, 12100 + j);
+      auto l = random_vector(c.rows, 12200 + j, 3.0f);
+      for (std::int64_t r = 0; r < c.rows; ++r) {
+        auto& lr = l[static_cast<std::size_t>(r)];
+        if ((r + j) % 5 == 0 || r % 9 == 0) lr = kNegInf;  // r % 9 == 0: no partial saw a key
+        if (r % 11 == 0 && j == c.n - 1 && lr != kNegInf) lr += 30.0f;
+      }
+      float* base = all.data() + j * stride;
+      for (std::int64_t r = 0; r < c.rows; ++r)
+        for (std::int64_t k = 0; k < c.dv; ++k)
+          base[r * c.dv + k] = l[static_cast<std::size_t>(r)] == kNegInf ? 0.0f : o[static_cast<std::size_t>(r * c.dv + k)];
+      std::copy(l.begin(), l.end(), base + c.rows * c.dv);
+    }
+    // CPU: partial 0 copied, then merged pairwise.
+    std::vector<float> ro(all.begin(), all.begin() + c.rows * c.dv), rl(all.begin() + c.rows * c.dv, all.begin() + stride);
+    for (int j = 1; j < c.n; ++j) {
+      const float* pj = all.data() + j * stride;
+      kernels::merge_attention_partials_cpu(c.rows, c.dv, ro.data(), rl.data(), pj, pj + c.rows * c.dv);
+    }
+    DeviceBuffer<float> dall(all);
+    // GPU pairwise: what the engine did before the chained kernel.
+    DeviceBuffer<float> po(c.rows * c.dv), pl(c.rows);
+    HYLO_CUDA_CHECK(cudaMemcpy(po.get(), dall.get(), sizeof(float) * c.rows * c.dv, cudaMemcpyDeviceToDevice));
+    HYLO_CUDA_CHECK(cudaMemcpy(pl.get(), dall.get() + c.rows * c.dv, sizeof(float) * c.rows, cudaMemcpyDeviceToDevice));
+    for (int j = 1; j < c.n; ++j) {
+      const float* pj = dall.get() + j * stride;
+      kernels::merge_attention_partials_cuda(c.rows, c.dv, po.get(), pl.get(), pj, pj + c.rows * c.dv, nullptr);
+    }
+    DeviceBuffer<float> co(c.rows * c.dv), cl(c.rows);
+    kernels::merge_attention_partials_chain_cuda(c.rows, c.dv, c.n, dall.get(), stride, c.rows * c.dv, co.get(),
+                                                 cl.get(), nullptr);
+    HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+    const AttnOut chain{co.download(), cl.download()};
+    const AttnOut pair{po.download(), pl.download()};
+    EXPECT_EQ(0, std::memcmp(chain.o.data(), pair.o.data(), sizeof(float) * chain.o.size())) << "o differs from pairwise";
+    EXPECT_EQ(0, std::memcmp(chain.lse.data(), pair.lse.data(), sizeof(float) * chain.lse.size()))
+        << "lse differs from pairwise";
+    const Errors e = compare(chain, {ro, rl}, c.rows, c.dv);
+    std::printf("merge chain of %d: vs pairwise CUDA merges %s; vs CPU o %.2e lse %.2e; %lld rows with no key\n", c.n,
+                chain.o == pair.o && chain.lse == pair.lse ? "bitwise" : "DIFFERENT", e.o, e.lse,
+                static_cast<long long>(e.masked_rows));
+    EXPECT_GT(e.masked_rows, 0);
+    EXPECT_LE(e.o, 1e-6);
+    EXPECT_LE(e.lse, 1e-6);
+  }
+  DeviceBuffer<float> tiny(8);
+  EXPECT_THROW(kernels::merge_attention_partials_chain_cuda(1, 1, 65, tiny.get(), 2, 1, tiny.get(), nullptr, nullptr),
+               std::invalid_argument);
+  EXPECT_THROW(kernels::merge_attention_partials_chain_cuda(2, 2, 2, tiny.get(), 4, 3, tiny.get(), nullptr, nullptr),
+               std::invalid_argument);
+}
+
 // Verifies the last 64 query rows against the CPU (cheap), then times a causal prefill-sized call.
 TEST(AttentionCuda, ThroughputReport) {
   const std::int64_t L = 16384, H = 16, KV = 8, d = 128;

@@ -502,7 +502,11 @@ TEST(RopeCuda, MatchesCpuTwinAtMillionsOfPositions) {
       {7, 16, 128, 64, 2000000 - 3, 500000.0, true, 32.0, 2048, false},   // HyLo-Llama-like q_pe near 2M
       {2003, 1, 512, 64, 1999000, 500000.0, true, 32.0, 2048, true},      // k_pe inside ckv, crossing 2M
       {33, 3, 5, 32, 4194301, 1000000.0, true, 2.0, 32768, false},        // Qwen-like, ~4M, odd dn
-      {64, 2, 0, 30, 2097152 - 32, 10000.0, false, 1.0, 0, false}};       // plain RoPE, dim not a power of 2
+      {64, 2, 0, 30, 2097152 - 32, 10000.0, false, 1.0, 0, false},        // plain RoPE, dim not a power of 2
+      // The kernel's two work splits: a head per thread below 16384 (token, pair) items (a Llama decode step's
+      // q_pe: 1 token, 24 heads), all heads per thread above (a prefill chunk's q_pe, 24 heads).
+      {1, 24, 128, 64, 1048575, 500000.0, true, 32.0, 8192, false},
+      {600, 24, 128, 64, 3000000, 500000.0, true, 32.0, 8192, false}};
   for (const Case& c : cases) {
     const std::string name = "rope T " + std::to_string(c.T) + " heads " + std::to_string(c.n_heads) + " dr " +
                              std::to_string(c.dr) + " pos0 " + std::to_string(c.pos0) + (c.yarn ? " yarn" : "") +
