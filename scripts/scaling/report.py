@@ -71,7 +71,14 @@ def plots(sweeps, out):
         return "matplotlib is not installed: table only (pip install matplotlib, or run this elsewhere)"
     made = []
     for s in sweeps:
-        name = f"{s['mode']}-{s['preset']}"
+        # One file per series: TP in the name where it is not 1, and a number where two series would still share
+        # a name (e.g. the same model at two lengths), so no plot overwrites another.
+        name = f"{s['mode']}-{s['preset']}" + (f"-tp{s['tp']}" if int(s.get("tp", 1)) != 1 else "")
+        if os.path.join(out, f"{name}.png") in made:
+            k = 2
+            while os.path.join(out, f"{name}-{k}.png") in made:
+                k += 1
+            name = f"{name}-{k}"
         ranks = [p["ranks"] for p in s["points"]]
         fig, ax = plt.subplots(1, 3, figsize=(15, 4))
         ax[0].plot(ranks, [p["prefill_tokens_per_s"] for p in s["points"]], "o-")

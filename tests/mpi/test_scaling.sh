@@ -52,5 +52,21 @@ one, merged = rows("report"), rows("merged")
 assert len(one) == 2 and merged == one, (one, merged)
 log = open(os.path.join(w, "merged.log")).read()
 assert "cut short" in log, log
+PY
+# Two series of the same mode and model, not merged: two tables, and (with matplotlib) two plots, neither
+# overwriting the other.
+"$py" "$root/scripts/scaling/report.py" "$work/a/sweep.json" "$work/b/sweep.json" --out "$work/two" \
+  >"$work/two.log" 2>&1 || fail "report of two series: $(cat "$work/two.log")"
+"$py" - "$work" <<'PY' || fail "two series"
+import os, sys
+w = sys.argv[1]
+md = open(os.path.join(w, "two", "scaling.md")).read()
+assert md.count("### strong scaling") == 2, md
+try:
+    import matplotlib  # noqa: F401
+    for f in ("strong-hylo-tiny.png", "strong-hylo-tiny-2.png"):
+        assert os.path.getsize(os.path.join(w, "two", f)) > 1000, f
+except ImportError:
+    pass
 print("scaling pipeline ok")
 PY
