@@ -5,6 +5,8 @@
 #   scripts/gpu.sh bench [OUT] there: hylo bench of both released layouts + the PyTorch side-by-side
 #   scripts/gpu.sh run [OUT]   there (repository root, .carry/ carried along): every GPU test, then a short table;
 #                              logs under OUT (default $OUT or ./gpu-logs).
+#   scripts/gpu.sh ab FLAGS [OUT]  there: hylo bench of both layouts without / with FLAGS (e.g. "--gemv-stream"),
+#                              a table of decode ms/token and TTFT; logs and JSON in OUT/ab.tgz (one file to bring back).
 # Binaries built on Debian 12 run on Ubuntu 24.04 (CUDA 13.0 on both; PCRE2 static, spdlog header-only, gtest
 # static; cuBLASLt, OpenMPI 4.1 and OpenBLAS resolve to that machine's own libraries).
 set -uo pipefail
@@ -117,6 +119,8 @@ case "${1:-}" in
     for t in "${tests[@]}"; do printf '%-24s %s\n' "$t" "${result[$t]}"; done
     grep -h -E "^\s+(\[|hylo-tiny|greedy|chunk|linear|CP|TP|watchdog|  )" "$out"/test_*.log | head -80 >"$out/summary.txt"
     grep -h -E "FAILED|Failure|error" "$out"/test_*.log | head -40
+    # Everything in one file too: the device tool brings back a limited number of files per call.
+    tar -czf /tmp/hylo-gpu-logs.tgz -C "$out" . && mv /tmp/hylo-gpu-logs.tgz "$out/all-logs.tgz"
     ;;
   bench)
     # hylo bench of the two released layouts (random weights; verified against the CPU engine first), then the
@@ -145,5 +149,49 @@ case "${1:-}" in
       tail -6 "$out/gdn-fla.log"
     fi
     ;;
-  *) echo "usage: scripts/gpu.sh pack | unpack | run [OUT] | bench [OUT]" >&2; exit 2 ;;
+  ab)
+    # A/B of one bench option: `scripts/gpu.sh ab "--gemv-stream" [OUT]` runs hylo bench of both released layouts
+    # without (A) and with (B) the flags at HYLO_AB_LENGTH (default 128K), 64 decode steps, each verified first; the
+    # two layouts on different GPUs where there are two (A and B of one layout on the same GPU, one after the
+    # other), then a table of decode ms/token and TTFT.
+    [[ $# -ge 2 ]] || { echo "usage: scripts/gpu.sh ab FLAGS [OUT]" >&2; exit 2; }
+    [[ -x .carry/bin/hylo ]] || { mkdir -p .carry/bin && tar -xJf .carry/hylo-gpu.tar.xz -C .carry/bin; } || exit 1
+    flags="$2"
+    out="${3:-${OUT:-gpu-logs}}/ab"
+    mkdir -p "$out"
+    export NCCL_NVLS_ENABLE=0
+    ngpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
+    len="${HYLO_AB_LENGTH:-128K}"
+    presets=(HyLo-Llama-6MLA22M2 HyLo-Qwen-7MLA21GDN)
+    i=0
+    for p in "${presets[@]}"; do
+      gpu=$(( ngpu >= 2 ? i : 0 ))
+      (
+        for side in A B; do
+          f=""; [[ $side == B ]] && f="$flags"
+          # shellcheck disable=SC2086  # FLAGS is a list of options
+          CUDA_VISIBLE_DEVICES=$gpu timeout 280 .carry/bin/hylo bench --device cuda --preset "$p" --prefill "$len" \
+            --decode-steps 64 $f --json "$out/$p-$side.json" >"$out/$p-$side.log" 2>&1 ||
+            echo "bench $p $side failed: $out/$p-$side.log"
+        done
+      ) &
+      (( ngpu >= 2 )) || wait
+      i=$(( i + 1 ))
+    done
+    wait
+    echo "---- A/B at $len: A = defaults, B = $flags ----"
+    printf '%-22s %14s %14s %8s %10s %10s\n' model "A ms/token" "B ms/token" "B/A" "A TTFT s" "B TTFT s"
+    for p in "${presets[@]}"; do
+      a=$(awk '$1 ~ /^[0-9]+$/ && NF >= 8 {print $6, $2; exit}' "$out/$p-A.log")
+      b=$(awk '$1 ~ /^[0-9]+$/ && NF >= 8 {print $6, $2; exit}' "$out/$p-B.log")
+      set -- $a $b
+      if [[ $# -eq 4 ]]; then
+        printf '%-22s %14s %14s %8s %10s %10s\n' "$p" "$1" "$3" "$(awk -v x="$1" -v y="$3" 'BEGIN{printf "%.3f", y / x}')" "$2" "$4"
+      else
+        printf '%-22s (no result: see %s)\n' "$p" "$out"
+      fi
+    done
+    tar -czf "$out.tgz" -C "$(dirname "$out")" "$(basename "$out")"
+    ;;
+  *) echo "usage: scripts/gpu.sh pack | unpack | run [OUT] | bench [OUT] | ab FLAGS [OUT]" >&2; exit 2 ;;
 esac
