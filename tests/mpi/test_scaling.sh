@@ -70,3 +70,13 @@ except ImportError:
     pass
 print("scaling pipeline ok")
 PY
+# The device-call plan of the 4- / 8-GPU runs (scripts/scaling/plan.sh): every call prints a command line that
+# drives sweep.py or hylo-launch and writes under OUT/<call>; an unknown call is refused.
+calls=$("$root/scripts/scaling/plan.sh" list | awk '{print $1}')
+[[ $(wc -w <<<"$calls") -ge 6 ]] || fail "plan.sh list: $calls"
+for c in $calls; do
+  line=$(OUT="$work/plan" "$root/scripts/scaling/plan.sh" "$c" --dry-run) || fail "plan.sh $c --dry-run"
+  [[ $line == *"$work/plan/$c"* && ( $line == *sweep.py* || $line == *hylo-launch* ) ]] || fail "plan.sh $c: $line"
+done
+if "$root/scripts/scaling/plan.sh" no-such-call >/dev/null 2>&1; then fail "plan.sh accepted an unknown call"; fi
+echo "scaling plan ok"
