@@ -12,6 +12,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tests=(test_gpu_smoke test_gemm_cuda test_elementwise_cuda test_scans_cuda test_attention_cuda test_attention_cudnn test_mamba2_chunk_cuda test_gdn_chunk_cuda test_gemv_cuda test_sample_cuda test_cuda_engine)
+# The binaries into .carry/bin/ (unpack), or only where they are not there yet (unpacked).
+unpack() { mkdir -p .carry/bin && tar -xJf .carry/hylo-gpu.tar.xz -C .carry/bin; }
+unpacked() { [[ -x .carry/bin/hylo ]] || unpack; }
 case "${1:-}" in
   pack)
     cmake -S . -B build-gpu -G Ninja -DHYLO_WERROR=ON >/dev/null || exit 1
@@ -38,10 +41,10 @@ case "${1:-}" in
     du -sh .carry
     ;;
   unpack)
-    mkdir -p .carry/bin && tar -xJf .carry/hylo-gpu.tar.xz -C .carry/bin || exit 1
+    unpack || exit 1
     ;;
   run)
-    [[ -x .carry/bin/hylo ]] || { mkdir -p .carry/bin && tar -xJf .carry/hylo-gpu.tar.xz -C .carry/bin; } || exit 1
+    unpacked || exit 1
     out="${2:-${OUT:-gpu-logs}}"
     mkdir -p "$out"
     export NCCL_NVLS_ENABLE=0 HYLO_SOURCE_DIR="$PWD"
@@ -126,7 +129,7 @@ case "${1:-}" in
     # hylo bench of the two released layouts (random weights; verified against the CPU engine first), then the
     # PyTorch/HF side-by-side (scripts/compare/torch_prefill.py). Lengths: HYLO_BENCH_LENGTHS (default 8K,32K,128K).
     # Then hylo's GDN chunked scan against FLA's (scripts/compare/gdn_fla.py) when the wheels were carried.
-    [[ -x .carry/bin/hylo ]] || { mkdir -p .carry/bin && tar -xJf .carry/hylo-gpu.tar.xz -C .carry/bin; } || exit 1
+    unpacked || exit 1
     out="${2:-${OUT:-gpu-logs}}"
     mkdir -p "$out"
     export NCCL_NVLS_ENABLE=0
@@ -155,7 +158,7 @@ case "${1:-}" in
     # two layouts on different GPUs where there are two (A and B of one layout on the same GPU, one after the
     # other), then a table of decode ms/token and TTFT.
     [[ $# -ge 2 ]] || { echo "usage: scripts/gpu.sh ab FLAGS [OUT]" >&2; exit 2; }
-    [[ -x .carry/bin/hylo ]] || { mkdir -p .carry/bin && tar -xJf .carry/hylo-gpu.tar.xz -C .carry/bin; } || exit 1
+    unpacked || exit 1
     flags="$2"
     out="${3:-${OUT:-gpu-logs}}/ab"
     mkdir -p "$out"
