@@ -1,4 +1,5 @@
 // CUDA twin of kernels/gdn_cpu.cpp: prepare, the token-by-token delta-rule scan and the span transition, fp32.
+// Prepare is one launch (q / k L2 norms and the gates in separate blocks of one grid).
 //
 // Recurrence per v-head h (k-head h / (Hv / Hk)), state S [dk, dv], token t (as gdn_scan_recurrent_cpu):
 //   e = exp(g_t);  ks = S^T k_t (before the decay: (e S)^T k = e S^T k);  delta = beta_t (v_t - e ks);
@@ -45,13 +46,9 @@ using std::int64_t;
 constexpr int kPrepThreads = 256;
 constexpr int kPrepRowsPerBlock = kPrepThreads / 32;  // one warp per (t, k-head)
 
-// q <- q * qscale / sqrt(sum q^2 + 1e-6), k <- k / sqrt(sum k^2 + 1e-6): the CPU twin's exact expressions.
-__global__ void __launch_bounds__(kPrepThreads) gdn_l2norm_qk_kernel(float* q, float* k, int64_t rows, int64_t dk,
-                                                                      float qscale) {
-  cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
-  cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kPrepRowsPerBlock + (threadIdx.x >> 5);
-  if (r >= rows) return;  // whole warps leave; no block barrier below
+// q <- q * qscale / sqrt(sum q^2 + 1e-6), k <- k / sqrt(sum k^2 + 1e-6): the CPU twin's exact expressions. One warp
+// per (t, k-head) row.
+__device__ __forceinline__ void l2norm_qk_row(float* q, float* k, int64_t r, int64_t dk, float qscale) {
   const int lane = static_cast<int>(threadIdx.x & 31);
   float* qr = q + r * dk;
   float* kr = k + r * dk;
@@ -73,10 +70,20 @@ __global__ void __launch_bounds__(kPrepThreads) gdn_l2norm_qk_kernel(float* q, f
 // softplus(x) = log1p(exp(x)), x itself above 20 (PyTorch's threshold; gdn_cpu.cpp).
 __device__ __forceinline__ float softplus_f(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
-__global__ void __launch_bounds__(kPrepThreads) gdn_gates_kernel(GdnPrepareParams p, int64_t n) {
+// Both halves of the preparation in one launch (a decode step runs it once per GDN layer; two launches cost ~2-3 us
+// more): blocks [0, l2_blocks) normalize q / k rows, one warp per row; the rest compute the gates, one thread per
+// (t, v-head): g = -exp(A_log) softplus(a + dt_bias), beta = sigmoid(b). Every element's arithmetic is what the two
+// separate kernels did.
+__global__ void __launch_bounds__(kPrepThreads) gdn_prepare_kernel(GdnPrepareParams p, int64_t rows, float qscale,
+                                                                   int64_t l2_blocks, int64_t n) {
   cuda::pdl_trigger();  // the next kernel (a GEMV) may start streaming its weights
   cuda::pdl_wait();     // a programmatic dependent: what the previous kernel wrote is visible from here
-  const int64_t x = static_cast<int64_t>(blockIdx.x) * kPrepThreads + threadIdx.x;
+  if (static_cast<int64_t>(blockIdx.x) < l2_blocks) {
+    const int64_t r = static_cast<int64_t>(blockIdx.x) * kPrepRowsPerBlock + (threadIdx.x >> 5);
+    if (r < rows) l2norm_qk_row(p.q, p.k, r, p.head_k_dim, qscale);  // whole warps; no block barrier
+    return;
+  }
+  const int64_t x = (static_cast<int64_t>(blockIdx.x) - l2_blocks) * kPrepThreads + threadIdx.x;
   if (x >= n) return;
   const int64_t h = x % p.n_v_heads;
   p.g[x] = -expf(p.A_log[h]) * softplus_f(p.a[x] + p.dt_bias[h]);
@@ -227,19 +234,16 @@ __global__ void identity_kernel(float* M, int64_t n, int64_t dk) {
 
 void gdn_prepare_cuda(const GdnPrepareParams& p, cudaStream_t stream) {
   if (p.T <= 0) return;
-  const int64_t rows = p.T * p.n_k_heads;
-  if (rows > 0 && p.head_k_dim > 0) {
-    const float qscale = 1.0f / std::sqrt(static_cast<float>(p.head_k_dim));
-    cuda::launch_pdl(gdn_l2norm_qk_kernel, dim3(static_cast<unsigned>(cuda::ceil_div(rows, kPrepRowsPerBlock))),
-                     dim3(kPrepThreads), 0, stream, cuda::pdl_allowed(stream), p.q, p.k, rows, p.head_k_dim, qscale);
-    HYLO_CUDA_LAUNCH_CHECK();
-  }
+  const int64_t rows = p.head_k_dim > 0 ? p.T * p.n_k_heads : 0;
   const int64_t n = p.T * p.n_v_heads;
-  if (n > 0) {
-    cuda::launch_pdl(gdn_gates_kernel, dim3(static_cast<unsigned>(cuda::ceil_div(n, kPrepThreads))), dim3(kPrepThreads),
-                     0, stream, cuda::pdl_allowed(stream), p, n);
-    HYLO_CUDA_LAUNCH_CHECK();
-  }
+  const int64_t l2_blocks = rows > 0 ? cuda::ceil_div(rows, kPrepRowsPerBlock) : 0;
+  const int64_t blocks = l2_blocks + (n > 0 ? cuda::ceil_div(n, kPrepThreads) : 0);
+  if (blocks == 0) return;
+  if (blocks > 0x7fffffff) throw std::invalid_argument("gdn_prepare_cuda: too many rows");
+  const float qscale = p.head_k_dim > 0 ? 1.0f / std::sqrt(static_cast<float>(p.head_k_dim)) : 0.0f;
+  cuda::launch_pdl(gdn_prepare_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kPrepThreads), 0, stream,
+                   cuda::pdl_allowed(stream), p, rows, qscale, l2_blocks, n);
+  HYLO_CUDA_LAUNCH_CHECK();
 }
 
 void gdn_scan_recurrent_cuda(const GdnScanParams& p, cudaStream_t stream) { launch_recurrent(p, stream); }
