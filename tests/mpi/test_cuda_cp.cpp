@@ -202,6 +202,47 @@ TEST_F(CudaCp, GoldenMixedMatchesOneGpu) {
   }
 }
 
+// CP decode with the partials gathered over peer-mapped buffers (CudaEngineOptions::cp_decode_p2p, one kernel per MLA
+// layer) against the same engine with the NCCL all-gather: the same bytes arrive in the same order, so the logits are
+// bitwise equal, step by step, through the replayed decode graph (the epoch counter advances on the device) and after
+// a reset (a second sequence: epochs continue).
+TEST_F(CudaCp, PeerGatherGivesTheAllGathersLogits) {
+  using namespace comm;
+  auto nccl = NcclCommunicator::create(*world_, NcclOptions{120.0}, "cp");
+  const Model m = golden_mixed();
+  CudaEngineOptions o;
+  o.prefill_chunk = 64;
+  o.device = dev_.device;
+  CudaEngineOptions p2p = o;
+  p2p.cp_decode_p2p = true;
+  CudaEngine ag(m.cfg, m.w, 400, o, nullptr, nccl.get(), SeqSplit::kZigzag);
+  CudaEngine peer(m.cfg, m.w, 400, p2p, nullptr, nccl.get(), SeqSplit::kZigzag);
+  EXPECT_FALSE(ag.cp_decode_p2p());
+  if (!peer.cp_decode_p2p()) GTEST_SKIP() << "the ranks could not map each other's buffers (see the log line)";
+  const std::int64_t V = m.cfg.vocab_size;
+  std::vector<float> a(static_cast<std::size_t>(V)), b(static_cast<std::size_t>(V));
+  int steps = 0;
+  for (int seq = 0; seq < 2; ++seq) {
+    ag.reset();
+    peer.reset();
+    const auto prompt = prompt_of(seq == 0 ? 300 : 7, V, 61 + seq);
+    ag.forward(prompt, a.data(), false);
+    peer.forward(prompt, b.data(), false);
+    EXPECT_TRUE(a == b) << "prompt logits, sequence " << seq;
+    std::int32_t t = argmax(a);
+    for (int i = 0; i < 24; ++i, ++steps) {
+      ag.forward(std::span<const std::int32_t>(&t, 1), a.data(), false);
+      peer.forward(std::span<const std::int32_t>(&t, 1), b.data(), false);
+      ASSERT_TRUE(a == b) << "decode step " << i << " of sequence " << seq << ": peer gather differs from the all-gather";
+      t = argmax(a);
+    }
+  }
+  if (world_->rank() == 0)
+    std::printf("  CP %d decode partials over peer-mapped buffers: logits bitwise equal to the NCCL all-gather's over "
+                "%d decode steps (2 sequences, decode graph %s)\n",
+                world_->size(), steps, peer.decode_graph() ? "on" : "off");
+}
+
 TEST_F(CudaCp, TinyRandomMatchesCpuLikeOneGpu) {
   using namespace comm;
   auto cp = NcclCommunicator::create(*world_, NcclOptions{120.0}, "cp");
