@@ -60,20 +60,28 @@ __global__ void __launch_bounds__(kThreads) cp_peer_gather_kernel(const CpPeerGa
   __syncthreads();
   const int t = static_cast<int>(threadIdx.x);
   if (t < p.size) {
-    __threadfence_system();
+    // Release at system scope, cumulative over the block's pushes ordered before it by the barrier.
     store_release_sys(p.flags[t] + half + p.rank, e);  // "rank p.rank's partial of call e is in your half"
     const unsigned* f = p.my_flags + half + t;
     const unsigned long long start = p.timeout_ns != 0 ? global_ns() : 0;
     while (load_acquire_sys(f) != e) {
+      if (p.abort != nullptr && *p.abort != 0) {
+        atomicMax(&timed_out, 2);  // an abort wins over a timeout seen by another thread
+        break;
+      }
       if (p.timeout_ns != 0 && global_ns() - start > p.timeout_ns) {
-        timed_out = 1;
+        atomicMax(&timed_out, 1);
         break;
       }
       __nanosleep(64);
     }
   }
   __syncthreads();
-  if (timed_out) __trap();  // a peer never arrived (dead or out of step): fail loudly, never read a stale half
+  if (timed_out == 2) {  // aborted by the host: leave NaN, do not advance the epoch
+    for (std::int64_t i = threadIdx.x; i < p.size * p.n; i += kThreads) p.out[i] = __int_as_float(0x7fc00000);
+    return;
+  }
+  if (timed_out != 0) __trap();  // a peer never arrived and nobody aborted: fail loudly, never read a stale half
   block_copy(p.out, p.my_slots + half * p.n, p.size * p.n);
   __syncthreads();
   if (threadIdx.x == 0) *p.epoch = e;

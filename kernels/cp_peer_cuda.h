@@ -8,8 +8,10 @@
 // which only this call writes, so a flag of an earlier call never matches. Slots are double-buffered by e & 1: a
 // rank writes call e into a peer's half e & 1 only after it has seen that peer's flag of call e - 1, which the peer
 // raised after finishing call e - 2 (its copy-out of that half), so no half is overwritten while it is read.
-// Every rank of the group must run the same sequence of calls (they do: the same decode graph). A rank that never
-// arrives leaves the others spinning: past `timeout_ns` the kernel traps (a last resort behind the host watchdog).
+// Every rank of the group must run the same sequence of calls (they do: the same decode graph); as with any
+// collective, a rank that skipped a call and then went on would pair its calls with the others' earlier ones (wrong
+// numbers, no error). A rank that never arrives leaves the others spinning until the host sets the abort word (its
+// watchdog) or, as a last resort, `timeout_ns` passes and the kernel traps.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -30,7 +32,10 @@ struct CpPeerGatherParams {
   unsigned* my_flags = nullptr;      // this rank's flags (flags[rank])
   unsigned* epoch = nullptr;         // this rank's call counter (device)
   float* out = nullptr;              // [size][n]: the partials in rank order
-  unsigned long long timeout_ns = 0; // spin limit (0: none)
+  // Host-mapped abort word (cudaHostAllocMapped), or null: non-zero makes a waiting kernel leave at once with NaN
+  // in `out` (the host's watchdog found a peer stuck and is ending the job; the stream must drain, not trap).
+  const volatile int* abort = nullptr;
+  unsigned long long timeout_ns = 0; // spin limit (0: none); past it the kernel traps (last resort)
 };
 
 // Throws std::invalid_argument for size outside 2 .. kCpPeerMax, n <= 0, rank outside [0, size) or null pointers.

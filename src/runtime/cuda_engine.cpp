@@ -3,7 +3,6 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <nvtx3/nvtx3.hpp>
-#include <unistd.h>  // gethostname
 
 #include <algorithm>
 #include <cmath>
@@ -22,7 +21,6 @@
 #include "kernels/attention_cudnn.h"
 #include "kernels/conv1d_cuda.h"
 #include "kernels/cp_compose_cuda.h"
-#include "kernels/cp_peer_cuda.h"
 #include "kernels/cuda_check.h"
 #include "kernels/device_buffer.h"
 #include "kernels/gdn_chunk_cuda.h"
@@ -34,6 +32,7 @@
 #include "kernels/mla_cuda.h"
 #include "kernels/mla_decode_cuda.h"
 #include "kernels/norm_cuda.h"
+#include "runtime/cp_peer.h"
 #include "kernels/sample_cuda.h"
 #include "kernels/rope.h"
 #include "kernels/rope_cuda.h"
@@ -179,25 +178,8 @@ struct CudaEngine::Impl {
   DBuf<float> cp_x, cp_halo, cp_halo_all, cp_conv_in, cp_conv, cp_sum, cp_sum_all, cp_in, cp_cur, cp_tmp, cp_ld, cp_eye;
   DBuf<bf16> cp_gather, cp_K, cp_V;
   DBuf<float> cp_part, cp_part_all;
-  // CP decode partials gathered over peer-mapped buffers (CudaEngineOptions::cp_decode_p2p; kernels/cp_peer_cuda.h):
-  // this rank's slots / flags / epoch, the device tables of every rank's mapped slots / flags, and the IPC mappings
-  // of the peers' buffers (closed on destruction).
-  struct IpcMapping {
-    void* ptr = nullptr;
-    IpcMapping() = default;
-    explicit IpcMapping(void* p) : ptr(p) {}
-    IpcMapping(IpcMapping&& o) noexcept : ptr(std::exchange(o.ptr, nullptr)) {}
-    IpcMapping& operator=(IpcMapping&&) = delete;
-    ~IpcMapping() {
-      if (ptr != nullptr) (void)cudaIpcCloseMemHandle(ptr);
-    }
-  };
-  DBuf<float> peer_slots;
-  DBuf<unsigned> peer_flags, peer_epoch;
-  DBuf<float*> peer_slot_ptrs;
-  DBuf<unsigned*> peer_flag_ptrs;
-  std::vector<IpcMapping> peer_maps;
-  bool peer_on = false;
+  // CP decode partials gathered over peer-mapped buffers (CudaEngineOptions::cp_decode_p2p; null: the all-gather).
+  std::unique_ptr<CpPeerGather> peer;
   std::unique_ptr<k::CudnnAttention> cudnn;  // null: own attention kernel
   DBuf<float> scan_ws;   // chunked Mamba2 / GDN scan workspace (bytes: scan_ws_bytes)
   std::int64_t scan_ws_bytes = 0;
@@ -794,95 +776,19 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int
   reset();
 }
 
-// The peer-mapped buffers of the CP decode gather: every rank allocates its slots [2][CP][n] and flags [2][CP], the
-// IPC handles go round through the CP transport's all-gather, and every rank maps every other rank's buffers. All
-// ranks must agree (same host, every handle mapped), or all keep the all-gather: the decision is all-gathered too.
+// The peer-mapped buffers of the CP decode gather (runtime/cp_peer.h; collective over the CP group).
 void CudaEngine::setup_cp_peer(std::int64_t n) {
   auto& m = *impl_;
-  const char* why = nullptr;
-  if (cp_size_ > k::kCpPeerMax) why = "more ranks than the peer gather takes";
-  m.peer_slots.resize(2 * cp_size_ * n);
-  m.peer_flags.resize(2 * cp_size_);
-  m.peer_epoch.resize(1);
-  m.peer_flags.zero();
-  m.peer_epoch.zero();
-  HYLO_CUDA_CHECK(cudaDeviceSynchronize());  // zeroed before any peer can write a flag (it needs our handle first)
-  struct Entry {
-    cudaIpcMemHandle_t slots, flags;
-    std::uint64_t host;  // hash of the host name: IPC needs one node
-    std::int32_t ok;
-    std::int32_t pad;
-  };
-  Entry mine{};
-  char host[256] = {};
-  (void)gethostname(host, sizeof host - 1);
-  mine.host = std::hash<std::string>{}(host);
-  mine.ok = why == nullptr && cudaIpcGetMemHandle(&mine.slots, m.peer_slots.get()) == cudaSuccess &&
-            cudaIpcGetMemHandle(&mine.flags, m.peer_flags.get()) == cudaSuccess;
-  (void)cudaGetLastError();
-  auto all_gather = [&](const void* item, std::size_t bytes) {
-    DBuf<unsigned char> d_item(static_cast<std::int64_t>(bytes)), d_all(static_cast<std::int64_t>(bytes) * cp_size_);
-    HYLO_CUDA_CHECK(cudaMemcpy(d_item.get(), item, bytes, cudaMemcpyHostToDevice));
-    cp_->allgather_on(d_item.get(), d_all.get(), static_cast<std::int64_t>(bytes), m.stream);
-    cp_->wait(m.stream, "cp peer setup");
-    return d_all.download();
-  };
-  const auto raw = all_gather(&mine, sizeof mine);
-  std::vector<Entry> all(static_cast<std::size_t>(cp_size_));
-  std::memcpy(all.data(), raw.data(), sizeof(Entry) * all.size());
-  bool ok = true;
-  for (const Entry& e : all) ok = ok && e.ok != 0 && e.host == mine.host;
-  if (!ok && why == nullptr) why = "a rank on another host, or without IPC handles";
-  std::vector<float*> slot_ptrs(static_cast<std::size_t>(cp_size_), nullptr);
-  std::vector<unsigned*> flag_ptrs(static_cast<std::size_t>(cp_size_), nullptr);
-  std::vector<Impl::IpcMapping> maps;
-  for (int r = 0; ok && r < cp_size_; ++r) {
-    if (r == cp_rank_) {
-      slot_ptrs[static_cast<std::size_t>(r)] = m.peer_slots.get();
-      flag_ptrs[static_cast<std::size_t>(r)] = m.peer_flags.get();
-      continue;
-    }
-    void* ps = nullptr;
-    void* pf = nullptr;
-    if (cudaIpcOpenMemHandle(&ps, all[static_cast<std::size_t>(r)].slots, cudaIpcMemLazyEnablePeerAccess) !=
-        cudaSuccess) {
-      ok = false;
-    } else {
-      maps.emplace_back(ps);
-      if (cudaIpcOpenMemHandle(&pf, all[static_cast<std::size_t>(r)].flags, cudaIpcMemLazyEnablePeerAccess) !=
-          cudaSuccess) {
-        ok = false;
-      } else {
-        maps.emplace_back(pf);
-      }
-    }
-    (void)cudaGetLastError();
-    slot_ptrs[static_cast<std::size_t>(r)] = static_cast<float*>(ps);
-    flag_ptrs[static_cast<std::size_t>(r)] = static_cast<unsigned*>(pf);
-    if (!ok && why == nullptr) why = "cudaIpcOpenMemHandle failed (no peer access between these GPUs?)";
-  }
-  // Every rank must take the same path, or the ranks on the peer path would wait for flags forever.
-  const std::int32_t my_ok = ok ? 1 : 0;
-  const auto oks = all_gather(&my_ok, sizeof my_ok);
-  for (int r = 0; r < cp_size_; ++r) {
-    std::int32_t v = 0;
-    std::memcpy(&v, oks.data() + sizeof v * static_cast<std::size_t>(r), sizeof v);
-    if (v == 0) {
-      ok = false;
-      if (why == nullptr) why = "another rank could not map the buffers";
-    }
-  }
-  if (!ok) {
+  if (options_.cp_decode_p2p_timeout_s < 0)
+    throw Error(ErrorKind::kUsage, "", "cp_decode_p2p_timeout_s",
+                "must be >= 0 (0: no limit), got " + std::to_string(options_.cp_decode_p2p_timeout_s));
+  std::string why;
+  m.peer = CpPeerGather::create(*cp_, n, m.stream, options_.cp_decode_p2p_timeout_s, &why);
+  if (!m.peer)
     spdlog::info("cuda engine: CP decode partials go through the all-gather, not peer-mapped buffers: {}", why);
-    return;  // `maps` closes what was mapped
-  }
-  m.peer_slot_ptrs.upload(slot_ptrs);
-  m.peer_flag_ptrs.upload(flag_ptrs);
-  m.peer_maps = std::move(maps);
-  m.peer_on = true;
 }
 
-bool CudaEngine::cp_decode_p2p() const { return impl_ && impl_->peer_on; }
+bool CudaEngine::cp_decode_p2p() const { return impl_ && impl_->peer != nullptr; }
 
 CudaEngine::~CudaEngine() {
   if (!impl_) return;
@@ -956,6 +862,7 @@ void CudaEngine::forward(std::span<const std::int32_t> tokens, float* logits, bo
 
 void CudaEngine::abort_collectives() noexcept {
   comm_failed_ = true;
+  if (impl_ && impl_->peer) impl_->peer->abort();  // a peer gather spinning on a stuck rank leaves at once
   if (tp_ != nullptr) tp_->abort();
   if (cp_ != nullptr) cp_->abort();
 }
@@ -1322,20 +1229,8 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
           if (cp) {
             const std::int64_t n = nH * (r + 1);
             m.timed("cp merge", [&] {
-              if (m.peer_on) {
-                k::CpPeerGatherParams g;
-                g.rank = cp_rank_;
-                g.size = cp_size_;
-                g.n = n;
-                g.part = m.cp_part.get();
-                g.slots = m.peer_slot_ptrs.get();
-                g.flags = m.peer_flag_ptrs.get();
-                g.my_slots = m.peer_slots.get();
-                g.my_flags = m.peer_flags.get();
-                g.epoch = m.peer_epoch.get();
-                g.out = m.cp_part_all.get();
-                g.timeout_ns = static_cast<unsigned long long>(options_.cp_decode_p2p_timeout_s * 1e9);
-                k::cp_peer_gather_cuda(g, st);
+              if (m.peer) {
+                m.peer->gather(m.cp_part.get(), m.cp_part_all.get(), st);
               } else {
                 cp_->allgather_on(m.cp_part.get(), m.cp_part_all.get(), n * 4, st);
               }
