@@ -76,6 +76,8 @@ void add_bench_command(CLI::App& app, BenchArgs& a) {
   b->add_option("--json", a.json, "Write the results as JSON");
   b->add_flag("!--no-profile", a.profile, "Skip the per-op time split");
   b->add_flag("--cublas-decode", a.cublas_decode, "Decode projections through cuBLASLt instead of the GEMV kernel (A/B)");
+  b->add_flag("--cp-merge-p2p", a.cp_merge_p2p,
+              "CP decode: gather the MLA partials over peer-mapped GPU buffers (CUDA IPC, one node) instead of an all-gather (A/B)");
   b->add_flag("--mla-bf16-q", a.mla_bf16_q, "MLA decode with q rounded to bf16 instead of hi + lo bf16 pairs (A/B)");
   b->add_flag("--no-decode-graph", a.no_decode_graph,
               "Launch each decode step's kernels one by one instead of replaying one captured CUDA graph (A/B)");
@@ -222,6 +224,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
     o.prefill_chunk = a.chunk_size;
     o.chunked_scans = !a.recurrent_scans;
     o.decode_gemv = !a.cublas_decode;
+    o.cp_decode_p2p = a.cp_merge_p2p;
     o.mla_q_hi_lo = !a.mla_bf16_q;
     o.decode_graph = !a.no_decode_graph;
     o.comm_watchdog = a.comm_watchdog;
@@ -496,6 +499,7 @@ int bench_impl(const BenchArgs& a, comm::MpiCommunicator* world) {
   if (gpu && engine) {
     out["decode_graph"] = engine->decode_graph();
     out["mla_q"] = a.mla_bf16_q ? "bf16" : "hi + lo bf16 pairs";
+    if (engine->cp_size() > 1) out["cp_decode_gather"] = engine->cp_decode_p2p() ? "peer-mapped buffers (CUDA IPC)" : "all-gather";
     if (nranks > 1) out["comm_watchdog_s"] = a.comm_watchdog && transport == GpuTransport::kNccl ? a.comm_timeout : 0.0;
   }
 #endif

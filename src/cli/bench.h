@@ -28,6 +28,7 @@ struct BenchArgs {
   std::string json;                       // write results here
   bool profile = true;                    // per-op split (CUDA events)
   bool cublas_decode = false;    // decode projections through cuBLASLt instead of the GEMV kernel (A/B)
+  bool cp_merge_p2p = false;     // CP decode partials over peer-mapped buffers (CudaEngineOptions::cp_decode_p2p)
   bool mla_bf16_q = false;       // MLA decode with q rounded once to bf16 instead of hi + lo pairs (A/B)
   bool no_decode_graph = false;  // decode steps launched kernel by kernel instead of one captured CUDA graph (A/B)
   bool recurrent_scans = false;  // prefill scans by the recurrent kernels instead of the chunked ones (A/B)

@@ -8,8 +8,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <optional>
+#include <utility>
 
 #include "comm/communicator.h"
 #include "comm/device_collectives.h"
@@ -30,6 +32,7 @@
 #include "kernels/mla_cuda.h"
 #include "kernels/mla_decode_cuda.h"
 #include "kernels/norm_cuda.h"
+#include "runtime/cp_peer.h"
 #include "kernels/sample_cuda.h"
 #include "kernels/rope.h"
 #include "kernels/rope_cuda.h"
@@ -175,6 +178,8 @@ struct CudaEngine::Impl {
   DBuf<float> cp_x, cp_halo, cp_halo_all, cp_conv_in, cp_conv, cp_sum, cp_sum_all, cp_in, cp_cur, cp_tmp, cp_ld, cp_eye;
   DBuf<bf16> cp_gather, cp_K, cp_V;
   DBuf<float> cp_part, cp_part_all;
+  // CP decode partials gathered over peer-mapped buffers (CudaEngineOptions::cp_decode_p2p; null: the all-gather).
+  std::unique_ptr<CpPeerGather> peer;
   std::unique_ptr<k::CudnnAttention> cudnn;  // null: own attention kernel
   DBuf<float> scan_ws;   // chunked Mamba2 / GDN scan workspace (bytes: scan_ws_bytes)
   std::int64_t scan_ws_bytes = 0;
@@ -765,10 +770,25 @@ CudaEngine::CudaEngine(ModelConfig config, const ModelWeights& weights, std::int
       m.cp_V.resize(capacity_ * a.num_kv_heads * a.v_head_dim);
       m.cp_part.resize(a.num_heads * (a.kv_lora_rank + 1));
       m.cp_part_all.resize(cp_size_ * a.num_heads * (a.kv_lora_rank + 1));
+      if (options_.cp_decode_p2p) setup_cp_peer(a.num_heads * (a.kv_lora_rank + 1));
     }
   }
   reset();
 }
+
+// The peer-mapped buffers of the CP decode gather (runtime/cp_peer.h; collective over the CP group).
+void CudaEngine::setup_cp_peer(std::int64_t n) {
+  auto& m = *impl_;
+  if (options_.cp_decode_p2p_timeout_s < 0)
+    throw Error(ErrorKind::kUsage, "", "cp_decode_p2p_timeout_s",
+                "must be >= 0 (0: no limit), got " + std::to_string(options_.cp_decode_p2p_timeout_s));
+  std::string why;
+  m.peer = CpPeerGather::create(*cp_, n, m.stream, options_.cp_decode_p2p_timeout_s, &why);
+  if (!m.peer)
+    spdlog::info("cuda engine: CP decode partials go through the all-gather, not peer-mapped buffers: {}", why);
+}
+
+bool CudaEngine::cp_decode_p2p() const { return impl_ && impl_->peer != nullptr; }
 
 CudaEngine::~CudaEngine() {
   if (!impl_) return;
@@ -842,6 +862,7 @@ void CudaEngine::forward(std::span<const std::int32_t> tokens, float* logits, bo
 
 void CudaEngine::abort_collectives() noexcept {
   comm_failed_ = true;
+  if (impl_ && impl_->peer) impl_->peer->abort();  // a peer gather spinning on a stuck rank leaves at once
   if (tp_ != nullptr) tp_->abort();
   if (cp_ != nullptr) cp_->abort();
 }
@@ -1208,7 +1229,11 @@ void CudaEngine::enqueue_layers(std::int64_t T, std::int64_t pos0, bool step) {
           if (cp) {
             const std::int64_t n = nH * (r + 1);
             m.timed("cp merge", [&] {
-              cp_->allgather_on(m.cp_part.get(), m.cp_part_all.get(), n * 4, st);
+              if (m.peer) {
+                m.peer->gather(m.cp_part.get(), m.cp_part_all.get(), st);
+              } else {
+                cp_->allgather_on(m.cp_part.get(), m.cp_part_all.get(), n * 4, st);
+              }
               // One launch for the whole rank-ordered merge (was two copies and CP - 1 pairwise merges: 31 us per
               // layer at CP 2, 54 at CP 4 on the H200, 2026-11-28); bitwise the same result.
               k::merge_attention_partials_chain_cuda(nH, r, cp_size_, m.cp_part_all.get(), n, nH * r, o_lat, nullptr, st);

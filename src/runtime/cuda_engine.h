@@ -51,6 +51,13 @@ struct CudaEngineOptions {
   // (DeviceCollectives::wait: NCCL polls with its deadline and aborts a stuck collective). Off: a plain
   // cudaStreamSynchronize, which hangs forever if a peer never joins (for measuring the watchdog's cost only).
   bool comm_watchdog = true;
+  // CP decode: the MLA partials of every rank gathered by one small kernel over peer-mapped buffers (CUDA IPC, one
+  // node; kernels/cp_peer_cuda.h) instead of an all-gather of the transport per MLA layer. Falls back to the
+  // all-gather (with a log line) when the ranks cannot map each other's memory. Off by default until measured
+  // (branch wip/cp-p2p; bench --cp-merge-p2p). A rank that never arrives makes the others' kernel trap after
+  // cp_decode_p2p_timeout_s (a last resort behind the transport's watchdog, which should fire first).
+  bool cp_decode_p2p = false;
+  double cp_decode_p2p_timeout_s = 660.0;
 };
 
 // Bytes the engine needs on the GPU, by part.
@@ -128,6 +135,8 @@ class CudaEngine {
   const CudaMemoryPlan& plan() const { return plan_; }
   // Whether decode steps replay a captured graph (CudaEngineOptions::decode_graph, off over MPI).
   bool decode_graph() const { return options_.decode_graph; }
+  // Whether CP decode gathers its partials over peer-mapped buffers (CudaEngineOptions::cp_decode_p2p took effect).
+  bool cp_decode_p2p() const;
   // The transport of the TP / CP collectives ("nccl 2.28.3", "mpi host-staged"); empty on one GPU.
   std::string transport() const;
   std::int64_t length() const { return length_; }
@@ -191,6 +200,7 @@ class CudaEngine {
   void cp_prefill(std::span<const std::int32_t> tokens);
   void cp_mla_layer(std::size_t li, const comm::SequencePartition& part, const std::vector<CpPiece>& pieces);
   void cp_recurrent_layer(std::size_t li, const comm::SequencePartition& part, const std::vector<CpPiece>& pieces);
+  void setup_cp_peer(std::int64_t n);
   ModelConfig config_;
   CudaEngineOptions options_;
   CudaMemoryPlan plan_;

@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -46,6 +47,7 @@
 #include "model/weights.h"
 #include "cuda_parallel_test_util.h"
 #include "mpi_gtest_main.h"
+#include "runtime/cp_peer.h"
 #include "runtime/cuda_engine.h"
 #include "runtime/engine.h"
 
@@ -200,6 +202,95 @@ TEST_F(CudaCp, GoldenMixedMatchesOneGpu) {
       EXPECT_THROW(par.forward(two, lg.data(), true), Error);
     }
   }
+}
+
+// CP decode with the partials gathered over peer-mapped buffers (CudaEngineOptions::cp_decode_p2p, one kernel per MLA
+// layer) against the same engine with the NCCL all-gather: the same bytes arrive in the same order, so the logits are
+// bitwise equal, step by step, through the replayed decode graph (the epoch counter advances on the device) and after
+// a reset (a second sequence: epochs continue).
+TEST_F(CudaCp, PeerGatherGivesTheAllGathersLogits) {
+  using namespace comm;
+  auto nccl = NcclCommunicator::create(*world_, NcclOptions{120.0}, "cp");
+  const Model m = golden_mixed();
+  CudaEngineOptions o;
+  o.prefill_chunk = 64;
+  o.device = dev_.device;
+  CudaEngineOptions p2p = o;
+  p2p.cp_decode_p2p = true;
+  CudaEngine ag(m.cfg, m.w, 400, o, nullptr, nccl.get(), SeqSplit::kZigzag);
+  CudaEngine peer(m.cfg, m.w, 400, p2p, nullptr, nccl.get(), SeqSplit::kZigzag);
+  EXPECT_FALSE(ag.cp_decode_p2p());
+  if (!peer.cp_decode_p2p()) GTEST_SKIP() << "the ranks could not map each other's buffers (see the log line)";
+  ASSERT_TRUE(peer.decode_graph()) << "NCCL is capturable: the peer gather must run inside the replayed graph";
+  const std::int64_t V = m.cfg.vocab_size;
+  std::vector<float> a(static_cast<std::size_t>(V)), b(static_cast<std::size_t>(V));
+  int steps = 0;
+  for (int seq = 0; seq < 2; ++seq) {
+    ag.reset();
+    peer.reset();
+    const auto prompt = prompt_of(seq == 0 ? 300 : 7, V, 61 + seq);
+    ag.forward(prompt, a.data(), false);
+    peer.forward(prompt, b.data(), false);
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), sizeof(float) * a.size())) << "prompt logits, sequence " << seq;
+    std::int32_t t = argmax(a);
+    for (int i = 0; i < 24; ++i, ++steps) {
+      ag.forward(std::span<const std::int32_t>(&t, 1), a.data(), false);
+      peer.forward(std::span<const std::int32_t>(&t, 1), b.data(), false);
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), sizeof(float) * a.size()))
+          << "decode step " << i << " of sequence " << seq << ": peer gather differs from the all-gather";
+      t = argmax(a);
+    }
+  }
+  if (world_->rank() == 0)
+    std::printf("  CP %d decode partials over peer-mapped buffers: logits bitwise equal to the NCCL all-gather's over "
+                "%d decode steps (2 sequences, decode graph %s)\n",
+                world_->size(), steps, peer.decode_graph() ? "on" : "off");
+}
+
+// The peer gather alone, hammered: 400 calls back to back on one stream with no host synchronization between them,
+// every rank's partial of call c a function of (rank, c), and a rank-dependent amount of other work (memsets of
+// rank x 32 MB) before each call so that the ranks drift apart; every gathered value is checked. Both halves of the
+// double buffer alternate every call, so a rank overwriting a half its peer still reads, or reading a half before
+// its peer's data is visible, shows up as a wrong value. Also with a 33-float partial (the scalar copy path).
+TEST_F(CudaCp, PeerGatherStress) {
+  using namespace comm;
+  auto nccl = NcclCommunicator::create(*world_, NcclOptions{120.0}, "cp");
+  const int R = world_->size(), me = world_->rank();
+  cudaStream_t st = nullptr;
+  HYLO_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  for (const std::int64_t n : {std::int64_t{3096}, std::int64_t{33}}) {
+    std::string why;
+    auto g = CpPeerGather::create(*nccl, n, st, 60.0, &why);
+    if (!g) GTEST_SKIP() << "no peer gather here: " << why;
+    constexpr int kCalls = 400;
+    auto value = [](int rank, int call, std::int64_t i) {
+      return static_cast<float>(rank * 1000003 % 8191) + static_cast<float>(call) * 0.5f + static_cast<float>(i % 97) * 1e-3f;
+    };
+    std::vector<float> parts(static_cast<std::size_t>(kCalls * n));
+    for (int c = 0; c < kCalls; ++c)
+      for (std::int64_t i = 0; i < n; ++i) parts[static_cast<std::size_t>(c * n + i)] = value(me, c, i);
+    kernels::DeviceBuffer<float> d_parts(parts), d_out(static_cast<std::int64_t>(kCalls) * R * n);
+    kernels::DeviceBuffer<unsigned char> noise(std::int64_t{32} << 20);
+    HYLO_CUDA_CHECK(cudaDeviceSynchronize());
+    for (int c = 0; c < kCalls; ++c) {
+      for (int k = 0; k < me; ++k) HYLO_CUDA_CHECK(cudaMemsetAsync(noise.get(), c & 0xff, noise.bytes(), st));
+      g->gather(d_parts.get() + c * n, d_out.get() + static_cast<std::int64_t>(c) * R * n, st);
+    }
+    nccl->wait(st, "peer gather stress");
+    const auto out = d_out.download();
+    std::int64_t bad = 0;
+    for (int c = 0; c < kCalls; ++c)
+      for (int r = 0; r < R; ++r)
+        for (std::int64_t i = 0; i < n; ++i) {
+          const float want = value(r, c, i), got = out[static_cast<std::size_t>((static_cast<std::int64_t>(c) * R + r) * n + i)];
+          if (got != want && ++bad <= 5)
+            ADD_FAILURE() << "n " << n << " call " << c << " rank " << r << " [" << i << "]: " << got << ", want " << want;
+        }
+    EXPECT_EQ(bad, 0);
+    if (me == 0) std::printf("  peer gather stress: %d ranks, %d calls of %lld floats, %lld wrong values\n", R, kCalls,
+                             static_cast<long long>(n), static_cast<long long>(bad));
+  }
+  HYLO_CUDA_CHECK(cudaStreamDestroy(st));
 }
 
 TEST_F(CudaCp, TinyRandomMatchesCpuLikeOneGpu) {
