@@ -283,7 +283,27 @@ bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 
 // pairwise and the chained merge cannot differ by the compiler's choice of contraction.
 __device__ __forceinline__ float merge_mix(float wa, float a, float wb, float b) { return __fmaf_rn(wa, a, __fmul_rn(wb, b)); }
 
-// One warp per row. Scalar weights in double like the CPU twin; lse_a[row] is written after every lane has read it.
+// One step of an exact merge of partial b into partial a, from their LSEs (la is updated to the merged LSE): what to
+// do with o, and the weights of kMix, in double like the CPU twin. Shared by the pairwise and the chained merge, so
+// both give the same bits. -inf on either side needs no arithmetic: b saw no key (keep a, or a clean 0 if a saw
+// none either), or a saw none (take b).
+enum : int { kKeep = 0, kZero = 1, kCopyB = 2, kMix = 3 };
+__device__ __forceinline__ int merge_step(float& la, float lb, float& wa, float& wb) {
+  if (lb == -INFINITY) return la == -INFINITY ? kZero : kKeep;
+  if (la == -INFINITY) {
+    la = lb;
+    return kCopyB;
+  }
+  const double hi = fmax(static_cast<double>(la), static_cast<double>(lb));
+  const double lo = fmin(static_cast<double>(la), static_cast<double>(lb));
+  const double l = hi + log1p(exp(lo - hi));
+  wa = static_cast<float>(exp(static_cast<double>(la) - l));
+  wb = static_cast<float>(exp(static_cast<double>(lb) - l));
+  la = static_cast<float>(l);
+  return kMix;
+}
+
+// One warp per row. lse_a[row] is written after every lane has read it.
 __global__ void merge_partials_kernel(std::int64_t rows, std::int64_t d_v, float* o_a, float* lse_a, const float* o_b,
                                       const float* lse_b) {
   const int lane = threadIdx.x & 31;
@@ -292,23 +312,19 @@ __global__ void merge_partials_kernel(std::int64_t rows, std::int64_t d_v, float
        r += warps) {
     float* oa = o_a + r * d_v;
     const float* ob = o_b + r * d_v;
-    const float la = lse_a[r], lb = lse_b[r];
+    float la = lse_a[r];
+    const float lb = lse_b[r];
     __syncwarp();
-    if (lb == -INFINITY) {  // b saw no key: a unchanged (and a clean 0 if neither saw any)
-      if (la == -INFINITY)
-        for (std::int64_t c = lane; c < d_v; c += 32) oa[c] = 0.0f;
-    } else if (la == -INFINITY) {
+    float wa = 0.0f, wb = 0.0f;
+    const int act = merge_step(la, lb, wa, wb);
+    if (act == kZero) {  // neither saw a key: a clean 0
+      for (std::int64_t c = lane; c < d_v; c += 32) oa[c] = 0.0f;
+    } else if (act == kCopyB) {
       for (std::int64_t c = lane; c < d_v; c += 32) oa[c] = ob[c];
-      if (lane == 0) lse_a[r] = lb;
-    } else {
-      const double hi = fmax(static_cast<double>(la), static_cast<double>(lb));
-      const double lo = fmin(static_cast<double>(la), static_cast<double>(lb));
-      const double lse = hi + log1p(exp(lo - hi));
-      const float wa = static_cast<float>(exp(static_cast<double>(la) - lse));
-      const float wb = static_cast<float>(exp(static_cast<double>(lb) - lse));
+    } else if (act == kMix) {
       for (std::int64_t c = lane; c < d_v; c += 32) oa[c] = merge_mix(wa, oa[c], wb, ob[c]);
-      if (lane == 0) lse_a[r] = static_cast<float>(lse);
     }
+    if (lane == 0 && act != kKeep && act != kZero) lse_a[r] = la;
   }
 }
 
@@ -318,7 +334,6 @@ __global__ void merge_partials_kernel(std::int64_t rows, std::int64_t d_v, float
 // through the steps in registers. Same operations in the same order as n - 1 pairwise calls: bitwise the same.
 constexpr int kChainMax = 64;
 constexpr int kChainWarps = 8;
-enum : int { kKeep = 0, kZero = 1, kCopyB = 2, kMix = 3 };
 
 __global__ void __launch_bounds__(32 * kChainWarps)
     merge_chain_kernel(std::int64_t rows, std::int64_t d_v, int n, const float* __restrict__ parts,
@@ -334,22 +349,8 @@ __global__ void __launch_bounds__(32 * kChainWarps)
       float la = parts[lse_offset + r];
       for (int j = 1; j < n; ++j) {
         const float lb = parts[j * part_stride + lse_offset + r];
-        int act = kKeep;
         float wa = 0.0f, wb = 0.0f;
-        if (lb == -INFINITY) {
-          act = la == -INFINITY ? kZero : kKeep;
-        } else if (la == -INFINITY) {
-          act = kCopyB;
-          la = lb;
-        } else {
-          const double hi = fmax(static_cast<double>(la), static_cast<double>(lb));
-          const double lo = fmin(static_cast<double>(la), static_cast<double>(lb));
-          const double l = hi + log1p(exp(lo - hi));
-          wa = static_cast<float>(exp(static_cast<double>(la) - l));
-          wb = static_cast<float>(exp(static_cast<double>(lb) - l));
-          act = kMix;
-          la = static_cast<float>(l);
-        }
+        const int act = merge_step(la, lb, wa, wb);
         act_s[wid][j] = act;
         w_s[wid][j][0] = wa;
         w_s[wid][j][1] = wb;
