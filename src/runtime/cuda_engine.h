@@ -53,8 +53,9 @@ struct CudaEngineOptions {
   bool comm_watchdog = true;
   // CP decode: the MLA partials of every rank gathered by one small kernel over peer-mapped buffers (CUDA IPC, one
   // node; kernels/cp_peer_cuda.h) instead of an all-gather of the transport per MLA layer. Falls back to the
-  // all-gather (with a log line) when the ranks cannot map each other's memory. Off by default until measured
-  // (branch wip/cp-p2p; bench --cp-merge-p2p). A rank that never arrives makes the others' kernel trap after
+  // all-gather (with a log line) when the ranks cannot map each other's memory. Off by default: measured on 4 x H200
+  // (2026-11-28) the exchange is ~40% cheaper op by op, but the replayed 1M decode step is no faster (CP 4: 3.284
+  // vs 3.276 ms; docs/DISTRIBUTED.md); bench --cp-merge-p2p. A rank that never arrives makes the others' kernel trap after
   // cp_decode_p2p_timeout_s (a last resort behind the transport's watchdog, which should fire first).
   bool cp_decode_p2p = false;
   double cp_decode_p2p_timeout_s = 660.0;
