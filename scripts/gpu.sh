@@ -5,9 +5,9 @@
 #   scripts/gpu.sh bench [OUT] there: hylo bench of both released layouts + the PyTorch side-by-side
 #   scripts/gpu.sh run [OUT]   there (repository root, .carry/ carried along): every GPU test, then a short table;
 #                              logs under OUT (default $OUT or ./gpu-logs).
-#   scripts/gpu.sh ab FLAGS [OUT]  there: hylo bench of both layouts without / with FLAGS (e.g. "--cublas-decode"):
-#                              each side verified first, then timed alone on one GPU (A B A B), a table of decode
-#                              ms/token and TTFT; logs and JSON in OUT/ab.tgz (one file to bring back). ~5 min.
+#   scripts/gpu.sh ab FLAGS [FLAGS ...]  there: hylo bench of both layouts with the defaults and with each FLAGS
+#                              (e.g. "--cublas-decode"): each flag set verified first, then all timed alone on one
+#                              GPU in turn, a table of decode ms/token; logs and JSON in $OUT/ab.tgz. ~6-8 min per set.
 # Binaries built on Debian 12 run on Ubuntu 24.04 (CUDA 13.0 on both; PCRE2 static, spdlog header-only, gtest
 # static; cuBLASLt, OpenMPI 4.1 and OpenBLAS resolve to that machine's own libraries).
 set -uo pipefail
@@ -154,64 +154,77 @@ case "${1:-}" in
     fi
     ;;
   ab)
-    # A/B of one bench option: `scripts/gpu.sh ab "--gemv-stream" [OUT]` runs hylo bench of both released layouts
-    # without (A) and with (B) the flags at HYLO_AB_LENGTH (default 128K). Two phases, because a decode step waits on
-    # the host for its token and the CPU reference of a verification loads the host: single-GPU decode timings taken
-    # beside a verifying job moved by up to 0.9 ms (2026-11-28). 1. verify: each layout with FLAGS (B) checked
-    # against the CPU reference on a short prompt (~100 s each: the CPU reference), side by side on the GPUs there
-    # are (A, the defaults, is what test_cuda_engine and every bench verify). 2. time: nothing else running, one GPU,
-    # A B A B per layout without verification; the table shows both repeats and B / A of their means. ~6-8 min.
-    [[ $# -ge 2 ]] || { echo "usage: scripts/gpu.sh ab FLAGS [OUT]" >&2; exit 2; }
+    # A/B of bench options: `scripts/gpu.sh ab "--l2-prefetch" ["--fused-mlp" ...]` runs hylo bench of the released
+    # layouts (HYLO_AB_PRESETS, default both) with the defaults (side A) and with each FLAGS argument (sides B, C, ...)
+    # at HYLO_AB_LENGTH (default 128K). Two phases, because a decode step waits on the host for its token and the CPU
+    # reference of a verification loads the host: single-GPU decode timings taken beside a verifying job moved by up
+    # to 0.9 ms (2026-11-28). 1. verify: each layout with each FLAGS checked against the CPU reference on a short
+    # prompt (~100 s each: the CPU reference), side by side on the GPUs there are (A, the defaults, is what
+    # test_cuda_engine and every bench verify). 2. time: nothing else running, one GPU, the sides in turn (A B C A B
+    # C ...) HYLO_AB_REPEATS times (default 2) without verification. A table of decode ms/token per side and its
+    # ratio to A (means over the repeats); logs and JSON in ${OUT:-gpu-logs}/ab.tgz. One side: ~6-8 min.
+    [[ $# -ge 2 ]] || { echo "usage: scripts/gpu.sh ab FLAGS [FLAGS ...]" >&2; exit 2; }
     unpacked || exit 1
-    flags="$2"
-    out="${3:-${OUT:-gpu-logs}}/ab"
+    shift
+    sides=("" "$@")  # side 0 = A = the defaults
+    names=(A B C D E F G H)
+    (( ${#sides[@]} <= ${#names[@]} )) || { echo "gpu.sh ab: at most $(( ${#names[@]} - 1 )) flag sets" >&2; exit 2; }
+    out="${OUT:-gpu-logs}/ab"
     mkdir -p "$out"
     export NCCL_NVLS_ENABLE=0
     ngpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
     (( ngpu >= 1 )) || { echo "gpu.sh ab: no GPU" >&2; exit 1; }
     len="${HYLO_AB_LENGTH:-128K}"
-    presets=(HyLo-Llama-6MLA22M2 HyLo-Qwen-7MLA21GDN)
-    side_flags() { [[ $1 == B ]] && echo "$flags"; }
+    repeats="${HYLO_AB_REPEATS:-2}"
+    read -r -a presets <<<"${HYLO_AB_PRESETS:-HyLo-Llama-6MLA22M2 HyLo-Qwen-7MLA21GDN}"
     i=0
     failed=0
     for p in "${presets[@]}"; do
-      # shellcheck disable=SC2046  # FLAGS is a list of options
-      CUDA_VISIBLE_DEVICES=$(( i % ngpu )) timeout 280 .carry/bin/hylo bench --device cuda --preset "$p" --prefill 4K \
-        --decode-steps 4 $(side_flags B) >"$out/$p-B-verify.log" 2>&1 &
-      i=$(( i + 1 ))
-      (( i % ngpu == 0 )) && wait
+      for (( s = 1; s < ${#sides[@]}; ++s )); do
+        # shellcheck disable=SC2086  # a flag set is a list of options
+        CUDA_VISIBLE_DEVICES=$(( i % ngpu )) timeout 280 .carry/bin/hylo bench --device cuda --preset "$p" --prefill 4K \
+          --decode-steps 4 ${sides[s]} >"$out/$p-${names[s]}-verify.log" 2>&1 &
+        i=$(( i + 1 ))
+        (( i % ngpu == 0 )) && wait
+      done
     done
     wait
     for p in "${presets[@]}"; do
-      grep -q "^verify .*limit" "$out/$p-B-verify.log" && awk '$1 ~ /^[0-9]+$/ && NF >= 8 {ok = 1} END {exit !ok}' \
-        "$out/$p-B-verify.log" || { echo "gpu.sh ab: $p with $flags did not verify: $out/$p-B-verify.log"; failed=1; }
+      for (( s = 1; s < ${#sides[@]}; ++s )); do
+        f="$out/$p-${names[s]}-verify.log"
+        grep -q "^verify .*limit" "$f" && awk '$1 ~ /^[0-9]+$/ && NF >= 8 {ok = 1} END {exit !ok}' "$f" ||
+          { echo "gpu.sh ab: $p with ${sides[s]} did not verify: $f"; failed=1; }
+      done
     done
     # No timings of a side that did not verify.
     (( failed == 0 )) || { tar -czf "$out.tgz" -C "$(dirname "$out")" "$(basename "$out")"; exit 1; }
     for p in "${presets[@]}"; do
-      for r in 1 2; do
-        for side in A B; do
-          # shellcheck disable=SC2046
+      for (( r = 1; r <= repeats; ++r )); do
+        for (( s = 0; s < ${#sides[@]}; ++s )); do
+          # shellcheck disable=SC2086
           CUDA_VISIBLE_DEVICES=0 timeout 200 .carry/bin/hylo bench --device cuda --preset "$p" --prefill "$len" \
-            --decode-steps 128 --verify-tokens 0 $(side_flags $side) --json "$out/$p-$side$r.json" \
-            >"$out/$p-$side$r.log" 2>&1 || echo "bench $p $side (repeat $r) failed: $out/$p-$side$r.log"
+            --decode-steps 128 --verify-tokens 0 ${sides[s]} --json "$out/$p-${names[s]}$r.json" \
+            >"$out/$p-${names[s]}$r.log" 2>&1 || echo "bench $p ${names[s]} (repeat $r) failed: $out/$p-${names[s]}$r.log"
         done
       done
     done
     val() { awk -v c="$2" '$1 ~ /^[0-9]+$/ && NF >= 8 {print $c; exit}' "$out/$1.log" 2>/dev/null; }
-    echo "---- A/B at $len, 128 decode steps, one GPU, runs alternating: A = defaults, B = $flags ----"
-    printf '%-22s %16s %16s %8s %12s\n' model "A ms/token" "B ms/token" "B/A" "A / B TTFT s"
+    echo "---- at $len, 128 decode steps, one GPU, sides in turn, $repeats repeats; decode ms/token (x A) ----"
+    for (( s = 0; s < ${#sides[@]}; ++s )); do echo "  ${names[s]} = ${sides[s]:-the defaults}"; done
     for p in "${presets[@]}"; do
-      a1=$(val "$p-A1" 6) a2=$(val "$p-A2" 6) b1=$(val "$p-B1" 6) b2=$(val "$p-B2" 6)
-      if [[ -n $a1 && -n $a2 && -n $b1 && -n $b2 ]]; then
-        printf '%-22s %16s %16s %8s %12s\n' "$p" "$a1, $a2" "$b1, $b2" \
-          "$(awk -v a="$a1" -v b="$a2" -v c="$b1" -v d="$b2" 'BEGIN{printf "%.3f", (c + d) / (a + b)}')" \
-          "$(val "$p-A1" 2) / $(val "$p-B1" 2)"
-      else
-        printf '%-22s (no result: see %s)\n' "$p" "$out"
-      fi
+      line=$(printf '%-22s' "$p")
+      a_mean=""
+      for (( s = 0; s < ${#sides[@]}; ++s )); do
+        vals=()
+        for (( r = 1; r <= repeats; ++r )); do vals+=("$(val "$p-${names[s]}$r" 6)"); done
+        mean=$(printf '%s\n' "${vals[@]}" | awk 'NF {n++; t += $1} END {if (n) printf "%.3f", t / n}')
+        [[ $s == 0 ]] && a_mean=$mean
+        ratio=$(awk -v m="$mean" -v a="$a_mean" 'BEGIN {if (m != "" && a > 0) printf "%.3f", m / a; else print "-"}')
+        line+=$(printf '  %s %s (%s)' "${names[s]}" "$(IFS=,; echo "${vals[*]}")" "$ratio")
+      done
+      echo "$line"
     done
     tar -czf "$out.tgz" -C "$(dirname "$out")" "$(basename "$out")"
     ;;
-  *) echo "usage: scripts/gpu.sh pack | unpack | run [OUT] | bench [OUT] | ab FLAGS [OUT]" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu.sh pack | unpack | run [OUT] | bench [OUT] | ab FLAGS [FLAGS ...]" >&2; exit 2 ;;
 esac
