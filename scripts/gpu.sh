@@ -16,6 +16,8 @@ tests=(test_gpu_smoke test_gemm_cuda test_elementwise_cuda test_scans_cuda test_
 # The binaries into .carry/bin/ (unpack), or only where they are not there yet (unpacked).
 unpack() { mkdir -p .carry/bin && tar -xJf .carry/hylo-gpu.tar.xz -C .carry/bin; }
 unpacked() { [[ -x .carry/bin/hylo ]] || unpack; }
+# DIR into DIR.tgz beside it (the device tool brings back a limited number of files).
+bundle() { tar -czf "$1.tgz" -C "$(dirname "$1")" "$(basename "$1")"; }
 case "${1:-}" in
   pack)
     cmake -S . -B build-gpu -G Ninja -DHYLO_WERROR=ON >/dev/null || exit 1
@@ -197,7 +199,7 @@ case "${1:-}" in
       done
     done
     # No timings of a side that did not verify.
-    (( failed == 0 )) || { tar -czf "$out.tgz" -C "$(dirname "$out")" "$(basename "$out")"; exit 1; }
+    (( failed == 0 )) || { bundle "$out"; exit 1; }
     for p in "${presets[@]}"; do
       for (( r = 1; r <= repeats; ++r )); do
         for (( s = 0; s < ${#sides[@]}; ++s )); do
@@ -224,7 +226,7 @@ case "${1:-}" in
       done
       echo "$line"
     done
-    tar -czf "$out.tgz" -C "$(dirname "$out")" "$(basename "$out")"
+    bundle "$out"
     ;;
   *) echo "usage: scripts/gpu.sh pack | unpack | run [OUT] | bench [OUT] | ab FLAGS [FLAGS ...]" >&2; exit 2 ;;
 esac
